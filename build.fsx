@@ -1,0 +1,44 @@
+// ScoreSde build script (plain F# script; FAKE 6 does not restore offline).
+//   dotnet fsi build.fsx build    restore and build everything in Release
+//   dotnet fsi build.fsx test     unit tests, property tests and the docs/ scripts
+//   dotnet fsi build.fsx clean    remove bin/ and obj/ folders
+open System
+open System.Diagnostics
+open System.IO
+
+let root = __SOURCE_DIRECTORY__
+
+let run (file: string) (args: string) =
+    printfn "> %s %s" file args
+    let psi = ProcessStartInfo(file, args, WorkingDirectory = root, UseShellExecute = false)
+    use p = Process.Start psi
+    p.WaitForExit()
+    if p.ExitCode <> 0 then
+        eprintfn "'%s %s' failed with exit code %d" file args p.ExitCode
+        exit p.ExitCode
+
+let targets : (string * string * (unit -> unit)) list =
+    [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
+      "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
+      "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->
+          for dir in [ "src"; "tests" ] do
+              for d in Directory.GetDirectories(Path.Combine(root, dir), "*", SearchOption.AllDirectories) do
+                  let name = Path.GetFileName d
+                  if (name = "bin" || name = "obj") && Directory.Exists d then
+                      printfn "removing %s" (Path.GetRelativePath(root, d))
+                      Directory.Delete(d, true)) ]
+
+let usage () =
+    printfn "usage: dotnet fsi build.fsx <target>..."
+    for name, doc, _ in targets do printfn "  %-8s %s" name doc
+
+match fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray with
+| [] -> usage (); exit 2
+| names ->
+    for name in names do
+        match targets |> List.tryFind (fun (n, _, _) -> n = name) with
+        | Some(_, _, action) -> action ()
+        | None ->
+            eprintfn "unknown target '%s'" name
+            usage ()
+            exit 2

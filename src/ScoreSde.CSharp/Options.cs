@@ -1,0 +1,82 @@
+using static TorchSharp.torch;
+
+namespace ScoreSde.CSharp;
+
+/// <summary>Predictors of the reverse-time SDE.</summary>
+public enum Predictor
+{
+    /// <summary>Euler-Maruyama on the reverse SDE.</summary>
+    EulerMaruyama,
+    /// <summary>Reverse diffusion (the paper's default for VP).</summary>
+    ReverseDiffusion,
+    /// <summary>Ancestral sampling (DDPM).</summary>
+    AncestralSampling,
+    /// <summary>No predictor: corrector-only sampling.</summary>
+    None,
+}
+
+/// <summary>Correctors (Langevin MCMC at a fixed time).</summary>
+public enum Corrector
+{
+    /// <summary>No corrector.</summary>
+    None,
+    /// <summary>Langevin dynamics with a step size set by the target signal-to-noise ratio.</summary>
+    Langevin,
+    /// <summary>Annealed Langevin dynamics (NCSN): step size from the marginal standard deviation.</summary>
+    AnnealedLangevin,
+}
+
+/// <summary>What a model's output means.</summary>
+public enum ModelPrediction
+{
+    /// <summary>The noise eps(x, t) (diffusion models' usual output); score = -eps / sigma_t.</summary>
+    Noise,
+    /// <summary>The score grad_x log p_t(x).</summary>
+    Score,
+    /// <summary>The clean data x_0.</summary>
+    Data,
+}
+
+/// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>
+public sealed class PcOptions
+{
+    /// <summary>Number of predictor steps on a uniform grid from 1 down to <see cref="Eps"/> (default 1000).</summary>
+    public int Steps { get; set; } = 1000;
+    /// <summary>The predictor (default <see cref="CSharp.Predictor.ReverseDiffusion"/>).</summary>
+    public Predictor Predictor { get; set; } = Predictor.ReverseDiffusion;
+    /// <summary>The corrector (default <see cref="CSharp.Corrector.Langevin"/>).</summary>
+    public Corrector Corrector { get; set; } = Corrector.Langevin;
+    /// <summary>Target signal-to-noise ratio of the corrector (default 0.16).</summary>
+    public double Snr { get; set; } = 0.16;
+    /// <summary>Corrector steps per time point (default 1).</summary>
+    public int CorrectorSteps { get; set; } = 1;
+    /// <summary>Average the Langevin norms over the batch as the paper's code does (couples the
+    /// samples of a batch). Default false: one step size per sample.</summary>
+    public bool BatchAveragedNorms { get; set; }
+    /// <summary>Last time of the grid (default 1e-3).</summary>
+    public double Eps { get; set; } = 1e-3;
+    /// <summary>Return the mean of the final update, without its noise (default true).</summary>
+    public bool Denoise { get; set; } = true;
+    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
+    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
+    /// <summary>Dtype of the samples (default float32).</summary>
+    public ScalarType Dtype { get; set; } = ScalarType.Float32;
+    /// <summary>Device of the samples (default CPU).</summary>
+    public Device Device { get; set; } = CPU;
+}
+
+/// <summary>Samples and the number of model evaluations used to make them.</summary>
+public sealed class SampleResult
+{
+    internal SampleResult(Tensor samples, int nfe)
+    {
+        Samples = samples;
+        Nfe = nfe;
+    }
+
+    /// <summary>The samples; the caller owns (and disposes) them.</summary>
+    public Tensor Samples { get; }
+
+    /// <summary>Number of model evaluations.</summary>
+    public int Nfe { get; }
+}

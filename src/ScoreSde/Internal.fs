@@ -1,0 +1,96 @@
+namespace ScoreSde
+
+open System
+open TorchSharp
+
+type Tensor = torch.Tensor
+
+/// Argument checks shared by every module: each failure names the parameter and the value.
+module internal Check =
+    let inline fail (param: string) (value: obj) (requirement: string) : 'a =
+        raise (ArgumentException(sprintf "%s must be %s (got %A)." param requirement value, param))
+
+    let finite (param: string) (v: float) =
+        if Double.IsNaN v || Double.IsInfinity v then fail param v "a finite number"
+
+    let positive (param: string) (v: float) =
+        finite param v
+        if v <= 0.0 then fail param v "positive"
+
+    let positiveInt (param: string) (v: int) =
+        if v < 1 then fail param v "at least 1"
+
+    let nonNegativeInt (param: string) (v: int) =
+        if v < 0 then fail param v "zero or more"
+
+    let notNull (param: string) (v: obj) =
+        if isNull v then raise (ArgumentNullException(param, sprintf "%s must not be null." param))
+
+    let floating (param: string) (t: Tensor) =
+        notNull param t
+        if not (torch.is_floating_point t) then
+            fail param t.dtype "a floating-point tensor (float32 or float64)"
+
+    let shape (param: string) (shape: int64[]) =
+        notNull param shape
+        if shape.Length = 0 then fail param shape "a non-empty shape whose first entry is the batch size"
+        if shape |> Array.exists (fun d -> d < 1L) then fail param shape "a shape of positive sizes"
+
+    let sameShape (param: string) (t: Tensor) (reference: Tensor) (referenceName: string) =
+        if t.shape <> reference.shape then
+            raise (ArgumentException(
+                    sprintf "%s has shape %A but %s has shape %A; they must match." param t.shape referenceName reference.shape,
+                    param))
+
+/// Small numerical helpers on host doubles.
+module internal HostMath =
+    /// exp(x) - 1 without cancellation for small |x| (Kahan's trick; .NET's ExpM1 is exp(x) - 1).
+    let expm1 (x: float) =
+        let u = Math.Exp x
+        if u = 1.0 then x
+        elif u - 1.0 = -1.0 then -1.0
+        elif Double.IsPositiveInfinity u then u
+        else (u - 1.0) * x / Math.Log u
+
+    /// log(1 + x) without cancellation for small |x|.
+    let log1p (x: float) =
+        let u = 1.0 + x
+        if u = 1.0 then x else Math.Log u * x / (u - 1.0)
+
+/// Tensor helpers used across the core.
+module internal Tensors =
+    /// A host double as a TorchSharp Scalar (explicit: Tensor also converts implicitly from double).
+    let inline scalar (v: float) : Scalar = Scalar.op_Implicit v
+
+    /// Reshape a time tensor (0-d, or one value per batch element) so that it broadcasts over x's
+    /// trailing dimensions.
+    let broadcastTime (param: string) (t: Tensor) (x: Tensor) : Tensor =
+        if t.dim() = 0L then t
+        elif t.numel() = 1L then t.reshape([||])
+        elif x.dim() > 0L && t.numel() = x.shape.[0] then
+            let shape = Array.init (int (x.dim())) (fun i -> if i = 0 then x.shape.[0] else 1L)
+            t.reshape(shape)
+        else
+            raise (ArgumentException(
+                    sprintf "%s must hold one value or one value per batch element (%d); got %d elements (shape %A)."
+                        param (if x.dim() > 0L then x.shape.[0] else 1L) (t.numel()) t.shape, param))
+
+    /// Per-sample coefficient tensor [B, 1, 1, ...] in x's dtype and device.
+    let perSample (values: float[]) (x: Tensor) : Tensor =
+        let shape = Array.init (int (x.dim())) (fun i -> if i = 0 then int64 values.Length else 1L)
+        torch.tensor(values, dtype = x.dtype, device = x.device).reshape(shape)
+
+    /// Host copy of a time tensor as doubles (one per element).
+    let toHost (t: Tensor) : float[] =
+        use d = t.detach()
+        use c = d.cpu()
+        use t64 = c.to_type(torch.float64).contiguous()
+        t64.data<float>().ToArray()
+
+    /// A [B] tensor of times, all equal to t, in x's dtype and device.
+    let fullTime (batch: int64) (t: float) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
+        torch.full([| batch |], scalar t, dtype = dtype, device = device)
+
+    /// True when all elements of the host array are equal.
+    let allEqual (values: float[]) =
+        values.Length > 0 && values |> Array.forall (fun v -> v = values.[0])

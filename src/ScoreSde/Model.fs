@@ -1,0 +1,99 @@
+namespace ScoreSde
+
+open System
+open TorchSharp
+
+/// What a model's output means.
+[<RequireQualifiedAccess>]
+type ModelOutput =
+    /// eps(x, t): the noise that was added, x_t = alpha_t x_0 + sigma_t eps. Score = -eps / sigma_t.
+    | Noise
+    /// The score grad_x log p_t(x) itself.
+    | Score
+    /// x_0(x, t): a prediction of the clean data. Score = (alpha_t x_0 - x) / sigma_t^2.
+    | Data
+
+/// A score-based model: a function of (x, t), t holding one value per batch element, and what its
+/// output means. The model must not modify x in place (samplers pass their state buffer).
+type Model =
+    { Forward: Tensor -> Tensor -> Tensor
+      Output: ModelOutput }
+
+[<RequireQualifiedAccess>]
+module Model =
+    /// A model returning a noise prediction eps(x, t) (the default for diffusion models).
+    let noise (f: Tensor -> Tensor -> Tensor) = { Forward = f; Output = ModelOutput.Noise }
+
+    /// A model returning the score directly.
+    let score (f: Tensor -> Tensor -> Tensor) = { Forward = f; Output = ModelOutput.Score }
+
+    /// A model returning a data prediction x_0(x, t).
+    let data (f: Tensor -> Tensor -> Tensor) = { Forward = f; Output = ModelOutput.Data }
+
+    /// Evaluate the model and check the output's shape.
+    let eval (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        let out = model.Forward x t
+        if isNull out then
+            raise (InvalidOperationException("The model returned null; it must return a tensor shaped like x."))
+        if out.shape <> x.shape then
+            raise (InvalidOperationException(
+                    sprintf "The model returned shape %A for input shape %A; it must return a tensor shaped like x." out.shape x.shape))
+        out
+
+    /// Host coefficients (a, b) with score = a x + b out, for a time shared by the whole batch.
+    let scoreCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+        match output with
+        | ModelOutput.Score -> 0.0, 1.0
+        | ModelOutput.Noise -> 0.0, -1.0 / VpSde.sigmaAt sde t
+        | ModelOutput.Data ->
+            let v = VpSde.varianceAt sde t
+            -1.0 / v, VpSde.alphaAt sde t / v
+
+    /// Host coefficients (a, b) with eps = a x + b out.
+    let noiseCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+        match output with
+        | ModelOutput.Noise -> 0.0, 1.0
+        | ModelOutput.Score -> 0.0, -(VpSde.sigmaAt sde t)
+        | ModelOutput.Data ->
+            let s = VpSde.sigmaAt sde t
+            1.0 / s, -(VpSde.alphaAt sde t) / s
+
+    /// Host coefficients (a, b) with x_0 = a x + b out.
+    let dataCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+        match output with
+        | ModelOutput.Data -> 0.0, 1.0
+        | ModelOutput.Noise ->
+            let a = VpSde.alphaAt sde t
+            1.0 / a, -(VpSde.sigmaAt sde t) / a
+        | ModelOutput.Score ->
+            let a = VpSde.alphaAt sde t
+            1.0 / a, VpSde.varianceAt sde t / a
+
+    /// a x + b out, with (a, b) from host coefficients of t (per sample when t varies over the batch).
+    let private combine (x: Tensor) (out: Tensor) (t: Tensor) (coefficients: float -> float * float) : Tensor =
+        let ts = Tensors.toHost t
+        if Tensors.allEqual ts then
+            let a, b = coefficients ts.[0]
+            if a = 0.0 then out * b else x * a + out * b
+        else
+            let cs = ts |> Array.map coefficients
+            Tensors.perSample (Array.map fst cs) x * x + Tensors.perSample (Array.map snd cs) x * out
+
+    // Model outputs are disposed through a local dispose scope: whatever the model created during the
+    // call goes, while tensors it returns from elsewhere (x itself, a cached tensor) are left alone.
+    let private convert (x: Tensor) (t: Tensor) (model: Model) coefficients : Tensor =
+        use scope = torch.NewDisposeScope()
+        let out = eval model x t
+        (combine x out t coefficients).MoveToOuterDisposeScope()
+
+    /// The score at (x, t) (t 0-d or one value per batch element), converted from the model's output.
+    let scoreOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        convert x t model (scoreCoefficientsAt sde model.Output)
+
+    /// The noise prediction at (x, t).
+    let noiseOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        convert x t model (noiseCoefficientsAt sde model.Output)
+
+    /// The data prediction x_0 at (x, t).
+    let dataOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        convert x t model (dataCoefficientsAt sde model.Output)

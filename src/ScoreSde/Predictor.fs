@@ -1,0 +1,137 @@
+namespace ScoreSde
+
+open System
+open TorchSharp
+
+/// One step of the result of a stochastic update: the new sample and its mean (the sample before the
+/// step's noise was added).
+type StepResult = { Sample: Tensor; Mean: Tensor }
+
+/// A step from time t down to s (s < t) that is linear in the score:
+/// mean = A x + B score(x, t); sample = mean + NoiseStd z, z ~ N(0, I).
+type StepCoefficients = { A: float; B: float; NoiseStd: float }
+
+/// Predictors of the reverse-time SDE (Song et al. 2021, Sec. 4.2).
+[<RequireQualifiedAccess>]
+type Predictor =
+    /// Euler-Maruyama on the reverse SDE: mean = x - [f - g^2 s] dt, noise g sqrt(dt).
+    | EulerMaruyama
+    /// Reverse diffusion: mean = (2 - sqrt(1 - beta_i)) x + beta_i s, noise sqrt(beta_i).
+    | ReverseDiffusion
+    /// Ancestral sampling (DDPM): mean = (x + beta_i s) / sqrt(1 - beta_i), noise sqrt(beta_i).
+    | AncestralSampling
+    /// No predictor: time advances without a model evaluation (corrector-only samplers, e.g. NCSN's
+    /// annealed Langevin dynamics).
+    | NoPredictor
+    /// A custom linear-in-score step: coefficients sde t s for a step from t down to s.
+    | Custom of name: string * coefficients: (VpSde -> float -> float -> StepCoefficients)
+
+/// In-place linear updates shared by predictors, correctors and the diffusers-compatible step.
+module internal Kernel =
+    /// x <- a x + b out, in place. Safe when out is x itself (element-wise full alias).
+    let axpby (x: Tensor) (a: float) (out: Tensor) (b: float) =
+        if b = 0.0 then
+            if a <> 1.0 then x.mul_(Tensors.scalar a) |> ignore
+        elif a = 0.0 then
+            x.copy_(out).mul_(Tensors.scalar b) |> ignore
+        elif a = 1.0 then
+            x.add_(out, Tensors.scalar b) |> ignore
+        else
+            x.add_(out, Tensors.scalar (b / a)).mul_(Tensors.scalar a) |> ignore
+
+    /// x <- x + c z, in place, with z freshly filled from the noise source (no-op when c = 0).
+    let addNoise (x: Tensor) (z: Tensor) (c: float) (noise: Noise) =
+        if c <> 0.0 then
+            noise.Fill z
+            x.add_(z, Tensors.scalar c) |> ignore
+
+[<RequireQualifiedAccess>]
+module Predictor =
+    /// The DDPM beta of the step [s, t], see `VpSde.intervalBeta`. On a uniform N-step grid it is
+    /// beta(t) dt to first order, which is the paper's beta_i = beta(t) / N; unlike the paper's
+    /// index convention it stays in (0, 1) for any grid, so few-step grids never produce NaN.
+    let stepBeta (sde: VpSde) (t: float) (s: float) = VpSde.intervalBeta sde t s
+
+    /// The coefficients of a step from t down to s.
+    let coefficients (sde: VpSde) (predictor: Predictor) (t: float) (s: float) : StepCoefficients =
+        let dt = t - s
+        match predictor with
+        | Predictor.EulerMaruyama ->
+            let b = VpSde.betaAt sde t
+            { A = 1.0 + 0.5 * b * dt; B = b * dt; NoiseStd = Math.Sqrt(b * dt) }
+        | Predictor.ReverseDiffusion ->
+            let bi = stepBeta sde t s
+            { A = 2.0 - Math.Sqrt(1.0 - bi); B = bi; NoiseStd = Math.Sqrt bi }
+        | Predictor.AncestralSampling ->
+            let bi = stepBeta sde t s
+            let r = 1.0 / Math.Sqrt(1.0 - bi)
+            { A = r; B = bi * r; NoiseStd = Math.Sqrt bi }
+        | Predictor.NoPredictor -> { A = 1.0; B = 0.0; NoiseStd = 0.0 }
+        | Predictor.Custom(_, f) -> f sde t s
+
+    /// Whether the predictor evaluates the model.
+    let evaluatesModel (predictor: Predictor) =
+        match predictor with
+        | Predictor.NoPredictor -> false
+        | _ -> true
+
+    /// Display name.
+    let name (predictor: Predictor) =
+        match predictor with
+        | Predictor.EulerMaruyama -> "Euler-Maruyama"
+        | Predictor.ReverseDiffusion -> "reverse diffusion"
+        | Predictor.AncestralSampling -> "ancestral sampling"
+        | Predictor.NoPredictor -> "none"
+        | Predictor.Custom(n, _) -> n
+
+    /// Coefficients on (x, model output) of the step's mean: mean = ax x + aout out.
+    let internal outputCoefficients (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (t: float) (s: float) =
+        let c = coefficients sde predictor t s
+        let ka, kb = if c.B = 0.0 then 0.0, 0.0 else Model.scoreCoefficientsAt sde output t
+        c.A + c.B * ka, c.B * kb, c.NoiseStd
+
+    /// One predictor step from t down to s, in place on x (the sampler's own buffer), reusing z as
+    /// the noise buffer. `withNoise = false` returns the mean (the final denoising step).
+    /// Returns the number of model evaluations (0 or 1).
+    let stepInPlace (sde: VpSde) (predictor: Predictor) (model: Model) (x: Tensor) (tBatch: Tensor)
+                    (z: Tensor) (noise: Noise) (t: float) (s: float) (withNoise: bool) : int =
+        if not (evaluatesModel predictor) then 0
+        else
+            let ax, aout, std = outputCoefficients sde predictor model.Output t s
+            use scope = torch.NewDisposeScope()
+            let out = Model.eval model x tBatch
+            Kernel.axpby x ax out aout
+            if withNoise then Kernel.addNoise x z std noise
+            1
+
+    /// One predictor step on fresh tensors from a model output that was already computed (manual
+    /// stepping, as in diffusers' schedulers): sample i steps from ts.[i] down to ss.[i] (arrays of
+    /// length 1 apply to the whole batch). x and out are not modified.
+    let stepWithOutput (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (out: Tensor) (x: Tensor)
+                       (ts: float[]) (ss: float[]) (noise: Noise) : StepResult =
+        use scope = torch.NewDisposeScope()
+        let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
+        let coef (pick: float * float * float -> float) =
+            let v = cs |> Array.map pick
+            if Tensors.allEqual v then torch.tensor(v.[0], dtype = x.dtype, device = x.device)
+            else Tensors.perSample v x
+        let mean = coef (fun (a, _, _) -> a) * x + coef (fun (_, b, _) -> b) * out
+        let z = Noise.drawLike noise x
+        let sample = mean + coef (fun (_, _, c) -> c) * z
+        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+
+    /// One predictor step from t down to s on a fresh tensor (x is not modified). The model is
+    /// evaluated at (x, t) unless the predictor does not need it.
+    let step (sde: VpSde) (predictor: Predictor) (model: Model) (x: Tensor) (t: float) (s: float) (noise: Noise) : StepResult =
+        use scope = torch.NewDisposeScope()
+        let mean = x.clone()
+        if evaluatesModel predictor then
+            let ax, aout, _ = outputCoefficients sde predictor model.Output t s
+            let tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
+            let out = Model.eval model x tb
+            Kernel.axpby mean ax out aout
+        let c = coefficients sde predictor t s
+        let sample = mean.clone()
+        let z = torch.empty_like(x)
+        Kernel.addNoise sample z c.NoiseStd noise
+        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }

@@ -1,0 +1,21 @@
+module ScoreSde.Tests.Main
+
+open Expecto
+open Expecto.Impl
+
+[<EntryPoint>]
+let main argv =
+    ScoreSde.Native.ensureLoaded ()
+    let mutable counts = (0, 0)
+    let printer =
+        { defaultConfig.printer with
+            summary = fun config summary ->
+                async {
+                    do! defaultConfig.printer.summary config summary
+                    counts <- summary.passed.Length, summary.failed.Length + summary.errored.Length
+                } }
+    let code = runTestsInAssemblyWithCLIArgs [ CLIArguments.Printer printer; CLIArguments.No_Spinner ] argv
+    let passed, failed = counts
+    // The last line CI reads.
+    printfn "%d passed, %d failed" passed failed
+    code

@@ -1,0 +1,80 @@
+module ScoreSde.Tests.MemoryTests
+
+open System
+open System.IO
+open Expecto
+open TorchSharp
+open ScoreSde
+open ScoreSde.Tests.Common
+
+let private sde = VpSde.standard
+
+/// Resident set size of this process in MB (Linux /proc).
+let rssMb () =
+    File.ReadAllLines("/proc/self/status")
+    |> Array.find (fun l -> l.StartsWith "VmRSS:")
+    |> fun l -> float (l.Split(' ', StringSplitOptions.RemoveEmptyEntries).[1]) / 1024.0
+
+let private live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+
+/// A cheap model that allocates its output, like a real network does.
+let private cheap = Model.noise (fun x _ -> x * 0.5)
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "Memory" [
+        test "PC sampler: the live-tensor count stays flat over 3000 steps and returns to baseline" {
+            let counts = ResizeArray()
+            use g = generator 1L
+            let noise = Noise.fromGenerator g
+            use xT = Sampler.prior [| 4L; 3L; 8L; 8L |] torch.float32 torch.CPU noise
+            let baseline = live ()
+            let settings =
+                { Sampler.pcDefaults with
+                    Steps = 3000
+                    Observer = Some(fun i _ _ -> if i % 500 = 499 then counts.Add(live ())) }
+            let r = Sampler.predictorCorrector sde cheap settings noise xT
+            Expect.allEqual counts counts.[0] (sprintf "live tensors during sampling: %A" counts)
+            r.Samples.Dispose()
+            Expect.equal (live ()) baseline "back to baseline after disposing the result"
+        }
+
+        test "scheduler loop with a dispose scope per step: live count flat" {
+            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+            s.SetTimesteps(2000)
+            use g = generator 2L
+            let mutable x = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+            let baseline = live ()
+            let counts = ResizeArray()
+            let step i =
+                use scope = torch.NewDisposeScope()
+                let t = s.Timesteps.[int64 i] * torch.ones(4L)
+                let out = x * 0.5
+                let o = s.StepPred(out, x, t, g)
+                x.Dispose()
+                x <- o.PrevSample.MoveToOuterDisposeScope()
+            for i in 0 .. 1999 do
+                step i
+                if i % 400 = 399 then counts.Add(live ())
+            Expect.allEqual counts baseline (sprintf "live tensors %A vs baseline %d" counts baseline)
+            x.Dispose()
+        }
+
+        test "PC sampler: process RSS stays flat over 10,000 steps at 4x3x64x64" {
+            use g = generator 3L
+            let noise = Noise.fromGenerator g
+            use xT = Sampler.prior [| 4L; 3L; 64L; 64L |] torch.float32 torch.CPU noise
+            let rss = ResizeArray()
+            let settings =
+                { Sampler.pcDefaults with
+                    Corrector = Corrector.NoCorrector
+                    Predictor = Predictor.EulerMaruyama
+                    Steps = 10000
+                    Observer = Some(fun i _ _ -> if i % 1000 = 999 then rss.Add(rssMb ())) }
+            let r = Sampler.predictorCorrector sde cheap settings noise xT
+            r.Samples.Dispose()
+            let growth = rss.[rss.Count - 1] - rss.[0]
+            printfn "RSS over 10,000 steps (MB, every 1000 steps): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
+            Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
+        }
+    ]
