@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace ScoreSde.CSharp;
 
 /// <summary>Sampling entry points over the F# core.</summary>
-public static class Sampler
+public static partial class Sampler
 {
     /// <summary>
     /// The predictor-corrector sampler (Song et al. 2021, Algorithm 1): starts from prior noise
