@@ -1,0 +1,267 @@
+namespace ScoreSde.Cli
+
+open System
+open System.Diagnostics
+open System.Globalization
+open System.IO
+open System.Text.Json.Nodes
+open TorchSharp
+open ScoreSde
+
+/// Where training data come from.
+[<RequireQualifiedAccess>]
+type DataSource =
+    | BuiltIn of ToyDataset * points: int
+    | File of string
+
+/// Settings of `train` (and of the training part of `demo`).
+type TrainCommand =
+    { Source: DataSource
+      Steps: int
+      BatchSize: int
+      LearningRate: float
+      Seed: int64
+      Hidden: int
+      Layers: int
+      Weighting: LossWeighting
+      EmaDecay: float
+      /// Standardise the data per coordinate before training (None: only for data files).
+      Standardise: bool option
+      Out: string
+      LossPlot: string option }
+
+/// Settings of `sample`.
+type SampleCommand =
+    { ModelPath: string
+      Sampler: SamplerRun
+      Count: int
+      Seed: int64
+      Out: string
+      TimeScale: float
+      Shape: int64[] }
+
+/// Settings of `demo`.
+type DemoCommand =
+    { Dataset: ToyDataset
+      TrainSteps: int
+      Count: int
+      Seed: int64
+      Out: string }
+
+/// The commands, independent of how their settings were parsed.
+[<RequireQualifiedAccess>]
+module Commands =
+    let private inv (v: float) (format: string) = v.ToString(format, CultureInfo.InvariantCulture)
+
+    /// Samples of a few paths (the first `count` samples) through a sampler, recorded by its observer.
+    type private PathRecorder(start: Tensor, count: int64) =
+        let frames = ResizeArray<float[]>()
+        let take (x: Tensor) =
+            use head = x.narrow(0L, 0L, min count x.shape.[0])
+            use d = head.detach().cpu().to_type(torch.float64).contiguous()
+            frames.Add(d.data<float>().ToArray())
+        do take start
+        member _.Observe(x: Tensor) = take x
+        /// One cloud per sample: its (x, y) positions over the steps.
+        member _.Paths : Cloud list =
+            let k = if frames.Count = 0 then 0 else frames.[0].Length / 2
+            [ for i in 0 .. k - 1 ->
+                { X = frames |> Seq.map (fun f -> f.[2 * i]) |> Seq.toArray
+                  Y = frames |> Seq.map (fun f -> f.[2 * i + 1]) |> Seq.toArray } ]
+
+    /// Training data [N, D] in float32, and a description for metadata.
+    let loadData (source: DataSource) (generator: torch.Generator) : Tensor * string =
+        match source with
+        | DataSource.BuiltIn(ds, n) -> ToyDataset.sample ds n torch.float32 generator, ToyDataset.name ds
+        | DataSource.File path -> DataFile.load path torch.float32, Path.GetFullPath path
+
+    /// Train with a progress bar; returns the training result.
+    let private trainWithProgress (ui: Ui) (sde: VpSde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (g: torch.Generator) =
+        Ui.progress ui (sprintf "training (%d steps)" settings.Steps) settings.Steps (fun advance ->
+            Training.train sde { settings with Observer = Some(fun _ _ -> advance ()) } net data g)
+
+    /// Mean of the last tenth of the losses (the loss the run ended at).
+    let finalLoss (losses: float[]) =
+        let k = max 1 (losses.Length / 10)
+        losses.[losses.Length - k ..] |> Array.average
+
+    let private trainSettings (c: TrainCommand) =
+        { Training.defaults with
+            Steps = c.Steps
+            BatchSize = c.BatchSize
+            LearningRate = c.LearningRate
+            Weighting = c.Weighting
+            EmaDecay = c.EmaDecay }
+
+    let private trainingMetadata (c: TrainCommand) (dataName: string) (points: int64) (r: TrainResult) =
+        let o = JsonObject()
+        o.["data"] <- JsonValue.Create dataName
+        o.["points"] <- JsonValue.Create points
+        o.["steps"] <- JsonValue.Create c.Steps
+        o.["batchSize"] <- JsonValue.Create c.BatchSize
+        o.["learningRate"] <- JsonValue.Create c.LearningRate
+        o.["seed"] <- JsonValue.Create c.Seed
+        o.["weighting"] <- JsonValue.Create(match c.Weighting with LossWeighting.Noise -> "noise" | LossWeighting.Likelihood -> "likelihood")
+        o.["emaDecay"] <- JsonValue.Create c.EmaDecay
+        o.["finalLoss"] <- JsonValue.Create(finalLoss r.Losses)
+        o.["seconds"] <- JsonValue.Create r.Seconds
+        o
+
+    let private checkPngPath (param: string) (path: string) =
+        if not (path.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) then
+            raise (ArgumentException(sprintf "%s must name a .png file (got '%s')." param path, param))
+
+    let private ensureParent (path: string) =
+        let dir = Path.GetDirectoryName(Path.GetFullPath path)
+        if not (String.IsNullOrEmpty dir) then Directory.CreateDirectory dir |> ignore
+
+    /// `train`: fit a score network to a dataset and save it in the library's format.
+    let train (ui: Ui) (c: TrainCommand) : int =
+        c.LossPlot |> Option.iter (checkPngPath "--plot")
+        if File.Exists c.Out then
+            raise (ArgumentException(sprintf "--out must name a model directory, but '%s' is an existing file." c.Out, "--out"))
+        let sde = VpSde.standard
+        use g = new torch.Generator(uint64 c.Seed, torch.CPU)
+        let raw, dataName = loadData c.Source g
+        use raw = raw
+        let standardise = defaultArg c.Standardise (match c.Source with DataSource.File _ -> true | _ -> false)
+        let st = if standardise then Some(Standardisation.fit raw) else None
+        use data = match st with Some s -> Standardisation.apply s raw | None -> raw.clone()
+        let dim = int data.shape.[1]
+        use net = new ScoreNet({ ScoreNet.defaultConfig dim with Hidden = c.Hidden; Layers = c.Layers }, g)
+        Ui.info ui (sprintf "training an MLP score network (%d parameters) on %d points of %s in %d dimensions"
+                        net.ParameterCount data.shape.[0] dataName dim)
+        let r = trainWithProgress ui sde (trainSettings c) net data g
+        use ema = r.Ema
+        ModelFile.save c.Out ema sde st (trainingMetadata c dataName data.shape.[0] r)
+        c.LossPlot |> Option.iter (fun p ->
+            ensureParent p
+            Plots.save p 800 500 (Plots.lossPlot r.Losses 100))
+        ui.Out.WriteLine(
+            sprintf "trained %d steps in %s s (%s steps/s, %s samples/s); final loss %s; model saved to %s"
+                c.Steps (inv r.Seconds "F1") (inv r.StepsPerSecond "F0") (inv (r.StepsPerSecond * float c.BatchSize) "F0")
+                (inv (finalLoss r.Losses) "F4") c.Out)
+        0
+
+    /// The output kinds `sample` writes.
+    let sampleExtensions = [ ".csv"; ".npy"; ".png" ]
+
+    /// Run a sampler with a progress bar, recording the first `paths` samples' trajectories when
+    /// `paths` > 0. Returns the result, the seconds taken and the paths.
+    let private runSampler (ui: Ui) (s: SamplerRun) (sde: VpSde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
+        let noise = Noise.fromSeed seed xT.device
+        let recorder = if paths > 0L then Some(PathRecorder(xT, paths)) else None
+        let watch = Stopwatch.StartNew()
+        let result =
+            Ui.progress ui (sprintf "sampling: %s" s.Label) (max s.Steps 1) (fun advance ->
+                let observer = Some(fun (_: int) (_: float) (x: Tensor) -> (recorder |> Option.iter (fun r -> r.Observe x)); advance ())
+                s.Run sde model noise xT observer)
+        watch.Stop()
+        result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
+
+    /// `sample`: draw samples from a saved or TorchScript model and write them to a file.
+    let sample (ui: Ui) (c: SampleCommand) : int =
+        let ext = Path.GetExtension(c.Out).ToLowerInvariant()
+        if not (List.contains ext sampleExtensions) then
+            raise (ArgumentException(
+                    sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
+        let tsOptions =
+            { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = c.Shape }
+        use loaded = ModelFile.load c.ModelPath tsOptions
+        let info = loaded.Info
+        if ext = ".png" && info.SampleShape <> [| 2L |] then
+            raise (ArgumentException(
+                    sprintf "--out: a .png scatter plot needs 2-D samples, but this model's samples have shape [%s]; write .csv or .npy."
+                        (String.Join(", ", info.SampleShape)), "--out"))
+        Ui.info ui (sprintf "model: %s" info.Description)
+        let noise = Noise.fromSeed c.Seed torch.CPU
+        use xT = Sampler.prior (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
+        let result, seconds, _ = runSampler ui c.Sampler info.Sde loaded.Model xT (c.Seed + 1L) 0L
+        use raw = result.Samples
+        use samples =
+            match info.Standardisation with
+            | Some st -> Standardisation.invert st raw
+            | None -> raw.clone()
+        if not (torch.isfinite(samples).all().item<bool>()) then
+            raise (InvalidOperationException(
+                    sprintf "the %s sampler produced NaN or infinite values; try more steps or another sampler." c.Sampler.Name))
+        ensureParent c.Out
+        match ext with
+        | ".png" ->
+            let cloud = Plots.cloud samples
+            Plots.save c.Out 800 800 (Plots.scatterPlot (sprintf "%d samples: %s" c.Count c.Sampler.Label) (Some(Plots.limitsOf cloud)) cloud 1)
+        | _ -> DataFile.save c.Out samples
+        ui.Out.WriteLine(
+            sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2"))
+        0
+
+    /// `demo`: train on a built-in dataset, sample with every sampler, measure and plot.
+    let demo (ui: Ui) (c: DemoCommand) : int =
+        let total = Stopwatch.StartNew()
+        let sde = VpSde.standard
+        Directory.CreateDirectory c.Out |> ignore
+        let name = ToyDataset.name c.Dataset
+        // Training data and held-out data come from independent seeds.
+        use g = new torch.Generator(uint64 c.Seed, torch.CPU)
+        use gHeld = new torch.Generator(Noise.sampleSeed c.Seed 1_000_003, torch.CPU)
+        use data = ToyDataset.sample c.Dataset 20000 torch.float32 g
+        use held = ToyDataset.sample c.Dataset c.Count torch.float32 gHeld
+        let trainCommand =
+            { Source = DataSource.BuiltIn(c.Dataset, 20000); Steps = c.TrainSteps; BatchSize = Training.defaults.BatchSize
+              LearningRate = Training.defaults.LearningRate; Seed = c.Seed; Hidden = 128; Layers = 3
+              Weighting = LossWeighting.Noise; EmaDecay = Training.defaults.EmaDecay; Standardise = Some false
+              Out = Path.Combine(c.Out, "model"); LossPlot = None }
+        use net = new ScoreNet(ScoreNet.defaultConfig 2, g)
+        Ui.info ui (sprintf "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters"
+                        name c.Count net.ParameterCount)
+        let r = trainWithProgress ui sde (trainSettings trainCommand) net data g
+        use ema = r.Ema
+        ModelFile.save trainCommand.Out ema sde None (trainingMetadata trainCommand name 20000L r)
+        let model = ScoreNet.toModel ema
+        // Every sampler starts from the same prior draw.
+        let noise = Noise.fromSeed (c.Seed + 1L) torch.CPU
+        use xT = Sampler.prior [| int64 c.Count; 2L |] torch.float32 torch.CPU noise
+        let runs =
+            [ for entry in Samplers.all ->
+                let run = entry.Demo
+                let result, seconds, paths = runSampler ui run sde model xT (c.Seed + 2L) 6L
+                run, result, seconds, paths ]
+        let sw (x: Tensor) = Metrics.slicedWasserstein1 x held
+        let finite (x: Tensor) = torch.isfinite(x).all().item<bool>()
+        use trainSubset = data.narrow(0L, 0L, min (int64 c.Count) data.shape.[0])
+        let rows =
+            [ for run, result, seconds, _ in runs do
+                yield [ run.Label; string result.Nfe; inv seconds "F2"
+                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged") ]
+              yield [ "reference: training data"; "-"; "-"; inv (sw trainSubset) "F4" ]
+              yield [ "reference: prior N(0, I)"; "-"; "-"; inv (sw xT) "F4" ] ]
+        Ui.table ui (sprintf "%d samples, sliced Wasserstein-1 to %d held-out points (128 directions)" c.Count c.Count)
+            [ "sampler"; "model evals"; "seconds"; "sliced W1" ] rows
+        Ui.table ui "training"
+            [ "steps"; "batch"; "seconds"; "steps/s"; "samples/s"; "final loss" ]
+            [ [ string c.TrainSteps; string trainCommand.BatchSize; inv r.Seconds "F1"; inv r.StepsPerSecond "F0"
+                inv (r.StepsPerSecond * float trainCommand.BatchSize) "F0"; inv (finalLoss r.Losses) "F4" ] ]
+        // Figures.
+        let dataCloud = Plots.cloud held
+        let limits = Some(Plots.limitsOf dataCloud)
+        let files = ResizeArray<string>()
+        let out (file: string) =
+            let p = Path.Combine(c.Out, file)
+            files.Add p
+            p
+        Plots.save (out "data.png") 700 700 (Plots.scatterPlot (sprintf "%s: held-out data" name) limits dataCloud 0)
+        for run, result, _, _ in runs do
+            let title = sprintf "%s (%d evaluations)" run.Label result.Nfe
+            Plots.save (out (sprintf "samples-%s.png" run.Name)) 700 700 (Plots.scatterPlot title limits (Plots.cloud result.Samples) 1)
+        let trajectoryLimits = Some(Plots.limitsOf (Plots.cloud xT))
+        Plots.saveRow (out "trajectories.png") 500 500
+            [ for run, _, _, paths in runs ->
+                Plots.trajectoryPlot (sprintf "%s: paths from the prior (black)" run.Name) trajectoryLimits dataCloud paths 1 ]
+        Plots.save (out "loss.png") 800 500 (Plots.lossPlot r.Losses 100)
+        Plots.saveRow (out "overview.png") 360 360
+            [ yield Plots.scatterPlot "data" limits dataCloud 0
+              for run, result, _, _ in runs -> Plots.scatterPlot (sprintf "%s, %d evals" run.Name result.Nfe) limits (Plots.cloud result.Samples) 1 ]
+        for _, result, _, _ in runs do result.Samples.Dispose()
+        Ui.info ui (sprintf "wrote %s and the model %s" (String.Join(", ", files |> Seq.map Path.GetFileName)) trainCommand.Out)
+        ui.Out.WriteLine(sprintf "demo finished in %s s; figures in %s" (inv total.Elapsed.TotalSeconds "F1") c.Out)
+        0

@@ -1,0 +1,190 @@
+module ScoreSde.Cli.Program
+
+open System
+open System.CommandLine
+open System.Globalization
+open System.IO
+open System.Runtime.InteropServices
+open TorchSharp
+open ScoreSde
+
+/// One line for an exception: its message without .NET's " (Parameter 'x')" suffix, newlines folded.
+let describe (e: exn) =
+    let message =
+        match e with
+        | :? ArgumentException as a when not (isNull a.ParamName) ->
+            let suffix = sprintf " (Parameter '%s')" a.ParamName
+            if a.Message.EndsWith suffix then a.Message.Substring(0, a.Message.Length - suffix.Length) else a.Message
+        | _ -> e.Message
+    let oneLine = String.Join(" ", message.Split([| '\r'; '\n' |], StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries))
+    match e with
+    | :? ArgumentException | :? IOException | :? UnauthorizedAccessException | :? InvalidOperationException -> oneLine
+    | :? ExternalException -> sprintf "libtorch: %s" oneLine
+    | _ -> sprintf "%s: %s" (e.GetType().Name) oneLine
+
+/// Run a command body: any exception becomes one line on stderr and exit code 1.
+let private guard (ui: Ui) (body: unit -> int) : int =
+    try body ()
+    with e ->
+        ui.Err.WriteLine(sprintf "error: %s" (describe e))
+        1
+
+// ---- options shared by several commands ----
+
+let private quiet = Opt.flag "--quiet" "No progress bars or status lines (results and errors only)"
+let private threads =
+    Opt.intAtLeast 1 "--threads" "CPU threads for libtorch (1 is fastest for the small networks here)" (Some 1)
+
+let private outDir = Opt.text "--out" "Folder for the figures and the trained model" (Some "out")
+let private modelOption = Opt.required "--model" "A model directory written by 'train', or a TorchScript file"
+let private timeScale =
+    Opt.positive "--time-scale" "TorchScript models: multiply t by this before calling the model (999 for models trained on t * 999 labels)" (Some 1.0)
+let private shape =
+    Opt.text "--shape" "TorchScript models: shape of one sample, e.g. 2 or 3,32,32" (Some "2")
+
+let private parseShape (text: string) =
+    let parts = text.Split(',', StringSplitOptions.TrimEntries)
+    let dims =
+        parts |> Array.map (fun p ->
+            match Int64.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture) with
+            | true, v when v > 0L -> v
+            | _ -> raise (ArgumentException(sprintf "--shape must be positive integers separated by commas (got '%s')." text, "--shape")))
+    if dims.Length = 0 then raise (ArgumentException("--shape must not be empty.", "--shape"))
+    dims
+
+let private datasetNames = ToyDataset.all |> List.map ToyDataset.name
+
+// ---- commands ----
+
+let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
+    let cmd = Command("demo", "Train on a built-in dataset, sample with every sampler, print a table and write figures (the default command)")
+    let dataset = Opt.choice "--dataset" "Built-in dataset" datasetNames (Some "ring")
+    let trainSteps = Opt.intAtLeast 1 "--train-steps" "Training steps" (Some 6000)
+    let n = Opt.intAtLeast 2 "--n" "Samples per sampler (and held-out points)" (Some 10000)
+    let seed = Opt.seed "Seed of the data, the network and the samplers"
+    for o in [ dataset :> Option; trainSteps; n; seed; outDir ] do cmd.Add o
+    cmd.SetAction(fun (pr: ParseResult) ->
+        pr |> act (fun ui ->
+            Commands.demo ui
+                { Dataset = (ToyDataset.tryParse (pr.GetValue dataset)).Value
+                  TrainSteps = pr.GetValue trainSteps
+                  Count = pr.GetValue n
+                  Seed = pr.GetValue seed
+                  Out = pr.GetValue outDir }))
+    cmd
+
+let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
+    let cmd = Command("train", "Train a score network on a built-in dataset or a data file and save it")
+    let dataset = Opt.choice "--dataset" "Built-in dataset" datasetNames None
+    let data = Opt.text "--data" "Training data: a .csv or .npy file of N points by D coordinates" None
+    let points = Opt.intAtLeast 2 "--points" "Points drawn from a built-in dataset" (Some 20000)
+    let steps = Opt.intAtLeast 1 "--steps" "Training steps" (Some Training.defaults.Steps)
+    let batch = Opt.intAtLeast 1 "--batch-size" "Points per training step" (Some Training.defaults.BatchSize)
+    let lr = Opt.positive "--lr" "Adam learning rate" (Some Training.defaults.LearningRate)
+    let seed = Opt.seed "Seed of the data, the initial weights and the training draws"
+    let hidden = Opt.intAtLeast 1 "--hidden" "Width of the hidden layers" (Some 128)
+    let layers = Opt.intAtLeast 1 "--layers" "Number of hidden layers" (Some 3)
+    let weighting = Opt.choice "--weighting" "Loss weighting" [ "noise"; "likelihood" ] (Some "noise")
+    let ema = Opt.inRange 0.0 1.0 "--ema" "Decay of the weights' exponential moving average" (Some Training.defaults.EmaDecay)
+    let standardise = Opt.choice "--standardize" "Standardize each coordinate before training (auto: only for --data files)" [ "auto"; "yes"; "no" ] (Some "auto")
+    let out = Opt.required "--out" "Model directory to write (config.json and weights.bin)"
+    let plot = Opt.text "--plot" "Also write the training-loss curve to this .png file" None
+    for o in [ dataset :> Option; data; points; steps; batch; lr; seed; hidden; layers; weighting; ema; standardise; out; plot ] do
+        cmd.Add o
+    cmd.Validators.Add(fun r ->
+        let has (o: Option) = not (isNull (r.GetResult o))
+        match has dataset, has data with
+        | true, true -> r.AddError "give either --dataset or --data, not both"
+        | false, false -> r.AddError (sprintf "give --dataset (%s) or --data FILE" (String.Join("|", datasetNames)))
+        | _ -> ())
+    cmd.SetAction(fun (pr: ParseResult) ->
+        pr |> act (fun ui ->
+            let source =
+                match pr.GetValue data with
+                | null -> DataSource.BuiltIn((ToyDataset.tryParse (pr.GetValue dataset)).Value, pr.GetValue points)
+                | file -> DataSource.File file
+            Commands.train ui
+                { Source = source
+                  Steps = pr.GetValue steps
+                  BatchSize = pr.GetValue batch
+                  LearningRate = pr.GetValue lr
+                  Seed = pr.GetValue seed
+                  Hidden = pr.GetValue hidden
+                  Layers = pr.GetValue layers
+                  Weighting = (if Opt.choiceValue pr weighting = "likelihood" then LossWeighting.Likelihood else LossWeighting.Noise)
+                  EmaDecay = pr.GetValue ema
+                  Standardise = (match Opt.choiceValue pr standardise with "yes" -> Some true | "no" -> Some false | _ -> None)
+                  Out = pr.GetValue out
+                  LossPlot = Option.ofObj (pr.GetValue plot) }))
+    cmd
+
+let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
+    let cmd = Command("sample", "Draw samples from a trained model and write them to .csv, .npy or .png")
+    let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
+    let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
+    let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
+    for o in [ modelOption :> Option; Samplers.choice; Samplers.steps; Samplers.eps; n; seed; out; timeScale; shape ] do
+        cmd.Add o
+    for entry in Samplers.all do
+        for o in entry.Options do cmd.Add o
+    cmd.SetAction(fun (pr: ParseResult) ->
+        pr |> act (fun ui ->
+            Commands.sample ui
+                { ModelPath = pr.GetValue modelOption
+                  Sampler = (Samplers.selected pr).FromCommandLine pr
+                  Count = pr.GetValue n
+                  Seed = pr.GetValue seed
+                  Out = pr.GetValue out
+                  TimeScale = pr.GetValue timeScale
+                  Shape = parseShape (pr.GetValue shape) }))
+    cmd
+
+/// The root command and its subcommands.
+let rootCommand () =
+    // A plain Command named after the executable (RootCommand takes the assembly's name, ScoreSde.Cli).
+    let root = Command("scoresde", "Train, sample and measure score-based generative models (VP-SDE, Song et al. 2021). Run without arguments for the demo.")
+    root.Add(Help.HelpOption(Recursive = true))
+    root.Add(VersionOption())
+    threads.Recursive <- true
+    quiet.Recursive <- true
+    root.Add threads
+    root.Add quiet
+    // Every action: set the thread count, build the UI, run the body under the error guard.
+    let act (body: Ui -> int) (pr: ParseResult) : int =
+        let ui = Ui.create (pr.InvocationConfiguration.Output) (pr.InvocationConfiguration.Error) (pr.GetValue quiet)
+        guard ui (fun () ->
+            Native.ensureLoaded ()
+            torch.set_num_threads (pr.GetValue threads)
+            body ui)
+    root.Add(demoCommand act)
+    root.Add(trainCommand act)
+    root.Add(sampleCommand act)
+    root
+
+/// Run the command line with the given writers; returns the exit code (0 success, 1 failure,
+/// 2 invalid command line). No arguments run `demo`.
+let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
+    let args = if isNull argv || argv.Length = 0 then [| "demo" |] else argv
+    let root = rootCommand ()
+    let pr = root.Parse(args)
+    if pr.Errors.Count > 0 then
+        let messages =
+            pr.Errors
+            |> Seq.map (fun e -> e.Message.Replace('\n', ' ').Replace('\r', ' ').Trim())
+            |> Seq.distinct
+            |> Seq.toList
+        // "Required command was not provided" only adds noise next to the unknown word that caused it
+        let messages = if messages.Length > 1 then messages |> List.filter (fun m -> not (m.StartsWith "Required command")) else messages
+        let command = pr.CommandResult.Command
+        let usage = if obj.ReferenceEquals(command, root) then "scoresde --help" else sprintf "scoresde %s --help" command.Name
+        err.WriteLine(sprintf "error: %s (see '%s')" (String.Join("; ", messages)) usage)
+        2
+    else
+        let config = InvocationConfiguration(Output = out, Error = err, EnableDefaultExceptionHandler = false)
+        try pr.Invoke config
+        with e ->
+            err.WriteLine(sprintf "error: %s" (describe e))
+            1
+
+[<EntryPoint>]
+let main argv = run Console.Out Console.Error argv
