@@ -24,7 +24,10 @@ module Ui =
                 Ansi = (if interactive then AnsiSupport.Detect else AnsiSupport.No),
                 ColorSystem = (if interactive then ColorSystemSupport.Detect else ColorSystemSupport.NoColors),
                 Interactive = (if interactive then InteractionSupport.Yes else InteractionSupport.No))
-        { Out = out; Err = err; Quiet = quiet; Console = AnsiConsole.Create settings }
+        let console = AnsiConsole.Create settings
+        // Redirected output has no terminal width; keep table rows on one line.
+        if not interactive then console.Profile.Width <- 120
+        { Out = out; Err = err; Quiet = quiet; Console = console }
 
     /// A status line (suppressed by --quiet).
     let info (ui: Ui) (text: string) =
