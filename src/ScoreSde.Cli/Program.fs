@@ -154,6 +154,7 @@ let rootCommand () =
         let ui = Ui.create (pr.InvocationConfiguration.Output) (pr.InvocationConfiguration.Error) (pr.GetValue quiet)
         guard ui (fun () ->
             Native.ensureLoaded ()
+            Allocator.tune () |> ignore
             torch.set_num_threads (pr.GetValue threads)
             body ui)
     root.Add(demoCommand act)
