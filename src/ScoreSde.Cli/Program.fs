@@ -154,7 +154,6 @@ let rootCommand () =
         let ui = Ui.create (pr.InvocationConfiguration.Output) (pr.InvocationConfiguration.Error) (pr.GetValue quiet)
         guard ui (fun () ->
             Native.ensureLoaded ()
-            Allocator.tune () |> ignore
             torch.set_num_threads (pr.GetValue threads)
             body ui)
     root.Add(demoCommand act)
@@ -188,4 +187,7 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
             1
 
 [<EntryPoint>]
-let main argv = run Console.Out Console.Error argv
+let main argv =
+    // Process-wide malloc settings belong to the executable, not to `run` (which tests call in-process).
+    Allocator.tune () |> ignore
+    run Console.Out Console.Error argv
