@@ -217,6 +217,7 @@ module AdaptiveOde =
             let mutable running = true
             while running do
                 if steps >= settings.MaxSteps then
+                    use _ = torch.NewDisposeScope()
                     let reached = Tensors.toHost t
                     raise (InvalidOperationException(
                             sprintf "The adaptive ODE solver did not reach t = %g within MaxSteps = %d steps (times reached: %g .. %g). Raise MaxSteps or loosen rtol/atol."
@@ -279,7 +280,9 @@ module AdaptiveOde =
                                 (match settings.MinStep with Some m -> sprintf ", below MinStep = %g" m | None -> "")
                                 rtol atol))
                 running <- flags.[0]
-            let host (c: Tensor) = Tensors.toHost c |> Array.map int
+            let host (c: Tensor) =
+                use scope = torch.NewDisposeScope()
+                c.cpu().data<int64>().ToArray() |> Array.map int
             { State = x; Nfe = nfe; Steps = steps; Accepted = host accepted; Rejected = host rejected }
         finally
             for k in ks do k.Dispose()
@@ -297,7 +300,9 @@ module AdaptiveOde =
         Check.finite "t0" t0
         Check.finite "t1" t1
         use _noGrad = torch.no_grad()
-        let x = x0.detach().clone()
+        let x =
+            use detached = x0.detach()
+            detached.clone()
         if t0 = t1 then
             let nb = int x.shape.[0]
             { State = x; Nfe = 0; Steps = 0; Accepted = Array.zeroCreate nb; Rejected = Array.zeroCreate nb }

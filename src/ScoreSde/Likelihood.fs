@@ -151,7 +151,8 @@ module Likelihood =
                 let f, div = driftAndDivergence sde model probeOpt xs t
                 torch.cat([| f.reshape([| batch; dim |]); div.unsqueeze(1L) |], 1L).MoveToOuterDisposeScope()
         use z0 =
-            use flat = x.detach().reshape([| batch; dim |])
+            use detached = x.detach()
+            use flat = detached.reshape([| batch; dim |])
             use zero = torch.zeros([| batch; 1L |], dtype = x.dtype, device = x.device)
             torch.cat([| flat; zero |], 1L)
         let zT, nfe = OdeMethod.integrate sde settings.Method augmented z0 settings.Eps false
