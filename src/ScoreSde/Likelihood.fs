@@ -157,7 +157,10 @@ module Likelihood =
             torch.cat([| flat; zero |], 1L)
         let zT, nfe = OdeMethod.integrate sde settings.Method augmented z0 settings.Eps false
         use _zT = zT
-        let latent = zT.narrow(1L, 0L, dim).reshape(shape).clone()
+        let latent =
+            use head = zT.narrow(1L, 0L, dim)
+            use shaped = head.reshape(shape)
+            shaped.clone()
         use delta = zT.select(1L, dim)
         use prior = VpSde.priorLogp latent
         let logp = prior + delta
