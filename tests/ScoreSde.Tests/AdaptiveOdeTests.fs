@@ -239,3 +239,4 @@ let tests =
             z.State.Dispose()
         }
     ]
+
