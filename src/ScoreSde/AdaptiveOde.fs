@@ -153,19 +153,28 @@ module AdaptiveOde =
         let direction = if t1 >= t0 then 1.0 else -1.0
         let span = abs (t1 - t0)
         let rtol, atol = settings.Rtol, settings.Atol
-        let sc = Tensors.scalar
+        // TorchSharp Scalars have finalizers: one passed inline can be collected while the native call
+        // that uses it runs. Every Scalar of the solve is therefore cached here, alive until the end.
+        let scalars = Collections.Generic.Dictionary<float, Scalar>()
+        let sc (v: float) =
+            match scalars.TryGetValue v with
+            | true, s -> s
+            | _ ->
+                let s = Tensors.scalar v
+                scalars.[v] <- s
+                s
         // working buffers, updated in place: the seven stage derivatives, a stage state, the
         // candidate state, the error estimate, and per-sample time, step size and counters
         let ks = Array.init 7 (fun _ -> torch.empty_like(x))
         use stage = torch.empty_like(x)
         use yNew = torch.empty_like(x)
         use errBuf = torch.empty_like(x)
-        use t = Tensors.fullTime batch t0 dtype device
         use hAbs = torch.empty([| batch |], dtype = dtype, device = device)
         use justRejected = torch.zeros([| batch |], dtype = torch.ScalarType.Bool, device = device)
-        use errPrev = torch.full([| batch |], Tensors.scalar 1e-4, dtype = dtype, device = device)
+        use errPrev = torch.full([| batch |], sc 1e-4, dtype = dtype, device = device)
         use accepted = torch.zeros([| batch |], dtype = torch.int64, device = device)
         use rejected = torch.zeros([| batch |], dtype = torch.int64, device = device)
+        use t = torch.full([| batch |], sc t0, dtype = dtype, device = device)
         let mutable nfe = 0
 
         // k <- field(y, time); whatever the field allocates is disposed with the local scope.
@@ -286,6 +295,7 @@ module AdaptiveOde =
             { State = x; Nfe = nfe; Steps = steps; Accepted = host accepted; Rejected = host rejected }
         finally
             for k in ks do k.Dispose()
+            for s in scalars.Values do s.Dispose()
 
     /// Integrate x' = field(x, t) from t0 to t1 (either direction) with adaptive Dormand-Prince 5(4)
     /// steps. x is [B, ...] and is not modified; times are kept per sample in x's dtype. Runs

@@ -78,10 +78,13 @@ module Likelihood =
         match probe with
         | Probe.Gaussian -> z
         | Probe.Rademacher ->
+            // Scalars bound with `use` stay alive through the native calls (they have finalizers)
+            use scZero = Tensors.scalar 0.0
+            use scOne = Tensors.scalar 1.0
             use s = z.sign()
-            use zero = s.eq(Tensors.scalar 0.0)
+            use zero = s.eq(scZero)
             z.Dispose()
-            s.masked_fill(zero, Tensors.scalar 1.0)
+            s.masked_fill(zero, scOne)
 
     /// The probability-flow drift at (x, t) and its divergence per sample ([B]), both detached.
     /// `probes` is [B, K, D] for Hutchinson (None for the exact trace). Enables gradients around the
@@ -105,15 +108,17 @@ module Likelihood =
             match probes with
             | None ->
                 // trace of J: sum_i (e_i^T J)_i, one vector-Jacobian product per dimension
+                use one = Tensors.scalar 1.0
+                use zero = Tensors.scalar 0.0
                 let acc = torch.zeros([| batch |], dtype = x.dtype, device = x.device)
                 let e = torch.zeros([| batch; dim |], dtype = x.dtype, device = x.device)
                 for i in 0L .. dim - 1L do
                     use inner = torch.NewDisposeScope()
                     use col = e.select(1L, i)
-                    col.fill_(Tensors.scalar 1.0) |> ignore
+                    col.fill_(one) |> ignore
                     let row = vjp (e.reshape(x.shape))
                     acc.add_(row.select(1L, i)) |> ignore
-                    col.fill_(Tensors.scalar 0.0) |> ignore
+                    col.fill_(zero) |> ignore
                 acc
             | Some p ->
                 let k = p.shape.[1]

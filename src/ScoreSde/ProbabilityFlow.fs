@@ -52,7 +52,8 @@ module OdeMethod =
     /// A batch-shared-time view of a per-sample-time field (for the fixed-step solvers).
     let sharedTime (field: TimeField) : VectorField =
         fun x t ->
-            use tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
+            use value = Tensors.scalar t     // bound, so it outlives the native call (Scalars have finalizers)
+            use tb = torch.full([| x.shape.[0] |], value, dtype = x.dtype, device = x.device)
             field x tb
 
     /// Integrate x' = field(x, t) between sde.T and eps: downwards (T -> eps) when `downwards`,
