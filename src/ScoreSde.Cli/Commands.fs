@@ -40,6 +40,22 @@ type SampleCommand =
       TimeScale: float
       Shape: int64[] }
 
+/// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
+type LikelihoodCommand =
+    { ModelPath: string
+      Data: string
+      Rtol: float
+      Atol: float
+      Eps: float
+      /// Hutchinson probes per point; None for the exact divergence.
+      Hutchinson: int option
+      Seed: int64
+      /// Points per ODE solve.
+      BatchSize: int
+      /// Per-point results (.csv or .npy): log-likelihood in nats and bits/dim.
+      Out: string option
+      TimeScale: float }
+
 /// Settings of `demo`.
 type DemoCommand =
     { Dataset: ToyDataset
@@ -52,6 +68,11 @@ type DemoCommand =
 [<RequireQualifiedAccess>]
 module Commands =
     let private inv (v: float) (format: string) = v.ToString(format, CultureInfo.InvariantCulture)
+
+    /// A tensor's values as host doubles.
+    let private host (t: Tensor) : float[] =
+        use d = t.detach().cpu().to_type(torch.float64).contiguous()
+        d.data<float>().ToArray()
 
     /// Samples of a few paths (the first `count` samples) through a sampler, recorded by its observer.
     type private PathRecorder(start: Tensor, count: int64) =
@@ -153,11 +174,84 @@ module Commands =
         let recorder = if paths > 0L then Some(PathRecorder(xT, paths)) else None
         let watch = Stopwatch.StartNew()
         let result =
-            Ui.progress ui (sprintf "sampling: %s" s.Label) (max s.Steps 1) (fun advance ->
+            Ui.progress ui (sprintf "sampling: %s" s.Label) s.Steps (fun advance ->
                 let observer = Some(fun (_: int) (_: float) (x: Tensor) -> (recorder |> Option.iter (fun r -> r.Observe x)); advance ())
                 s.Run sde model noise xT observer)
         watch.Stop()
         result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
+
+    /// Log-likelihoods of data points [N, D] (data space) in batches, with a progress bar: per-point
+    /// log p in nats and bits/dim, the model evaluations and the seconds taken. A standardised model
+    /// is evaluated on standardised points and corrected by the map's log-determinant.
+    let logLikelihoods (ui: Ui) (sde: VpSde) (model: Model) (st: Standardisation option) (settings: LikelihoodSettings)
+                       (noise: Noise) (batchSize: int) (points: Tensor) : float[] * float[] * int * float =
+        let n = points.shape.[0]
+        let dim = float points.shape.[1]
+        let batches = int ((n + int64 batchSize - 1L) / int64 batchSize)
+        let logp = ResizeArray<float>()
+        let mutable nfe = 0
+        let watch = Stopwatch.StartNew()
+        Ui.progress ui (sprintf "likelihood of %d points" n) batches (fun advance ->
+            for b in 0 .. batches - 1 do
+                use scope = torch.NewDisposeScope()
+                let start = int64 b * int64 batchSize
+                let chunk = points.narrow(0L, start, min (int64 batchSize) (n - start))
+                let x = match st with Some s -> Standardisation.apply s chunk | None -> chunk
+                use r = Likelihood.compute sde model settings noise x
+                let correction = match st with Some s -> Standardisation.logDetJacobian s | None -> 0.0
+                logp.AddRange(host r.LogLikelihood |> Array.map (fun v -> v + correction))
+                nfe <- nfe + r.Nfe
+                advance ())
+        let logp = logp.ToArray()
+        logp, logp |> Array.map (fun v -> -v / (dim * Math.Log 2.0)), nfe, watch.Elapsed.TotalSeconds
+
+    /// Mean and standard error of the mean.
+    let meanAndError (v: float[]) =
+        let m = Array.average v
+        let var = if v.Length > 1 then (v |> Array.sumBy (fun x -> (x - m) ** 2.0)) / float (v.Length - 1) else 0.0
+        m, sqrt (var / float v.Length)
+
+    let private likelihoodSettings (rtol: float) (atol: float) (eps: float) (hutchinson: int option) =
+        { Likelihood.defaults with
+            Method = OdeMethod.dopri5 rtol atol
+            Eps = eps
+            Divergence =
+                match hutchinson with
+                | Some k -> Divergence.Hutchinson(Probe.Rademacher, k)
+                | None -> Divergence.Exact }
+
+    /// `likelihood`: bits/dim of a data file under a model, through the probability-flow ODE.
+    let likelihood (ui: Ui) (c: LikelihoodCommand) : int =
+        c.Out |> Option.iter (fun o ->
+            let ext = Path.GetExtension(o).ToLowerInvariant()
+            if ext <> ".csv" && ext <> ".npy" then
+                raise (ArgumentException(sprintf "--out must end in .csv or .npy (got '%s')." o, "--out")))
+        use data = DataFile.load c.Data torch.float64
+        let dim = data.shape.[1]
+        let tsOptions = { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = [| dim |] }
+        use loaded = ModelFile.load c.ModelPath tsOptions
+        let info = loaded.Info
+        if info.SampleShape <> [| dim |] then
+            raise (ArgumentException(
+                    sprintf "--data: the model takes points of shape [%s] but %s holds %d coordinates per point."
+                        (String.Join(", ", info.SampleShape)) c.Data dim, "--data"))
+        Ui.info ui (sprintf "model: %s" info.Description)
+        use points = data.to_type(info.Dtype)
+        let settings = likelihoodSettings c.Rtol c.Atol c.Eps c.Hutchinson
+        let logp, bpd, nfe, seconds =
+            logLikelihoods ui info.Sde loaded.Model info.Standardisation settings (Noise.fromSeed c.Seed torch.CPU) c.BatchSize points
+        c.Out |> Option.iter (fun o ->
+            ensureParent o
+            let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
+            let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
+            if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then Npy.write o table
+            else Csv.write o (Some [| "log_likelihood"; "bits_per_dim" |]) table)
+        let m, se = meanAndError bpd
+        let ml, _ = meanAndError logp
+        ui.Out.WriteLine(
+            sprintf "%s bits/dim (+- %s standard error) over %d points of %s; mean log-likelihood %s nats; %d model evaluations, %s s"
+                (inv m "F4") (inv se "F4") logp.Length c.Data (inv ml "F4") nfe (inv seconds "F1"))
+        0
 
     /// `sample`: draw samples from a saved or TorchScript model and write them to a file.
     let sample (ui: Ui) (c: SampleCommand) : int =
@@ -226,17 +320,31 @@ module Commands =
                 let run = entry.Demo
                 let result, seconds, paths = runSampler ui run sde model xT (c.Seed + 2L) 6L
                 run, result, seconds, paths ]
+        // Held-out bits/dim through the probability-flow ODE (exact divergence, Dopri5 at 1e-5) on
+        // the first points of the held-out set, and the data's exact bits/dim on the same points.
+        let likelihoodPoints = min 1000L held.shape.[0]
+        use heldSubset = held.narrow(0L, 0L, likelihoodPoints)
+        let _, bpd, likNfe, likSeconds =
+            logLikelihoods ui sde model None (likelihoodSettings 1e-5 1e-5 1e-5 None) (Noise.fromSeed c.Seed torch.CPU) 1000 heldSubset
+        let bpdText (v: float[]) = let m, se = meanAndError v in sprintf "%s +- %s" (inv m "F3") (inv se "F3")
+        let exactBpd =
+            ToyDataset.tryLogDensity c.Dataset heldSubset
+            |> Option.map (fun lp -> use lp = lp in host lp |> Array.map (fun v -> -v / (2.0 * Math.Log 2.0)))
         let sw (x: Tensor) = Metrics.slicedWasserstein1 x held
         let finite (x: Tensor) = torch.isfinite(x).all().item<bool>()
         use trainSubset = data.narrow(0L, 0L, min (int64 c.Count) data.shape.[0])
         let rows =
             [ for run, result, seconds, _ in runs do
                 yield [ run.Label; string result.Nfe; inv seconds "F2"
-                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged") ]
-              yield [ "reference: training data"; "-"; "-"; inv (sw trainSubset) "F4" ]
-              yield [ "reference: prior N(0, I)"; "-"; "-"; inv (sw xT) "F4" ] ]
-        Ui.table ui (sprintf "%d samples, sliced Wasserstein-1 to %d held-out points (128 directions)" c.Count c.Count)
-            [ "sampler"; "model evals"; "seconds"; "sliced W1" ] rows
+                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged"); "" ]
+              yield [ "likelihood: ODE Dopri5, exact divergence"; string likNfe; inv likSeconds "F2"; ""; bpdText bpd ]
+              yield [ "reference: training data"; ""; ""; inv (sw trainSubset) "F4"
+                      (match exactBpd with Some v -> bpdText v + " (exact density)" | None -> "") ]
+              yield [ "reference: prior N(0, I)"; ""; ""; inv (sw xT) "F4"; "" ] ]
+        Ui.table ui
+            (sprintf "%d samples: sliced Wasserstein-1 to %d held-out points (128 directions); bits/dim of %d held-out points"
+                c.Count c.Count likelihoodPoints)
+            [ "sampler"; "model evals"; "seconds"; "sliced W1"; "bits/dim" ] rows
         Ui.table ui "training"
             [ "steps"; "batch"; "seconds"; "steps/s"; "samples/s"; "final loss" ]
             [ [ string c.TrainSteps; string trainCommand.BatchSize; inv r.Seconds "F1"; inv r.StepsPerSecond "F0"

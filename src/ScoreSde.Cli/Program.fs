@@ -139,6 +139,33 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
                   Shape = parseShape (pr.GetValue shape) }))
     cmd
 
+let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
+    let cmd = Command("likelihood", "Bits/dim of data under a model, through the probability-flow ODE (Song et al. 2021, appendix D.2)")
+    let data = Opt.required "--data" "Points to evaluate: a .csv or .npy file of N points by D coordinates"
+    let rtol = Opt.positive "--rtol" "Relative tolerance of the adaptive ODE solver" (Some 1e-5)
+    let atol = Opt.positive "--atol" "Absolute tolerance of the adaptive ODE solver" (Some 1e-5)
+    let eps = Opt.inRange 1e-7 1.0 "--eps" "Time at which the data are taken (the integration starts there)" (Some 1e-5)
+    let hutchinson = Opt.intAtLeastOrNone 1 "--hutchinson" "Estimate the divergence with this many Rademacher probes per point (default: exact trace)"
+    let seed = Opt.seed "Seed of the Hutchinson probes"
+    let batch = Opt.intAtLeast 1 "--batch-size" "Points per ODE solve" (Some 1000)
+    let out = Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
+    for o in [ modelOption :> Option; data; rtol; atol; eps; hutchinson; seed; batch; out; timeScale ] do cmd.Add o
+    cmd.SetAction(fun (pr: ParseResult) ->
+        pr |> act (fun ui ->
+            let k = pr.GetValue hutchinson
+            Commands.likelihood ui
+                { ModelPath = pr.GetValue modelOption
+                  Data = pr.GetValue data
+                  Rtol = pr.GetValue rtol
+                  Atol = pr.GetValue atol
+                  Eps = pr.GetValue eps
+                  Hutchinson = (if k.HasValue then Some k.Value else None)
+                  Seed = pr.GetValue seed
+                  BatchSize = pr.GetValue batch
+                  Out = Option.ofObj (pr.GetValue out)
+                  TimeScale = pr.GetValue timeScale }))
+    cmd
+
 /// The root command and its subcommands.
 let rootCommand () =
     // A plain Command named after the executable (RootCommand takes the assembly's name, ScoreSde.Cli).
@@ -159,6 +186,7 @@ let rootCommand () =
     root.Add(demoCommand act)
     root.Add(trainCommand act)
     root.Add(sampleCommand act)
+    root.Add(likelihoodCommand act)
     root
 
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,

@@ -31,7 +31,7 @@ type SamplerEntry =
 [<RequireQualifiedAccess>]
 module Samplers =
     /// Shared by every sampler: the number of steps (each sampler has its own default).
-    let steps = Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500, ode 100)"
+    let steps = Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100)"
 
     /// Shared by every sampler: the time the sampler stops at.
     let eps = Opt.inRange 1e-6 1.0 "--eps" "Time at which sampling stops" (Some 1e-3)
@@ -91,10 +91,14 @@ module Samplers =
           Demo =
             pcRun Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }) 250 1e-3 }
 
-    // ---- probability-flow ODE, fixed step ----
+    // ---- probability-flow ODE: adaptive Dormand-Prince or a fixed-step solver ----
 
     let private solvers = [ "rk4", OdeSolver.Rk4; "heun", OdeSolver.Heun; "euler", OdeSolver.Euler ]
-    let private solver = Opt.choice "--solver" "ODE solver" (List.map fst solvers) (Some "rk4")
+    let private solver =
+        Opt.choice "--solver" "ODE solver: adaptive Dormand-Prince 5(4), or a fixed-step solver on --steps uniform steps"
+            ("dopri5" :: List.map fst solvers) (Some "dopri5")
+    let private rtol = Opt.positive "--rtol" "dopri5: relative tolerance" (Some 1e-5)
+    let private atol = Opt.positive "--atol" "dopri5: absolute tolerance" (Some 1e-5)
 
     /// The fixed-step probability-flow sampler.
     let odeRun (s: OdeSolver) (stepCount: int) (epsValue: float) : SamplerRun =
@@ -104,14 +108,38 @@ module Samplers =
           Steps = stepCount
           Run = fun sde model _ xT observer -> Sampler.probabilityFlow sde model { settings with Observer = observer } xT }
 
+    /// The adaptive probability-flow sampler (Dormand-Prince 5(4), one step size for the batch, as
+    /// the paper's code and `ProbabilityFlow.defaults`).
+    let adaptiveOdeRun (r: float) (a: float) (epsValue: float) : SamplerRun =
+        let adaptive =
+            match ProbabilityFlow.defaults.Method with
+            | OdeMethod.Dopri5 d -> { d with Rtol = r; Atol = a }
+            | _ -> { AdaptiveOde.defaults with Rtol = r; Atol = a; Control = StepControl.BatchGlobal }
+        { Name = "ode"
+          Label = sprintf "ODE: Dopri5, rtol %g, atol %g" r a
+          Steps = 0
+          Run = fun sde model _ xT observer ->
+                  // the adaptive observer sees one time per sample; with batch-global control they agree
+                  let watch =
+                      observer |> Option.map (fun f -> fun (i: int) (t: Tensor) (x: Tensor) ->
+                          use t0 = t.[0L]
+                          f i (t0.to_type(torch.float64).item<float>()) x)
+                  let settings = { ProbabilityFlow.defaults with Method = OdeMethod.Dopri5 { adaptive with Observer = watch }; Eps = epsValue }
+                  ProbabilityFlow.sample sde model settings xT }
+
     let ode =
         { Name = "ode"
           Summary = "deterministic sampler: the probability-flow ODE integrated from t = 1 to eps"
-          Options = [ solver ]
+          Options = [ solver; rtol; atol ]
           FromCommandLine = fun pr ->
-            let s = solvers |> List.find (fun (n, _) -> n = Opt.choiceValue pr solver) |> snd
-            odeRun s (stepsOr pr 100) (pr.GetValue eps)
-          Demo = odeRun OdeSolver.Rk4 50 1e-3 }
+            match Opt.choiceValue pr solver with
+            | "dopri5" ->
+                if pr.GetValue(steps).HasValue then
+                    raise (ArgumentException(
+                            "--steps applies to the fixed-step solvers (--solver rk4|heun|euler); dopri5 chooses its own steps from --rtol and --atol.", "--steps"))
+                adaptiveOdeRun (pr.GetValue rtol) (pr.GetValue atol) (pr.GetValue eps)
+            | name -> odeRun (solvers |> List.find (fun (n, _) -> n = name) |> snd) (stepsOr pr 100) (pr.GetValue eps)
+          Demo = adaptiveOdeRun 1e-5 1e-5 1e-3 }
 
     /// Every sampler the command line offers, in the order `demo` runs them.
     let all = [ pc; ode ]

@@ -33,8 +33,9 @@ module Ui =
     let info (ui: Ui) (text: string) =
         if not ui.Quiet then ui.Out.WriteLine text
 
-    /// Run `body` with a progress bar of `total` units; body gets a function that advances it by one
-    /// unit and returns its result. Without an interactive console (or with --quiet) no bar is drawn.
+    /// Run `body` with a progress bar of `total` units (0: unknown in advance, an indeterminate bar);
+    /// body gets a function that advances it by one unit and returns its result. Without an
+    /// interactive console (or with --quiet) no bar is drawn.
     let progress (ui: Ui) (label: string) (total: int) (body: (unit -> unit) -> 'a) : 'a =
         if ui.Quiet || not ui.Console.Profile.Capabilities.Interactive then
             body ignore
@@ -50,6 +51,7 @@ module Ui =
                             RemainingTimeColumn() |])
                 .Start(fun ctx ->
                     let task = ctx.AddTask(Markup.Escape label, true, float (max total 1))
+                    if total <= 0 then task.IsIndeterminate <- true
                     result <- body (fun () -> task.Increment 1.0)
                     task.Value <- task.MaxValue)
             result

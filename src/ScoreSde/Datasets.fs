@@ -79,6 +79,25 @@ module ToyDataset =
                 torch.stack([| u; v |], 1L) * 0.75
         points.to_type(dtype).MoveToOuterDisposeScope()
 
+    /// The exact log-density (nats) of the ring dataset at points x [N, 2], as a float64 [N] tensor:
+    /// log of the equal-weight mixture of its 8 Gaussians. None for the other datasets (their
+    /// densities have no closed form).
+    let tryLogDensity (dataset: ToyDataset) (x: Tensor) : Tensor option =
+        match dataset with
+        | ToyDataset.Ring ->
+            Check.floating "x" x
+            if x.dim() <> 2L || x.shape.[1] <> 2L then Check.fail "x" x.shape "an [N, 2] tensor"
+            use scope = torch.NewDisposeScope()
+            let angles = Array.init 8 (fun k -> float k * Math.PI / 4.0)
+            let centres =
+                torch.tensor(angles |> Array.collect (fun a -> [| Math.Sqrt 2.0 * Math.Cos a; Math.Sqrt 2.0 * Math.Sin a |]),
+                             dtype = torch.float64).reshape([| 1L; 8L; 2L |])
+            let var = 0.1 * 0.1
+            let d2 = (x.detach().cpu().to_type(torch.float64).unsqueeze(1L) - centres).square().sum([| 2L |])
+            let logComponents = d2 * (-0.5 / var) - Math.Log(2.0 * Math.PI * var)
+            Some((torch.logsumexp(logComponents, 1L) - Math.Log 8.0).MoveToOuterDisposeScope())
+        | _ -> None
+
 [<RequireQualifiedAccess>]
 module Standardisation =
     /// The identity map in `dim` dimensions.

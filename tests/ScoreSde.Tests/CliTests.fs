@@ -48,7 +48,7 @@ let tests =
             for f in [ "config.json"; "weights.bin" ] do Expect.isTrue (File.Exists(Path.Combine(model, f))) f
             Expect.isTrue (File.Exists(Path.Combine(dir, "loss.png"))) "loss plot"
             let csv = Path.Combine(dir, "s.csv")
-            cliOk [ "sample"; "--model"; model; "--sampler"; "ode"; "--steps"; "5"; "--n"; "37"; "--out"; csv; "--quiet" ] |> ignore
+            cliOk [ "sample"; "--model"; model; "--sampler"; "ode"; "--solver"; "rk4"; "--steps"; "5"; "--n"; "37"; "--out"; csv; "--quiet" ] |> ignore
             Expect.equal (rows csv).Length 37 "37 rows"
             Expect.isTrue (rows csv |> Array.forall (fun l -> l.Split(',').Length = 2)) "2 columns"
             let npy = Path.Combine(dir, "s.npy")
@@ -87,7 +87,7 @@ let tests =
             let _, info, _ = ModelFile.readConfig model
             Expect.isSome info.Standardisation "a data file is standardised"
             let out = Path.Combine(dir, "s.csv")
-            cliOk [ "sample"; "--model"; model; "--sampler"; "ode"; "--steps"; "20"; "--n"; "400"; "--out"; out; "--quiet" ] |> ignore
+            cliOk [ "sample"; "--model"; model; "--sampler"; "ode"; "--solver"; "heun"; "--steps"; "20"; "--n"; "400"; "--out"; out; "--quiet" ] |> ignore
             use s = DataFile.load out torch.float64
             let m, sd = moments s
             // Even a briefly trained model samples roughly N(0, 1) in the standardised space, so in
@@ -113,12 +113,49 @@ let tests =
                 Expect.stringContains out word "table contents"
         }
 
-        test "the TorchScript fixture samples through the command line" {
+        test "the TorchScript fixture samples through the command line (adaptive ODE)" {
             let dir = tempDir "clits"
             let out = Path.Combine(dir, "g.csv")
-            cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; "ode"; "--steps"; "40"; "--n"; "4000"; "--out"; out; "--quiet" ] |> ignore
+            let log = cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; "ode"; "--n"; "4000"; "--out"; out ]
+            Expect.stringContains log "Dopri5" "the adaptive solver is the default"
             use s = DataFile.load out torch.float64
             expectFixtureGaussian s "scoresde sample (seed 0)"
+        }
+
+        test "likelihood of the TorchScript Gaussian matches its closed-form density" {
+            let dir = tempDir "clilik"
+            // 300 points of the fixture's Gaussian, written as .npy
+            use g = generator 90L
+            use z = torch.randn([| 300L; 2L |], dtype = torch.float64, generator = g)
+            use x = z * torch.tensor(fixtureGaussian.S, dtype = torch.float64) + torch.tensor(fixtureGaussian.Mu, dtype = torch.float64)
+            let data = Path.Combine(dir, "x.npy")
+            DataFile.save data x
+            let perPoint = Path.Combine(dir, "lik.csv")
+            let out = cliOk [ "likelihood"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--data"; data; "--out"; perPoint; "--batch-size"; "128"; "--quiet" ]
+            Expect.stringContains out "bits/dim" "summary line"
+            let table = Csv.read perPoint
+            Expect.equal table.Shape [| 300L; 2L |] "one row per point"
+            // For Gaussian data the probability-flow map from eps to T is affine per coordinate:
+            // x_T = m_T + (sd_T / sd_eps) (x - m_eps), with m_t = alpha_t mu and
+            // sd_t^2 = alpha_t^2 s^2 + 1 - alpha_t^2. The method reports log N(x_T; 0, I) + log |dx_T/dx|
+            // (the prior stands in for p_T, which differs from N(0, I) by alpha_1 ~ 0.007): computed
+            // here by hand in float64. The model runs in float32 and Dopri5 at rtol = atol = 1e-5 on a
+            // state of size ~10: 5e-4 nats leaves room for both (observed errors ~1e-5).
+            let alpha t = exp (-0.25 * t * t * 19.9 - 0.05 * t)
+            let moments t d =
+                let a = alpha t
+                a * fixtureGaussian.Mu.[d], sqrt (a * a * fixtureGaussian.S.[d] ** 2.0 + 1.0 - a * a)
+            let xs = values x
+            for i in 0 .. 299 do
+                let expected =
+                    Array.init 2 (fun d ->
+                        let mEps, sdEps = moments 1e-5 d
+                        let mT, sdT = moments 1.0 d
+                        let xT = mT + sdT / sdEps * (xs.[2 * i + d] - mEps)
+                        -0.5 * log (2.0 * Math.PI) - 0.5 * xT * xT + log (sdT / sdEps))
+                    |> Array.sum
+                close 5e-4 table.Values.[2 * i] expected (sprintf "log p of point %d (seed 90)" i)
+                close 1e-9 table.Values.[2 * i + 1] (-table.Values.[2 * i] / (2.0 * log 2.0)) "bits/dim = -log p / (D ln 2)"
         }
 
         test "bad input: one line on stderr, non-zero exit, no stack trace" {
@@ -142,6 +179,12 @@ let tests =
             cliFails [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--shape"; "3,x"; "--out"; csv ] "--shape must be positive integers"
             cliFails [ "sample"; "--model"; model; "--steps"; "abc"; "--out"; csv ] "abc"
             cliFails [ "sample"; "--out"; csv ] "--model"
+            cliFails [ "sample"; "--model"; model; "--sampler"; "ode"; "--steps"; "10"; "--out"; csv ] "--steps applies to the fixed-step solvers"
+            cliFails [ "likelihood"; "--model"; model; "--data"; fixture "three_d.npy" ] "expected a 2-D array"
+            let wide = Path.Combine(dir, "wide.csv")
+            File.WriteAllText(wide, "1,2,3\n4,5,6\n")
+            cliFails [ "likelihood"; "--model"; model; "--data"; wide ] "holds 3 coordinates per point"
+            cliFails [ "likelihood"; "--model"; model; "--data"; wide; "--hutchinson"; "0" ] "--hutchinson must be at least 1"
             cliFails [ "frobnicate" ] "frobnicate"
         }
     ]

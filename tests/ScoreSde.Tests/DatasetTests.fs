@@ -53,6 +53,23 @@ let tests =
                 close (5.0 / sqrt (float n)) (s.[d] * s.[d]) 1.01 (sprintf "variance dim %d (seed 5)" d)
         }
 
+        test "ring: the exact log-density integrates to 1 and has the closed-form peak" {
+            // Riemann sum on a 0.01 grid over [-2.5, 2.5]^2: the mixture's components have std 0.1,
+            // so the grid resolves them (midpoint error below h^2 / (24 s^2) ~ 4e-4) and no mass lies outside
+            let h = 0.01
+            let k = int (5.0 / h)
+            let coords = Array.init k (fun i -> -2.5 + (float i + 0.5) * h)
+            use grid = torch.tensor([| for x in coords do for y in coords do yield x; yield y |], dtype = torch.float64).reshape(-1L, 2L)
+            use lp = (ToyDataset.tryLogDensity ToyDataset.Ring grid).Value
+            use p = lp.exp()
+            close 1e-3 (scalar (p.sum()) * h * h) 1.0 "total mass"
+            // at a centre the other components are > 1 away (exp(-1.08^2 / 0.02) ~ 1e-25): 1 / (8 2 pi 0.01)
+            use centre = torch.tensor([| sqrt 2.0; 0.0 |], dtype = torch.float64).reshape(1L, 2L)
+            use lc = (ToyDataset.tryLogDensity ToyDataset.Ring centre).Value
+            close 1e-12 (scalar lc) (-(log (8.0 * 2.0 * Math.PI * 0.01))) "peak"
+            Expect.isNone (ToyDataset.tryLogDensity ToyDataset.Moons centre) "no closed form for moons"
+        }
+
         test "checkerboard: every point on a dark square of [-1.5, 1.5]^2, both colours' squares equally used" {
             use x = draw ToyDataset.Checkerboard 8000 6L
             let counts = Collections.Generic.Dictionary<int * int, int>()
