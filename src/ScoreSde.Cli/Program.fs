@@ -217,5 +217,6 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
 [<EntryPoint>]
 let main argv =
     // Process-wide malloc settings belong to the executable, not to `run` (which tests call in-process).
-    Allocator.tune () |> ignore
+    // SCORESDE_MALLOC_DEFAULTS=1 keeps glibc's defaults (to measure the difference).
+    if Environment.GetEnvironmentVariable "SCORESDE_MALLOC_DEFAULTS" <> "1" then Allocator.tune () |> ignore
     run Console.Out Console.Error argv
