@@ -60,8 +60,9 @@ type DpmSolverSettings =
       /// The number of model evaluations, met exactly (fixed-step methods).
       Steps: int
       Eps: float
-      /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step runs
-      /// always end with the lower-order steps that make the budget exact.
+      /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step: split
+      /// the budget as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps);
+      /// when false and the order divides the budget, every step has the full order.
       LowerOrderFinal: bool
       /// Spend the last evaluation on Tweedie's denoising step x_0 = E[x_0 | x_eps] (counts in Steps).
       Denoise: bool
@@ -201,7 +202,10 @@ module DpmSolver =
         match settings.Method with
         | DpmMethod.MultiStep -> grid solverSteps, multiStepOrders settings.Order solverSteps settings.LowerOrderFinal
         | DpmMethod.SingleStep ->
-            let orders = singleStepOrders settings.Order solverSteps
+            let orders =
+                if not settings.LowerOrderFinal && solverSteps % settings.Order = 0 then
+                    Array.create (solverSteps / settings.Order) settings.Order
+                else singleStepOrders settings.Order solverSteps
             let times =
                 match settings.Grid with
                 | TimeGrid.LogSnr -> grid orders.Length

@@ -40,7 +40,8 @@ let rec private parse (o: Options) (args: string list) =
 
 let private budgetsFull = [| 10; 15; 20; 50; 100; 200; 1000 |]
 let private budgetsQuick = [| 10; 20; 100 |]
-let private quickNames = set [ "PC reverse diffusion + Langevin"; "ODE RK4 (uniform t)"; "DPM-Solver-3S"; "DPM-Solver++2M"; "DPM-Solver++3M" ]
+let private quickNames =
+    set [ "PC reverse diffusion + Langevin"; "ODE RK4 (uniform t)"; "DPM-Solver-3M"; "DPM-Solver++3M"; "DPM-Solver-2M, time-quadratic grid" ]
 
 let private run (o: Options) =
     Native.ensureLoaded ()
@@ -91,6 +92,16 @@ let private run (o: Options) =
         say ""
         say (sprintf "Noise floor (two exact sets): %.4f. Converged ODE (DPM-Solver++3M, %d evaluations): %.4f."
                  floor budgets.[budgets.Length - 1] (converged |> Option.map snd |> Option.defaultValue nan))
+        let best budget =
+            match Array.tryFindIndex ((=) budget) budgets with
+            | None -> None
+            | Some i ->
+                rows |> List.choose (fun r -> r.Cells.[i] |> Option.map (fun (_, d) -> r.Name, d)) |> List.sortBy snd |> List.tryHead
+        for b in [ 10; 20 ] do
+            match best b, converged with
+            | Some(name, d), Some(_, c) ->
+                say (sprintf "Best at %d evaluations: %s, %.4f (%+.1f%% against the converged value)." b name d (100.0 * (d / c - 1.0)))
+            | _ -> ()
         say ""
         say (Report.table budgets rows)
         if not adaptive.IsEmpty then

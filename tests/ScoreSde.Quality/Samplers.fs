@@ -86,10 +86,13 @@ let fixedBudget : FixedBudget list =
       { Name = "DPM-Solver++2M"; Family = "DPM"; Run = dpm { d with Method = DpmMethod.MultiStep; Order = 2 } }
       { Name = "DPM-Solver++3M"; Family = "DPM"; Run = dpm { d with Method = DpmMethod.MultiStep; Order = 3 } }
       // variations: grids, final steps, denoising
+      { Name = "DPM-Solver-3M, time-quadratic grid"; Family = "tuned"; Run = dpm { d with Algorithm = noiseAlg; Grid = TimeGrid.Quadratic } }
+      { Name = "DPM-Solver-2M, time-quadratic grid"; Family = "tuned"; Run = dpm { d with Algorithm = noiseAlg; Order = 2; Grid = TimeGrid.Quadratic } }
+      { Name = "DPM-Solver-3M, EDM grid rho 7"; Family = "tuned"; Run = dpmEdm 7.0 { d with Algorithm = noiseAlg } }
+      { Name = "DPM-Solver-3M, no lower-order final"; Family = "tuned"; Run = dpm { d with Algorithm = noiseAlg; LowerOrderFinal = false } }
+      { Name = "DPM-Solver-3M, denoised"; Family = "tuned"; Run = dpm { d with Algorithm = noiseAlg; Denoise = true } }
       { Name = "DPM-Solver++3M, time-quadratic grid"; Family = "tuned"; Run = dpm { d with Grid = TimeGrid.Quadratic } }
-      { Name = "DPM-Solver++3M, EDM grid rho 7"; Family = "tuned"; Run = dpmEdm 7.0 d }
-      { Name = "DPM-Solver++3M, no lower-order final"; Family = "tuned"; Run = dpm { d with LowerOrderFinal = false } }
-      { Name = "DPM-Solver++3M, denoised"; Family = "tuned"; Run = dpm { d with Denoise = true } } ]
+      { Name = "DPM-Solver++3S, time-quadratic grid"; Family = "tuned"; Run = dpm { d with Method = DpmMethod.SingleStep; Grid = TimeGrid.Quadratic } } ]
 
 /// Adaptive samplers, each at a few tolerances.
 let adaptive : Adaptive list =
