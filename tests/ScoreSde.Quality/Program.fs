@@ -48,7 +48,12 @@ let private run (o: Options) =
     torch.set_num_threads 1
     let sde = VpSde.standard
     let budgets = if o.Quick then budgetsQuick else budgetsFull
-    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    // the full run writes into docs/; a quick run elsewhere unless told
+    let outDir =
+        match o.OutDir with
+        | Some dir -> dir
+        | None when o.Quick -> Path.Combine(Path.GetTempPath(), "scoresde-quality")
+        | None -> Path.Combine(repoRoot (), "docs")
     Directory.CreateDirectory outDir |> ignore
     let problems = (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems) |> List.map (function "a" -> Mixture.circle8 | _ -> Mixture.unequal16)
     let report = Text.StringBuilder()

@@ -352,3 +352,23 @@ let facadeTests =
             expectParam "model" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), null, [| 2L |], DpmSolverOptions()) |> ignore)
         }
     ]
+
+[<Tests>]
+let memoryTests =
+    let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+    testSequenced <| testList "DPM-Solver memory" [
+        test "the live-tensor count stays flat over 3000 steps and returns to baseline" {
+            // a cheap model that allocates its output, like a network
+            let cheap = Model.noise (fun x _ -> x * 0.5)
+            use g = generator 1L
+            use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+            for meth in [ DpmMethod.MultiStep; DpmMethod.SingleStep ] do
+                let baseline = live ()
+                let counts = ResizeArray()
+                let settings = { d with Method = meth; Steps = 3000; Grid = TimeGrid.Uniform; Observer = Some(fun i _ _ -> if i % 200 = 199 then counts.Add(live ())) }
+                let r = DpmSolver.sample sde cheap settings xT
+                Expect.allEqual counts counts.[0] (sprintf "%A: live tensors during sampling %A" meth counts)
+                r.Samples.Dispose()
+                Expect.equal (live ()) baseline (sprintf "%A: back to baseline" meth)
+        }
+    ]
