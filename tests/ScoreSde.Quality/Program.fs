@@ -20,16 +20,18 @@ let private repoRoot () =
 
 type private Options =
     { Quick: bool
+      Sweep: bool
       Samples: int
       Problems: string list
       OutDir: string option }
 
-let private usage = "usage: ScoreSde.Quality [--quick] [--samples N] [--problem a|b] [--out DIR]"
+let private usage = "usage: ScoreSde.Quality [--quick | --sweep] [--samples N] [--problem a|b] [--out DIR]"
 
 let rec private parse (o: Options) (args: string list) =
     match args with
     | [] -> o
     | "--quick" :: rest -> parse { o with Quick = true } rest
+    | "--sweep" :: rest -> parse { o with Sweep = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -127,11 +129,67 @@ let private run (o: Options) =
     File.WriteAllText(md, report.ToString())
     printfn "wrote %s" md
 
+/// Every DPM-Solver configuration (algorithm, method, order 2 or 3, lower-order final steps, grid) at
+/// 10 and 20 evaluations: which one is best on each problem.
+let private sweep (o: Options) =
+    Native.ensureLoaded ()
+    torch.set_num_threads 1
+    let sde = VpSde.standard
+    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    let problems = (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems) |> List.map (function "a" -> Mixture.circle8 | _ -> Mixture.unequal16)
+    let report = Text.StringBuilder()
+    let say (s: string) =
+        printfn "%s" s
+        report.AppendLine s |> ignore
+    let grids : (string * (int -> TimeGrid)) list =
+        [ yield "logSNR", (fun _ -> TimeGrid.LogSnr)
+          yield "time-quadratic", (fun _ -> TimeGrid.Quadratic)
+          yield "time-uniform", (fun _ -> TimeGrid.Uniform)
+          for rho in [ 3.0; 5.0; 7.0 ] do
+              yield sprintf "EDM rho %g" rho, (fun n -> TimeGrid.Explicit(Samplers.edmGrid rho sde n 1e-3)) ]
+    say (sprintf "DPM-Solver configurations at 10 and 20 evaluations; sliced W1 as in dpm-solver-results.md (%d samples)." o.Samples)
+    for problem in problems do
+        let model = Model.noise (Mixture.noiseModel sde problem)
+        use dirs = Metric.directions problem.Dim 256 7L
+        use g1 = new torch.Generator(1UL)
+        use g3 = new torch.Generator(3UL)
+        use reference = Mixture.sample problem o.Samples g1
+        use xT = torch.randn([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
+        use metric = new Metric.Reference(dirs, reference)
+        let converged =
+            let r = DpmSolver.sample sde model { DpmSolver.defaults with Steps = 1000 } xT
+            use x = r.Samples
+            metric.Distance x
+        say ""
+        say (sprintf "### Problem (%s): %s; converged (DPM-Solver++3M, 1000 evaluations) %.4f" problem.Name problem.Description converged)
+        for budget in [ 10; 20 ] do
+            let results =
+                [ for gname, grid in grids do
+                    for alg, an in [ DpmAlgorithm.DpmSolver, "DPM-Solver-"; DpmAlgorithm.DpmSolverPlusPlus, "DPM-Solver++" ] do
+                        for meth, mn in [ DpmMethod.MultiStep, "M"; DpmMethod.SingleStep, "S" ] do
+                            for order in [ 2; 3 ] do
+                                for lof in [ true; false ] do
+                                    let settings = { DpmSolver.defaults with Algorithm = alg; Method = meth; Order = order; LowerOrderFinal = lof; Steps = budget; Grid = grid budget }
+                                    let r = DpmSolver.sample sde model settings xT
+                                    use x = r.Samples
+                                    yield sprintf "%s%d%s, %s grid%s" an order mn gname (if lof then "" else ", no lower-order final"), metric.Distance x ]
+                |> List.sortBy snd
+            say ""
+            say (sprintf "%d evaluations, best 10 of %d configurations:" budget results.Length)
+            say ""
+            say "| configuration | sliced W1 | against converged |"
+            say "|---|---:|---:|"
+            for name, dist in List.truncate 10 results do
+                say (sprintf "| %s | %.4f | %+.1f%% |" name dist (100.0 * (dist / converged - 1.0)))
+    let md = Path.Combine(outDir, "dpm-solver-sweep.md")
+    File.WriteAllText(md, report.ToString())
+    printfn "wrote %s" md
+
 [<EntryPoint>]
 let main argv =
     try
-        let o = parse { Quick = false; Samples = 10000; Problems = []; OutDir = None } (List.ofArray argv)
-        run o
+        let o = parse { Quick = false; Sweep = false; Samples = 10000; Problems = []; OutDir = None } (List.ofArray argv)
+        if o.Sweep then sweep o else run o
         0
     with
     | Failure msg ->

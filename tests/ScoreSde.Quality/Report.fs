@@ -56,7 +56,7 @@ let plot (path: string) (title: string) (series: (string * (int * float)[]) list
              for m in [ 1.0; 2.0; 5.0 ] do
                  let v = Math.Log10 m + float e
                  if v >= a - 0.05 && v <= b + 0.05 then yield v |]
-    let label (v: float) = (Math.Pow(10.0, v)).ToString("G3", CultureInfo.InvariantCulture)
+    let label (v: float) = (Math.Pow(10.0, v)).ToString("0.####", CultureInfo.InvariantCulture)
     let yt = decadeTicks lo hi
     plt.Axes.Left.SetTicks(yt, yt |> Array.map label)
     let xt = decadeTicks xlo xhi
