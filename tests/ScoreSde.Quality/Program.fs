@@ -120,8 +120,9 @@ let private run (o: Options) =
             [ for r in rows do
                 if r.Family <> "tuned" then
                     yield r.Name, r.Cells |> Array.choose id ]
-            @ (if adaptive.IsEmpty then []
-               else [ "adaptive DPM-Solver++-23", adaptive |> List.filter (fun (n, _, _) -> n.Contains "DPM-Solver++-23") |> List.map (fun (_, n, d) -> n, d) |> List.sortBy fst |> Array.ofList ])
+            @ [ for family in [ "adaptive DPM-Solver-23"; "adaptive DPM-Solver++-23"; "adaptive ODE Dopri5" ] do
+                    let points = adaptive |> List.filter (fun (n, _, _) -> n.StartsWith(family + ",")) |> List.map (fun (_, n, d) -> n, d) |> List.sortBy fst
+                    if not points.IsEmpty then yield family, Array.ofList points ]
         let png = Path.Combine(outDir, sprintf "dpm-solver-%s%s.png" problem.Name (if o.Quick then "-quick" else ""))
         Report.plot png (sprintf "Problem (%s): %s" problem.Name problem.Description) series floor
         say (sprintf "Plot: %s. Time: %.0f s." (Path.GetFileName png) clock.Elapsed.TotalSeconds)

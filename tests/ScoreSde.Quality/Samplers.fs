@@ -106,4 +106,9 @@ let adaptive : Adaptive list =
             for tol in [ 0.05; 0.01; 0.002 ] do
                 let a = { DpmSolver.adaptiveDefaults with Rtol = tol; Atol = tol }
                 yield { Name = sprintf "adaptive %s-%d%d, rtol = atol = %g" algName (order - 1) order tol
-                        Run = fun sde model xT -> DpmSolver.sample sde model { d with Algorithm = alg; Order = order; Method = DpmMethod.Adaptive a } xT } ]
+                        Run = fun sde model xT -> DpmSolver.sample sde model { d with Algorithm = alg; Order = order; Method = DpmMethod.Adaptive a } xT }
+      // the adaptive probability-flow ODE (Dormand-Prince 5(4), one step size for the batch)
+      for tol in [ 1e-3; 1e-4; 1e-5 ] do
+          let m = OdeMethod.Dopri5 { AdaptiveOde.defaults with Rtol = tol; Atol = tol; Control = StepControl.BatchGlobal }
+          yield { Name = sprintf "adaptive ODE Dopri5, rtol = atol = %g" tol
+                  Run = fun sde model xT -> ProbabilityFlow.sample sde model { ProbabilityFlow.defaults with Method = m } xT } ]
