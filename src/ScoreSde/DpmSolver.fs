@@ -224,23 +224,29 @@ module DpmSolver =
 
         /// The prediction m(x, t) as a fresh tensor.
         member this.Predict(x: Tensor, t: float) : Tensor =
-            tb.fill_(Tensors.scalar t) |> ignore
+            // Scalars are bound with `use` so that they outlive the native call (they have finalizers)
+            use ts = Tensors.scalar t
+            tb.fill_(ts) |> ignore
             this.Nfe <- this.Nfe + 1
             if not dataPrediction then Model.noiseOf sde model x tb
             else
                 let d = Model.dataOf sde model x tb
                 match thresholding with
                 | Thresholding.NoThresholding -> ()
-                | Thresholding.Static b -> d.clamp_(Tensors.scalar -b, Tensors.scalar b) |> ignore
+                | Thresholding.Static b ->
+                    use lo = Tensors.scalar -b
+                    use hi = Tensors.scalar b
+                    d.clamp_(lo, hi) |> ignore
                 | Thresholding.Dynamic(q, maxValue) ->
                     use scope = torch.NewDisposeScope()
                     let flat = d.abs().reshape([| d.shape.[0]; -1L |])
                     let qs = flat.quantile(torch.tensor(q, dtype = flat.dtype, device = flat.device), 1L, true)
-                    let s = qs.clamp_min(Tensors.scalar maxValue)
+                    use mv = Tensors.scalar maxValue
+                    let s = qs.clamp_min(mv)
                     let shape = Array.init (int (d.dim())) (fun i -> if i = 0 then d.shape.[0] else 1L)
                     let s = s.reshape(shape)
                     let lo = s.neg()
-                    d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(Tensors.scalar maxValue).div_(s)) |> ignore
+                    d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(mv).div_(s)) |> ignore
                 d
 
         /// (r, c, H) of the step from s to t: x_t = r x_s - c [phi_1(H) m_s + ...].
@@ -257,9 +263,12 @@ module DpmSolver =
     /// target <- r x + sum_i c_i m_i, in place (target may be x itself).
     let private combineInto (target: Tensor) (x: Tensor) (r: float) (terms: (float * Tensor) list) =
         if not (Object.ReferenceEquals(target, x)) then target.copy_(x) |> ignore
-        target.mul_(Tensors.scalar r) |> ignore
+        use rs = Tensors.scalar r
+        target.mul_(rs) |> ignore
         for c, m in terms do
-            if c <> 0.0 then target.add_(m, Tensors.scalar c) |> ignore
+            if c <> 0.0 then
+                use cs = Tensors.scalar c
+                target.add_(m, cs) |> ignore
 
     let private lambdaOf (sde: VpSde) t = VpSde.lambdaAt sde t
 
@@ -399,7 +408,9 @@ module DpmSolver =
                 singleStep run sde order r1 r2 higher ms u s t (Some lower)
                 let err =
                     use scope = torch.NewDisposeScope()
-                    let delta = torch.maximum(lower.abs(), xPrev.abs()).mul_(Tensors.scalar a.Rtol).clamp_min_(Tensors.scalar a.Atol)
+                    use rtol = Tensors.scalar a.Rtol
+                    use atol = Tensors.scalar a.Atol
+                    let delta = torch.maximum(lower.abs(), xPrev.abs()).mul_(rtol).clamp_min_(atol)
                     let e = (higher - lower).div_(delta).reshape([| x.shape.[0]; -1L |])
                     let rms = e.square().mean([| 1L |]).sqrt()
                     (rms.max().to_type(torch.float64)).item<float>()
