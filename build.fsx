@@ -2,6 +2,9 @@
 //   dotnet fsi build.fsx build    restore and build everything in Release
 //   dotnet fsi build.fsx test     unit tests, property tests and the docs/ scripts
 //   dotnet fsi build.fsx clean    remove bin/ and obj/ folders
+//   dotnet fsi build.fsx quality  accuracy-versus-evaluations benchmark of every sampler (about 15 min;
+//                                 writes docs/dpm-solver-results.md and docs/dpm-solver-{a,b}.png)
+//   dotnet fsi build.fsx quality-quick   the same on fewer samplers and budgets (a few minutes)
 open System
 open System.Diagnostics
 open System.IO
@@ -20,6 +23,8 @@ let run (file: string) (args: string) =
 let targets : (string * string * (unit -> unit)) list =
     [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
+      "quality", "accuracy versus evaluations of every sampler, into docs/ (~15 min)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
+      "quality-quick", "the quality benchmark on fewer samplers and budgets (a few minutes)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
       "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->
           for dir in [ "src"; "tests" ] do
               for d in Directory.GetDirectories(Path.Combine(root, dir), "*", SearchOption.AllDirectories) do
@@ -30,7 +35,7 @@ let targets : (string * string * (unit -> unit)) list =
 
 let usage () =
     printfn "usage: dotnet fsi build.fsx <target>..."
-    for name, doc, _ in targets do printfn "  %-8s %s" name doc
+    for name, doc, _ in targets do printfn "  %-14s %s" name doc
 
 match fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray with
 | [] -> usage (); exit 2

@@ -5,18 +5,18 @@ open System.CommandLine
 open System.Globalization
 open System.IO
 open System.Runtime.InteropServices
+open System.Text.RegularExpressions
 open TorchSharp
 open ScoreSde
 
-/// One line for an exception: its message without .NET's " (Parameter 'x')" suffix, newlines folded.
+/// One line for an exception: its message without .NET's " (Parameter 'x')" and "Actual value was"
+/// decorations (the library's messages name the parameter and the value themselves), newlines folded.
 let describe (e: exn) =
-    let message =
-        match e with
-        | :? ArgumentException as a when not (isNull a.ParamName) ->
-            let suffix = sprintf " (Parameter '%s')" a.ParamName
-            if a.Message.EndsWith suffix then a.Message.Substring(0, a.Message.Length - suffix.Length) else a.Message
-        | _ -> e.Message
-    let oneLine = String.Join(" ", message.Split([| '\r'; '\n' |], StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries))
+    let lines =
+        e.Message.Split([| '\r'; '\n' |], StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
+        |> Array.filter (fun l -> not (e :? ArgumentOutOfRangeException && l.StartsWith "Actual value was"))
+        |> Array.map (fun l -> if e :? ArgumentException then Regex.Replace(l, @"\s*\(Parameter '[^']*'\)", "") else l)
+    let oneLine = String.Join(" ", lines)
     match e with
     | :? ArgumentException | :? IOException | :? UnauthorizedAccessException | :? InvalidOperationException -> oneLine
     | :? ExternalException -> sprintf "libtorch: %s" oneLine
@@ -123,7 +123,7 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
     let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
-    for o in [ modelOption :> Option; Samplers.choice; Samplers.steps; Samplers.eps; n; seed; out; timeScale; shape ] do
+    for o in [ modelOption :> Option; Samplers.choice; Samplers.steps; Samplers.eps; Samplers.rtol; Samplers.atol; n; seed; out; timeScale; shape ] do
         cmd.Add o
     for entry in Samplers.all do
         for o in entry.Options do cmd.Add o

@@ -31,14 +31,30 @@ type SamplerEntry =
 [<RequireQualifiedAccess>]
 module Samplers =
     /// Shared by every sampler: the number of steps (each sampler has its own default).
-    let steps = Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100)"
+    let steps = Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100; dpm 20 evaluations)"
 
     /// Shared by every sampler: the time the sampler stops at.
     let eps = Opt.inRange 1e-6 1.0 "--eps" "Time at which sampling stops" (Some 1e-3)
 
-    let private stepsOr (pr: ParseResult) (fallback: int) =
-        let v = pr.GetValue(steps)
+    /// Shared by the adaptive solvers: tolerances (each sampler has its own defaults).
+    let rtol = Opt.positiveOrNone "--rtol" "Relative tolerance of an adaptive solver (default: ode 1e-5; dpm adaptive 0.05)"
+    let atol = Opt.positiveOrNone "--atol" "Absolute tolerance of an adaptive solver (default: ode 1e-5; dpm adaptive 0.0078)"
+
+    let private valueOr (pr: ParseResult) (o: Option<Nullable<'T>>) (fallback: 'T) =
+        let v = pr.GetValue(o)
         if v.HasValue then v.Value else fallback
+
+    let private stepsOr (pr: ParseResult) (fallback: int) = valueOr pr steps fallback
+
+    /// Reject --steps for a method that chooses its own steps.
+    let private noSteps (pr: ParseResult) (what: string) =
+        if pr.GetValue(steps).HasValue then
+            raise (ArgumentException(sprintf "--steps does not apply to %s: it chooses its own steps from --rtol and --atol." what, "--steps"))
+
+    /// Reject --rtol/--atol for a fixed-step method.
+    let private noTolerances (pr: ParseResult) (what: string) =
+        if pr.GetValue(rtol).HasValue || pr.GetValue(atol).HasValue then
+            raise (ArgumentException(sprintf "--rtol and --atol apply to adaptive solvers, not to %s." what, "--rtol"))
 
     // ---- predictor-corrector ----
 
@@ -80,6 +96,7 @@ module Samplers =
             | _ ->
                 let norm = if Opt.choiceValue pr langevinNorm = "sample" then LangevinNorm.PerSample else LangevinNorm.BatchMean
                 Corrector.Langevin { Snr = pr.GetValue snr; Steps = k; Norm = norm }
+        noTolerances pr "the PC sampler"
         pcRun p c (stepsOr pr 500) (pr.GetValue eps)
 
     /// Reverse diffusion + Langevin with batch-averaged norms (the paper's PC sampler).
@@ -97,8 +114,6 @@ module Samplers =
     let private solver =
         Opt.choice "--solver" "ODE solver: adaptive Dormand-Prince 5(4), or a fixed-step solver on --steps uniform steps"
             ("dopri5" :: List.map fst solvers) (Some "dopri5")
-    let private rtol = Opt.positive "--rtol" "dopri5: relative tolerance" (Some 1e-5)
-    let private atol = Opt.positive "--atol" "dopri5: absolute tolerance" (Some 1e-5)
 
     /// The fixed-step probability-flow sampler.
     let odeRun (s: OdeSolver) (stepCount: int) (epsValue: float) : SamplerRun =
@@ -130,19 +145,59 @@ module Samplers =
     let ode =
         { Name = "ode"
           Summary = "deterministic sampler: the probability-flow ODE integrated from t = 1 to eps"
-          Options = [ solver; rtol; atol ]
+          Options = [ solver ]
           FromCommandLine = fun pr ->
             match Opt.choiceValue pr solver with
             | "dopri5" ->
-                if pr.GetValue(steps).HasValue then
-                    raise (ArgumentException(
-                            "--steps applies to the fixed-step solvers (--solver rk4|heun|euler); dopri5 chooses its own steps from --rtol and --atol.", "--steps"))
-                adaptiveOdeRun (pr.GetValue rtol) (pr.GetValue atol) (pr.GetValue eps)
-            | name -> odeRun (solvers |> List.find (fun (n, _) -> n = name) |> snd) (stepsOr pr 100) (pr.GetValue eps)
+                noSteps pr "--solver dopri5 (use --solver rk4|heun|euler for a fixed number of steps)"
+                adaptiveOdeRun (valueOr pr rtol 1e-5) (valueOr pr atol 1e-5) (pr.GetValue eps)
+            | name ->
+                noTolerances pr (sprintf "--solver %s" name)
+                odeRun (solvers |> List.find (fun (n, _) -> n = name) |> snd) (stepsOr pr 100) (pr.GetValue eps)
           Demo = adaptiveOdeRun 1e-5 1e-5 1e-3 }
 
+    // ---- DPM-Solver ----
+
+    let private algorithms = [ "dpm-solver", DpmAlgorithm.DpmSolver; "dpm-solver++", DpmAlgorithm.DpmSolverPlusPlus ]
+    let private algorithm =
+        Opt.choice "--algorithm" "DPM: noise-prediction DPM-Solver (best for unguided models) or data-prediction DPM-Solver++"
+            (List.map fst algorithms) (Some "dpm-solver")
+    let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some "3")
+    let private dpmMethod = Opt.choice "--method" "DPM: multistep, single-step, or adaptive step size (orders 2 and 3)" [ "multistep"; "singlestep"; "adaptive" ] (Some "multistep")
+
+    /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
+    let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
+        let settings = { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k; Steps = stepCount; Eps = epsValue }
+        let name = if alg = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
+        let label, progressSteps =
+            match method with
+            | DpmMethod.MultiStep -> sprintf "%s-%dM, %d steps" name k stepCount, stepCount
+            | DpmMethod.SingleStep -> sprintf "%s-%dS, %d evaluations" name k stepCount, 0
+            | DpmMethod.Adaptive a -> sprintf "%s-%d adaptive, rtol %g, atol %g" name k a.Rtol a.Atol, 0
+        { Name = "dpm"
+          Label = label
+          Steps = progressSteps
+          Run = fun sde model _ xT observer -> DpmSolver.sample sde model { settings with Observer = observer } xT }
+
+    let dpm =
+        { Name = "dpm"
+          Summary = "DPM-Solver: exponential integrators of the probability-flow ODE for 10 to 20 model evaluations (Lu et al. 2022)"
+          Options = [ algorithm; order; dpmMethod ]
+          FromCommandLine = fun pr ->
+            let alg = algorithms |> List.find (fun (n, _) -> n = Opt.choiceValue pr algorithm) |> snd
+            let k = int (Opt.choiceValue pr order)
+            match Opt.choiceValue pr dpmMethod with
+            | "adaptive" ->
+                noSteps pr "--method adaptive"
+                let a = DpmSolver.adaptiveDefaults
+                dpmRun alg (DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }) k 0 (pr.GetValue eps)
+            | m ->
+                noTolerances pr (sprintf "--method %s" m)
+                dpmRun alg (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep) k (stepsOr pr 20) (pr.GetValue eps)
+          Demo = dpmRun DpmAlgorithm.DpmSolver DpmMethod.MultiStep 3 20 1e-3 }
+
     /// Every sampler the command line offers, in the order `demo` runs them.
-    let all = [ pc; ode ]
+    let all = [ pc; ode; dpm ]
 
     /// Their names.
     let names = all |> List.map (fun e -> e.Name)

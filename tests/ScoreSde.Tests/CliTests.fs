@@ -122,6 +122,15 @@ let tests =
             expectFixtureGaussian s "scoresde sample (seed 0)"
         }
 
+        test "the TorchScript fixture samples through the command line (DPM-Solver, 20 evaluations)" {
+            let dir = tempDir "clidpm"
+            let out = Path.Combine(dir, "g.npy")
+            let log = cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; "dpm"; "--n"; "4000"; "--out"; out ]
+            Expect.stringContains log "20 model evaluations" "the budget is met exactly"
+            use s = DataFile.load out torch.float64
+            expectFixtureGaussian s "scoresde sample --sampler dpm (seed 0)"
+        }
+
         test "likelihood of the TorchScript Gaussian matches its closed-form density" {
             let dir = tempDir "clilik"
             // 300 points of the fixture's Gaussian, written as .npy
@@ -179,7 +188,10 @@ let tests =
             cliFails [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--shape"; "3,x"; "--out"; csv ] "--shape must be positive integers"
             cliFails [ "sample"; "--model"; model; "--steps"; "abc"; "--out"; csv ] "abc"
             cliFails [ "sample"; "--out"; csv ] "--model"
-            cliFails [ "sample"; "--model"; model; "--sampler"; "ode"; "--steps"; "10"; "--out"; csv ] "--steps applies to the fixed-step solvers"
+            cliFails [ "sample"; "--model"; model; "--sampler"; "ode"; "--steps"; "10"; "--out"; csv ] "--steps does not apply to --solver dopri5"
+            cliFails [ "sample"; "--model"; model; "--sampler"; "dpm"; "--method"; "adaptive"; "--steps"; "4"; "--out"; csv ] "--steps does not apply to --method adaptive"
+            cliFails [ "sample"; "--model"; model; "--sampler"; "pc"; "--rtol"; "0.1"; "--out"; csv ] "--rtol and --atol apply to adaptive solvers"
+            cliFails [ "sample"; "--model"; model; "--sampler"; "dpm"; "--method"; "adaptive"; "--order"; "1"; "--out"; csv ] "order must be 2 or 3"
             cliFails [ "likelihood"; "--model"; model; "--data"; fixture "three_d.npy" ] "expected a 2-D array"
             let wide = Path.Combine(dir, "wide.csv")
             File.WriteAllText(wide, "1,2,3\n4,5,6\n")
