@@ -63,7 +63,7 @@ module Opt =
 
     /// One of a fixed set of (case-insensitive) words.
     let choice (name: string) (description: string) (choices: string list) (value: string option) =
-        let o = Option<string>(name, Description = sprintf "%s (%s)" description (String.Join("|", choices))) |> withDefault <| value
+        let o = Option<string>(name, Description = description) |> withDefault <| value
         o.HelpName <- String.Join("|", choices)
         validate o (fun v ->
             if isNull v || not (choices |> List.exists (fun c -> String.Equals(c, v, StringComparison.OrdinalIgnoreCase))) then

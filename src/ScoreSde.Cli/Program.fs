@@ -33,7 +33,7 @@ let private guard (ui: Ui) (body: unit -> int) : int =
 
 let private quiet = Opt.flag "--quiet" "No progress bars or status lines (results and errors only)"
 let private threads =
-    Opt.intAtLeast 1 "--threads" "CPU threads for libtorch (1 is fastest for the small networks here)" (Some 1)
+    Opt.intAtLeast 1 "--threads" "CPU threads for libtorch (training the small networks here is fastest on 1)" (Some 1)
 
 let private outDir = Opt.text "--out" "Folder for the figures and the trained model" (Some "out")
 let private modelOption = Opt.required "--model" "A model directory written by 'train', or a TorchScript file"
@@ -215,8 +215,4 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
             1
 
 [<EntryPoint>]
-let main argv =
-    // Process-wide malloc settings belong to the executable, not to `run` (which tests call in-process).
-    // SCORESDE_MALLOC_DEFAULTS=1 keeps glibc's defaults (to measure the difference).
-    if Environment.GetEnvironmentVariable "SCORESDE_MALLOC_DEFAULTS" <> "1" then Allocator.tune () |> ignore
-    run Console.Out Console.Error argv
+let main argv = run Console.Out Console.Error argv
