@@ -113,22 +113,17 @@ let tests =
                 Expect.stringContains out word "table contents"
         }
 
-        test "the TorchScript fixture samples through the command line (adaptive ODE)" {
+        test "the TorchScript fixture samples its Gaussian through the command line with every sampler" {
             let dir = tempDir "clits"
-            let out = Path.Combine(dir, "g.csv")
-            let log = cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; "ode"; "--n"; "4000"; "--out"; out ]
-            Expect.stringContains log "Dopri5" "the adaptive solver is the default"
-            use s = DataFile.load out torch.float64
-            expectFixtureGaussian s "scoresde sample (seed 0)"
-        }
-
-        test "the TorchScript fixture samples through the command line (DPM-Solver, 20 evaluations)" {
-            let dir = tempDir "clidpm"
-            let out = Path.Combine(dir, "g.npy")
-            let log = cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; "dpm"; "--n"; "4000"; "--out"; out ]
-            Expect.stringContains log "20 model evaluations" "the budget is met exactly"
-            use s = DataFile.load out torch.float64
-            expectFixtureGaussian s "scoresde sample --sampler dpm (seed 0)"
+            // each sampler's default settings; the log names what ran
+            for sampler, logged, ext in [ "pc", "PC: reverse diffusion + Langevin, 500 steps", ".csv"
+                                          "ode", "Dopri5", ".npy"
+                                          "dpm", "20 model evaluations", ".npy" ] do
+                let out = Path.Combine(dir, "g-" + sampler + ext)
+                let log = cliOk [ "sample"; "--model"; fixture "gaussian_eps_t999.pt"; "--time-scale"; "999"; "--sampler"; sampler; "--n"; "4000"; "--out"; out ]
+                Expect.stringContains log logged (sprintf "%s: what ran" sampler)
+                use s = DataFile.load out torch.float64
+                expectFixtureGaussian s (sprintf "scoresde sample --sampler %s (seed 0)" sampler)
         }
 
         test "likelihood of the TorchScript Gaussian matches its closed-form density" {
