@@ -72,38 +72,64 @@ module Corrector =
     /// alpha_i of the step from t down to s: 1 - beta_i of that interval.
     let stepAlpha (sde: VpSde) (t: float) (s: float) = 1.0 - VpSde.intervalBeta sde t s
 
-    // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it).
+    // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it): one
+    // reduction pass over the trailing dims, no reshaped copy.
     let private rowNorms (v: Tensor) =
-        let b = v.shape.[0]
-        let flat = v.reshape([| b; -1L |])
-        let n = torch.linalg.vector_norm(flat, 2.0, [| 1L |], false)
-        let shape = Array.init (int (v.dim())) (fun i -> if i = 0 then b else 1L)
-        n.reshape(shape)
+        if v.dim() = 1L then v.abs()
+        else torch.linalg.vector_norm(v, 2.0, Array.init (int (v.dim()) - 1) (fun i -> int64 (i + 1)), true)
 
-    /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2,
-    /// zero where the score vanishes (the step size is undefined there).
-    let private langevinStepSize (norm: LangevinNorm) (snr: float) (grad: Tensor) (z: Tensor) : Tensor =
-        let g, n =
+    /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2 with
+    /// grad = k src, zero where the score vanishes (the step size is undefined there). The two norm
+    /// results are the only tensors created: everything after them is in place on them.
+    let private langevinStepSize (norm: LangevinNorm) (snr: float) (k: float) (src: Tensor) (z: Tensor) : Tensor =
+        let ng, nz =
             match norm with
-            | LangevinNorm.PerSample -> rowNorms grad, rowNorms z
-            | LangevinNorm.BatchMean -> (rowNorms grad).mean(), (rowNorms z).mean()
-        let e = (n / g * snr).square()
-        torch.where(g.gt(torch.zeros_like(g)), e, torch.zeros_like(e))
+            | LangevinNorm.PerSample -> rowNorms src, rowNorms z
+            | LangevinNorm.BatchMean ->
+                use g = rowNorms src
+                use n = rowNorms z
+                g.mean(), n.mean()
+        use _ng = ng
+        // |z| / |grad| = nz / (|k| ng); 0 / 0 and x / 0 (a vanishing score) become a zero step.
+        nz.div_(ng).mul_(Tensors.scalar (snr / abs k)).pow_(Tensors.scalar 2.0).nan_to_num_(0.0, 0.0, 0.0) |> ignore
+        nz
+
+    /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
+    type private StepSize =
+        | FromNorms of LangevinNorm * snr: float
+        | Fixed of float
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
-    /// `withNoise = false` leaves x at the step's mean.
-    let private langevinStep (sde: VpSde) (model: Model) (x: Tensor) (tBatch: Tensor) (z: Tensor) (noise: Noise)
-                             (t: float) (alphaI: float) (stepSize: Tensor -> Tensor -> Tensor) (withNoise: bool) =
+    /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when
+    /// the model's output is not proportional to it (data predictions); noise and score models use their
+    /// output directly with the factor folded into host scalars, so no tensor of x's size is created.
+    let private langevinStep (sde: VpSde) (model: Model) (x: Tensor) (tBatch: Tensor) (z: Tensor) (scratch: Lazy<Tensor>)
+                             (noise: Noise) (t: float) (alphaI: float) (stepSize: StepSize) (withNoise: bool) =
+        let ka, kb = Model.scoreCoefficientsAt sde model.Output t
+        // Created (once) outside the step's dispose scope, which must not own it.
+        let g = if ka = 0.0 then null else scratch.Force()
         use scope = torch.NewDisposeScope()
         let out = Model.eval model x tBatch
-        let ka, kb = Model.scoreCoefficientsAt sde model.Output t
-        let grad = if ka = 0.0 then out * kb else out * kb + x * ka
+        // grad = ka x + kb out = k src
+        let src, k =
+            if ka = 0.0 then out, kb
+            else
+                g.copy_(x) |> ignore
+                Kernel.axpby g ka out kb
+                g, 1.0
         noise.Fill z
-        let e = stepSize grad z * (2.0 * alphaI)
-        x.addcmul_(e, grad, 1.0) |> ignore
-        if withNoise then
-            let amp = (e * 2.0).sqrt_()
-            x.addcmul_(amp, z, 1.0) |> ignore
+        match stepSize with
+        | Fixed e ->
+            let e = 2.0 * alphaI * e
+            x.add_(src, Tensors.scalar (e * k)) |> ignore
+            if withNoise then x.add_(z, Tensors.scalar (Math.Sqrt(2.0 * e))) |> ignore
+        | FromNorms(norm, snr) ->
+            let e = langevinStepSize norm snr k src z
+            e.mul_(Tensors.scalar (2.0 * alphaI)) |> ignore
+            x.addcmul_(src, e, Tensors.scalar k) |> ignore
+            if withNoise then
+                let amp = e.mul_(Tensors.scalar 2.0).sqrt_()
+                x.addcmul_(z, amp, Tensors.scalar 1.0) |> ignore
 
     /// One Langevin step on fresh tensors from a model output already computed at (x, t) (manual
     /// stepping): sample i is at time ts.[i] with alpha_i = alphas.[i] (arrays of length 1 apply to the
@@ -118,27 +144,32 @@ module Corrector =
         let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
         let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
         let z = Noise.drawLike noise x
-        let e = langevinStepSize settings.Norm settings.Snr grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
+        let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
         let mean = x + e * grad
         let sample = mean + (e * 2.0).sqrt() * z
         { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+
+    /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`
+    /// (shaped like x, only touched for data-prediction models) as working memory. Nothing of x's size
+    /// is allocated; Langevin's per-sample norms create two [B]-element tensors per step.
+    let internal correctWith (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
+                             (z: Tensor) (scratch: Lazy<Tensor>) (noise: Noise) (t: float) (alphaI: float)
+                             (lastWithoutNoise: bool) : int =
+        let run steps stepSize =
+            for k in 1 .. steps do
+                langevinStep sde model x tBatch z scratch noise t alphaI stepSize (not (lastWithoutNoise && k = steps))
+            steps
+        match corrector with
+        | Corrector.NoCorrector -> 0
+        | Corrector.Langevin s -> run s.Steps (FromNorms(s.Norm, s.Snr))
+        | Corrector.AnnealedLangevin s -> run s.Steps (Fixed((s.Snr * VpSde.sigmaAt sde t) ** 2.0))
 
     /// Run the corrector at time t for its configured number of steps, in place on x. `lastWithoutNoise`
     /// leaves x at the mean of the final step (used when the sampler's last update is a corrector).
     /// Returns the number of model evaluations.
     let correctInPlace (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
                        (z: Tensor) (noise: Noise) (t: float) (alphaI: float) (lastWithoutNoise: bool) : int =
-        match corrector with
-        | Corrector.NoCorrector -> 0
-        | Corrector.Langevin s ->
-            let stepSize = langevinStepSize s.Norm s.Snr
-            for k in 1 .. s.Steps do
-                langevinStep sde model x tBatch z noise t alphaI stepSize (not (lastWithoutNoise && k = s.Steps))
-            s.Steps
-        | Corrector.AnnealedLangevin s ->
-            let sigma = VpSde.sigmaAt sde t
-            let e = (s.Snr * sigma) ** 2.0
-            let stepSize (grad: Tensor) (_: Tensor) = torch.full([||], e, dtype = grad.dtype, device = grad.device)
-            for k in 1 .. s.Steps do
-                langevinStep sde model x tBatch z noise t alphaI stepSize (not (lastWithoutNoise && k = s.Steps))
-            s.Steps
+        let scratch = lazy (torch.empty_like(x))
+        try correctWith sde corrector model x tBatch z scratch noise t alphaI lastWithoutNoise
+        finally
+            if scratch.IsValueCreated then scratch.Value.Dispose()

@@ -87,6 +87,23 @@ module internal Tensors =
         use t64 = c.to_type(torch.float64).contiguous()
         t64.data<float>().ToArray()
 
+    /// Host copy of a small tensor as doubles, read straight from its memory when it is a contiguous
+    /// float32 or float64 CPU tensor (the common case of a time argument: no tensor is created, no
+    /// copy is made on the native side); anything else goes through `toHost`.
+    let readHost (t: Tensor) : float[] =
+        if t.device_type = DeviceType.CPU && t.is_contiguous()
+           && (t.dtype = torch.float32 || t.dtype = torch.float64) then
+            let n = int (t.numel())
+            let r = Array.zeroCreate<float> n
+            if t.dtype = torch.float32 then
+                let v = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float32>(t.bytes)
+                for i in 0 .. n - 1 do r.[i] <- float v.[i]
+            else
+                let v = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes)
+                for i in 0 .. n - 1 do r.[i] <- v.[i]
+            r
+        else toHost t
+
     /// A [B] tensor of times, all equal to t, in x's dtype and device.
     let fullTime (batch: int64) (t: float) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
         torch.full([| batch |], scalar t, dtype = dtype, device = device)

@@ -71,7 +71,7 @@ module Model =
 
     /// a x + b out, with (a, b) from host coefficients of t (per sample when t varies over the batch).
     let private combine (x: Tensor) (out: Tensor) (t: Tensor) (coefficients: float -> float * float) : Tensor =
-        let ts = Tensors.toHost t
+        let ts = Tensors.readHost t
         if Tensors.allEqual ts then
             let a, b = coefficients ts.[0]
             if a = 0.0 then out * b else x * a + out * b

@@ -45,6 +45,31 @@ module internal Kernel =
             noise.Fill z
             x.add_(z, Tensors.scalar c) |> ignore
 
+    /// A fresh tensor a x + b out in as few passes as the coefficients allow (one when a is 0 or 1 or
+    /// b is 0, two otherwise: out scaled into the new tensor, then x added with a as alpha). Neither
+    /// input is modified. No intermediate tensor is created.
+    let combine (a: float) (x: Tensor) (b: float) (out: Tensor) : Tensor =
+        if b = 0.0 then x.mul(Tensors.scalar a)
+        elif a = 0.0 then out.mul(Tensors.scalar b)
+        elif a = 1.0 then x.add(out, Tensors.scalar b)
+        else
+            let m = out.mul(Tensors.scalar b)
+            m.add_(x, Tensors.scalar a) |> ignore
+            m
+
+    /// A fresh sample mean + c z: z is drawn from the noise source into a new contiguous tensor shaped
+    /// like mean (exactly one draw of that shape, as torch.randn(shape) would make), then scaled and
+    /// shifted in place. mean is not modified.
+    let sampleAround (mean: Tensor) (c: float) (noise: Noise) : Tensor =
+        let s = torch.empty(mean.shape, dtype = mean.dtype, device = mean.device)
+        try
+            noise.Fill s
+            s.mul_(Tensors.scalar c).add_(mean) |> ignore
+            s
+        with _ ->
+            s.Dispose()
+            reraise ()
+
 [<RequireQualifiedAccess>]
 module Predictor =
     /// The DDPM beta of the step [s, t], see `VpSde.intervalBeta`. On a uniform N-step grid it is
@@ -107,18 +132,31 @@ module Predictor =
     /// One predictor step on fresh tensors from a model output that was already computed (manual
     /// stepping, as in diffusers' schedulers): sample i steps from ts.[i] down to ss.[i] (arrays of
     /// length 1 apply to the whole batch). x and out are not modified.
+    ///
+    /// When every sample shares its step (the usual case), the coefficients are host scalars and the
+    /// step is four tensor operations creating exactly the two result tensors: mean = aout out + ax x
+    /// (scale, then add with alpha), then sample = std z + mean on a fresh noise draw (fill, scale,
+    /// add). Per-sample steps use [B, 1, ...] coefficient tensors instead.
     let stepWithOutput (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (out: Tensor) (x: Tensor)
                        (ts: float[]) (ss: float[]) (noise: Noise) : StepResult =
-        use scope = torch.NewDisposeScope()
         let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
-        let coef (pick: float * float * float -> float) =
-            let v = cs |> Array.map pick
-            if Tensors.allEqual v then torch.tensor(v.[0], dtype = x.dtype, device = x.device)
-            else Tensors.perSample v x
-        let mean = coef (fun (a, _, _) -> a) * x + coef (fun (_, b, _) -> b) * out
-        let z = Noise.drawLike noise x
-        let sample = mean + coef (fun (_, _, c) -> c) * z
-        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+        let c0 = cs.[0]
+        if cs |> Array.forall (fun c -> c = c0) then
+            let ax, aout, std = c0
+            let mean = Kernel.combine ax x aout out
+            try { Sample = Kernel.sampleAround mean std noise; Mean = mean }
+            with _ ->
+                mean.Dispose()
+                reraise ()
+        else
+            use scope = torch.NewDisposeScope()
+            let coef (pick: float * float * float -> float) = Tensors.perSample (cs |> Array.map pick) x
+            let mean = x * coef (fun (a, _, _) -> a)
+            mean.addcmul_(out, coef (fun (_, b, _) -> b), Tensors.scalar 1.0) |> ignore
+            let sample = torch.empty(x.shape, dtype = x.dtype, device = x.device)
+            noise.Fill sample
+            sample.mul_(coef (fun (_, _, c) -> c)).add_(mean) |> ignore
+            { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// One predictor step from t down to s on a fresh tensor (x is not modified). The model is
     /// evaluated at (x, t) unless the predictor does not need it.

@@ -83,6 +83,9 @@ module Sampler =
         let x = xT.clone()
         use z = torch.empty_like(x)
         use tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        // Working memory for the corrector's score with data-prediction models, made on first use.
+        let scratch = lazy (torch.empty_like(x))
+        use _scratch = { new IDisposable with member _.Dispose() = if scratch.IsValueCreated then scratch.Value.Dispose() }
         let mutable nfe = 0
         let predictorEvaluates = Predictor.evaluatesModel settings.Predictor
         for i in 0 .. n - 1 do
@@ -90,7 +93,7 @@ module Sampler =
             tb.fill_(t) |> ignore
             let last = i = n - 1
             let alphaI = Corrector.stepAlpha sde t s
-            nfe <- nfe + Corrector.correctInPlace sde settings.Corrector model x tb z noise t alphaI
+            nfe <- nfe + Corrector.correctWith sde settings.Corrector model x tb z scratch noise t alphaI
                             (last && settings.Denoise && not predictorEvaluates)
             nfe <- nfe + Predictor.stepInPlace sde settings.Predictor model x tb z noise t s
                             (not (last && settings.Denoise))
