@@ -95,9 +95,29 @@ module Corrector =
         nz
 
     /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
-    type private StepSize =
+    type internal StepSize =
         | FromNorms of LangevinNorm * snr: float
         | Fixed of float
+
+    /// The arithmetic of one Langevin step, in place on x, given the score as k src (src the model
+    /// output or the scratch buffer): z is refilled from the noise source, then x <- x + e k src
+    /// (+ sqrt(2 e) z when `withNoise`), e = 2 alphaI times the step size. Fixed step sizes are host
+    /// scalars (no tensor created); norm-based ones create the two [B]-element norm results only.
+    let internal langevinUpdate (x: Tensor) (src: Tensor) (k: float) (z: Tensor) (noise: Noise) (alphaI: float)
+                                (stepSize: StepSize) (withNoise: bool) =
+        noise.Fill z
+        match stepSize with
+        | Fixed e ->
+            let e = 2.0 * alphaI * e
+            x.add_(src, Tensors.scalar (e * k)) |> ignore
+            if withNoise then x.add_(z, Tensors.scalar (Math.Sqrt(2.0 * e))) |> ignore
+        | FromNorms(norm, snr) ->
+            use e = langevinStepSize norm snr k src z
+            e.mul_(Tensors.scalar (2.0 * alphaI)) |> ignore
+            x.addcmul_(src, e, Tensors.scalar k) |> ignore
+            if withNoise then
+                let amp = e.mul_(Tensors.scalar 2.0).sqrt_()
+                x.addcmul_(z, amp, Tensors.scalar 1.0) |> ignore
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
     /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when
@@ -111,25 +131,11 @@ module Corrector =
         use scope = torch.NewDisposeScope()
         let out = Model.eval model x tBatch
         // grad = ka x + kb out = k src
-        let src, k =
-            if ka = 0.0 then out, kb
-            else
-                g.copy_(x) |> ignore
-                Kernel.axpby g ka out kb
-                g, 1.0
-        noise.Fill z
-        match stepSize with
-        | Fixed e ->
-            let e = 2.0 * alphaI * e
-            x.add_(src, Tensors.scalar (e * k)) |> ignore
-            if withNoise then x.add_(z, Tensors.scalar (Math.Sqrt(2.0 * e))) |> ignore
-        | FromNorms(norm, snr) ->
-            let e = langevinStepSize norm snr k src z
-            e.mul_(Tensors.scalar (2.0 * alphaI)) |> ignore
-            x.addcmul_(src, e, Tensors.scalar k) |> ignore
-            if withNoise then
-                let amp = e.mul_(Tensors.scalar 2.0).sqrt_()
-                x.addcmul_(z, amp, Tensors.scalar 1.0) |> ignore
+        if ka = 0.0 then langevinUpdate x out kb z noise alphaI stepSize withNoise
+        else
+            g.copy_(x) |> ignore
+            Kernel.axpby g ka out kb
+            langevinUpdate x g 1.0 z noise alphaI stepSize withNoise
 
     /// One Langevin step on fresh tensors from a model output already computed at (x, t) (manual
     /// stepping): sample i is at time ts.[i] with alpha_i = alphas.[i] (arrays of length 1 apply to the

@@ -37,7 +37,14 @@ module internal Check =
         if shape |> Array.exists (fun d -> d < 1L) then fail param shape "a shape of positive sizes"
 
     let sameShape (param: string) (t: Tensor) (reference: Tensor) (referenceName: string) =
-        if t.shape <> reference.shape then
+        // Compared size by size (cheap native calls); the shape arrays are built only for the message.
+        let d = t.dim()
+        let mutable same = d = reference.dim()
+        let mutable i = 0
+        while same && int64 i < d do
+            same <- t.size(i) = reference.size(i)
+            i <- i + 1
+        if not same then
             raise (ArgumentException(
                     sprintf "%s has shape %A but %s has shape %A; they must match." param t.shape referenceName reference.shape,
                     param))

@@ -61,7 +61,9 @@ module internal Kernel =
     /// like mean (exactly one draw of that shape, as torch.randn(shape) would make), then scaled and
     /// shifted in place. mean is not modified.
     let sampleAround (mean: Tensor) (c: float) (noise: Noise) : Tensor =
-        let s = torch.empty(mean.shape, dtype = mean.dtype, device = mean.device)
+        let s =
+            if mean.is_contiguous() then torch.empty_like(mean)
+            else torch.empty(mean.shape, dtype = mean.dtype, device = mean.device)
         try
             noise.Fill s
             s.mul_(Tensors.scalar c).add_(mean) |> ignore
