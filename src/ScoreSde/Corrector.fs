@@ -91,7 +91,9 @@ module Corrector =
                 g.mean(), n.mean()
         use _ng = ng
         // |z| / |grad| = nz / (|k| ng); 0 / 0 and x / 0 (a vanishing score) become a zero step.
-        nz.div_(ng).mul_(Tensors.scalar (snr / abs k)).pow_(Tensors.scalar 2.0).nan_to_num_(0.0, 0.0, 0.0) |> ignore
+        nz.div_(ng) |> ignore
+        Kernel.scale nz (snr / abs k)
+        nz.mul_(nz).nan_to_num_(0.0, 0.0, 0.0) |> ignore
         nz
 
     /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
@@ -109,15 +111,16 @@ module Corrector =
         match stepSize with
         | Fixed e ->
             let e = 2.0 * alphaI * e
-            x.add_(src, Tensors.scalar (e * k)) |> ignore
-            if withNoise then x.add_(z, Tensors.scalar (Math.Sqrt(2.0 * e))) |> ignore
+            Kernel.addScaled x src (e * k)
+            if withNoise then Kernel.addScaled x z (Math.Sqrt(2.0 * e))
         | FromNorms(norm, snr) ->
             use e = langevinStepSize norm snr k src z
-            e.mul_(Tensors.scalar (2.0 * alphaI)) |> ignore
-            x.addcmul_(src, e, Tensors.scalar k) |> ignore
+            Kernel.scale e (2.0 * alphaI)
+            Kernel.addProduct x src e k
             if withNoise then
-                let amp = e.mul_(Tensors.scalar 2.0).sqrt_()
-                x.addcmul_(z, amp, Tensors.scalar 1.0) |> ignore
+                Kernel.scale e 2.0
+                e.sqrt_() |> ignore
+                Kernel.addProduct x z e 1.0
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
     /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when

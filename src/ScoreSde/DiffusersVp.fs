@@ -44,8 +44,8 @@ module DiffusersVp =
         Check.sameShape "score" out x "x"
         if x.dim() = 0L then Check.fail "x" x.shape "a tensor with a batch dimension"
         let n = t.numel()
-        if not (n = 1L || n = x.shape.[0]) then
-            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" x.shape.[0])
+        if not (n = 1L || n = x.size(0)) then
+            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" (x.size(0)))
         // Read t once on the host (straight from memory for a CPU tensor): the step's coefficients are
         // host scalars, per sample only when the times differ.
         let ts = Tensors.readHost t

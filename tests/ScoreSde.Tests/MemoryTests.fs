@@ -77,4 +77,20 @@ let tests =
             printfn "RSS over 10,000 steps (MB, every 1000 steps): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
             Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
         }
+
+        test "PC sampler with the Langevin corrector: RSS flat over 10,000 steps at 4x3x64x64" {
+            use g = generator 4L
+            let noise = Noise.fromGenerator g
+            use xT = Sampler.prior [| 4L; 3L; 64L; 64L |] torch.float32 torch.CPU noise
+            let rss = ResizeArray()
+            let settings =
+                { Sampler.pcDefaults with
+                    Steps = 10000
+                    Observer = Some(fun i _ _ -> if i % 1000 = 999 then rss.Add(rssMb ())) }
+            let r = Sampler.predictorCorrector sde cheap settings noise xT
+            r.Samples.Dispose()
+            let growth = rss.[rss.Count - 1] - rss.[0]
+            printfn "RSS over 10,000 PC + Langevin steps (MB): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
+            Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
+        }
     ]
