@@ -97,3 +97,14 @@ module Model =
     /// The data prediction x_0 at (x, t).
     let dataOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
         convert x t model (dataCoefficientsAt sde model.Output)
+
+    /// Drift of the reverse-time SDE at (x, t) from a model: f(x, t) - g(t)^2 s(x, t) (t 0-d or one
+    /// value per batch element). Its diffusion is g(t), as in the forward SDE.
+    let reverseDrift (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        use score = scoreOf sde model x t
+        VpSde.reverseDrift sde score x t
+
+    /// Drift of the probability-flow ODE at (x, t) from a model: f(x, t) - 1/2 g(t)^2 s(x, t).
+    let probabilityFlowDrift (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+        use score = scoreOf sde model x t
+        VpSde.probabilityFlowDrift sde score x t

@@ -165,3 +165,24 @@ let stochastic =
             close (5.0 * sg / sqrt (2.0 * float n) + 2e-3) s.[0] sg (sprintf "std (seed %d)" seed)
         }
     ]
+
+[<Tests>]
+let fromModel =
+    testList "Reverse-time drifts from a model" [
+        test "reverse SDE and probability-flow drifts from a noise model match the hand formulas" {
+            // Gaussian data: score = -(x - a mu) / v, written here by hand for one dimension.
+            let g = { Mu = [| 0.7 |]; S = [| 0.4 |] }
+            let model = Model.noise (gaussianNoiseModel sde g)
+            use x = torch.tensor([| -1.0; 0.5; 2.0 |], dtype = torch.float64).reshape(3L, 1L)
+            use t = torch.tensor([| 0.1; 0.5; 0.9 |], dtype = torch.float64)
+            let rev = Model.reverseDrift sde model x t |> Common.values
+            let pf = Model.probabilityFlowDrift sde model x t |> Common.values
+            let xs, ts = [| -1.0; 0.5; 2.0 |], [| 0.1; 0.5; 0.9 |]
+            for i in 0 .. 2 do
+                let m, v = g.MarginalAt sde ts.[i] 0
+                let s = -(xs.[i] - m) / v
+                let b = 0.1 + 19.9 * ts.[i]
+                close 1e-10 rev.[i] (-0.5 * b * xs.[i] - b * s) (sprintf "reverse drift[%d]" i)
+                close 1e-10 pf.[i] (-0.5 * b * xs.[i] - 0.5 * b * s) (sprintf "probability-flow drift[%d]" i)
+        }
+    ]
