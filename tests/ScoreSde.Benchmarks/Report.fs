@@ -37,21 +37,23 @@ let stepTable (summaries: Summary seq) =
     let m = means summaries
     let sb = StringBuilder()
     let line (s: string) = sb.AppendLine s |> ignore
-    line "| shape | threads | noise floor (ms) | StepPred (ms) | StepPred / floor | core fresh (ms) | core in place (ms) | naive transliteration (ms) | naive / floor |"
-    line "|---|---|---|---|---|---|---|---|---|"
+    line "| shape | threads | noise floor (ms) | StepPred (ms) | StepPred / floor | core fresh (ms) | core in place (ms) | naive transliteration (ms) | naive / floor | fill, generator (ms) | fill, Noise.fast (ms) |"
+    line "|---|---|---|---|---|---|---|---|---|---|---|"
     for shape in stepShapes do
         for th in threadCounts do
             let k name = tryGet m (name, shape, string th)
             let floor = k "NoiseFloor"
             if floor.IsSome then
-                line (sprintf "| %s | %d | %s | %s | %s | %s | %s | %s | %s |" shape th (fmt floor) (fmt (k "StepPred"))
+                line (sprintf "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" shape th (fmt floor) (fmt (k "StepPred"))
                         (ratio (k "StepPred") floor) (fmt (k "CoreStepFresh")) (fmt (k "CoreStepInPlace"))
-                        (fmt (k "NaiveTransliteration")) (ratio (k "NaiveTransliteration") floor))
+                        (fmt (k "NaiveTransliteration")) (ratio (k "NaiveTransliteration") floor)
+                        (fmt (k "NoiseFillGenerator")) (fmt (k "NoiseFillFast")))
     sb.ToString()
 
 /// Sampler cases: benchmark name, kernel benchmark, model evaluations per step.
 let private samplerCases =
     [ "PcEulerMaruyama", Some "EmKernel", 1
+      "PcEulerMaruyamaFastNoise", Some "EmKernelFastNoise", 1
       "PcReverseDiffusionLangevin", Some "RdLangevinKernel", 2
       "OdeEuler", Some "OdeEulerKernel", 1
       "OdeRk4", None, 4 ]

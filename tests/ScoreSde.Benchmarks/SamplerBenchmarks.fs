@@ -27,6 +27,7 @@ module SamplerCases =
 type SamplerBenchmarks() =
     let mutable g : torch.Generator = null
     let mutable noise : Noise = Unchecked.defaultof<_>
+    let mutable fastNoise : Noise = Unchecked.defaultof<_>
     let mutable xT : torch.Tensor = null
     let mutable state : torch.Tensor = null
     let mutable z : torch.Tensor = null
@@ -49,6 +50,7 @@ type SamplerBenchmarks() =
         setThreads this.Threads
         g <- new torch.Generator(0UL, torch.CPU)
         noise <- Noise.fromGenerator g
+        fastNoise <- Noise.fast 0L
         xT <- torch.randn(parseShape this.Shape, generator = g)
         state <- xT.clone()
         z <- torch.empty_like(xT)
@@ -70,6 +72,13 @@ type SamplerBenchmarks() =
         let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
         Kernel.axpby state c.A state -c.B
         Kernel.addNoise state z c.NoiseStd noise
+
+    /// The Euler-Maruyama kernel with the optional Noise.fast source.
+    [<Benchmark>]
+    member _.EmKernelFastNoise() =
+        let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
+        Kernel.axpby state c.A state -c.B
+        Kernel.addNoise state z c.NoiseStd fastNoise
 
     /// Reverse diffusion plus one Langevin step, kernels alone (score = -x).
     [<Benchmark>]
@@ -93,6 +102,12 @@ type SamplerBenchmarks() =
     [<Benchmark>]
     member _.PcEulerMaruyama() =
         let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm noise xT
+        r.Samples.Dispose()
+
+    /// PC sampler, Euler-Maruyama, no corrector, 100 steps, with the optional Noise.fast source.
+    [<Benchmark>]
+    member _.PcEulerMaruyamaFastNoise() =
+        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm fastNoise xT
         r.Samples.Dispose()
 
     /// PC sampler, reverse diffusion + Langevin (per-sample norms), 100 steps.

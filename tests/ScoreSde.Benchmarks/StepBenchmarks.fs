@@ -20,6 +20,7 @@ type StepBenchmarks() =
     let mutable z : torch.Tensor = null
     let mutable scheduler : ScoreSde.CSharp.ScoreSdeVpScheduler = Unchecked.defaultof<_>
     let mutable noise : Noise = Unchecked.defaultof<_>
+    let mutable fastNoise : Noise = Unchecked.defaultof<_>
     let sde = VpSde.standard
     // The step of the benchmark: from t = 0.5 with diffusers' dt = 1 / len(timesteps).
     let t0 = 0.5
@@ -50,6 +51,7 @@ type StepBenchmarks() =
         scheduler <- ScoreSde.CSharp.ScoreSdeVpScheduler()
         scheduler.SetTimesteps(steps)
         noise <- Noise.fromGenerator g
+        fastNoise <- Noise.fast 0L
 
     [<GlobalCleanup>]
     member _.Cleanup() =
@@ -61,6 +63,14 @@ type StepBenchmarks() =
     member _.NoiseFloor() =
         use n = torch.randn(shape, generator = g)
         ()
+
+    /// The samplers' noise: the generator's stream filled in place into a reused buffer.
+    [<Benchmark>]
+    member _.NoiseFillGenerator() = noise.Fill z
+
+    /// The optional faster source (Noise.fast: managed ziggurat, counter-based, parallel over blocks).
+    [<Benchmark>]
+    member _.NoiseFillFast() = fastNoise.Fill z
 
     /// The C# facade's ScoreSdeVpScheduler.StepPred (argument checks, reading t, two fresh results).
     [<Benchmark>]
