@@ -10,7 +10,8 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Benchmarks.Setup
 
-/// Mean time in milliseconds of each (method, Shape, Threads) case that produced results.
+/// Median time in milliseconds of each (method, Shape, Threads) case that produced results (the
+/// median rather than the mean: robust to the spikes of a machine shared with other work).
 let private means (summaries: Summary seq) =
     [ for s in summaries do
         for r in s.Reports do
@@ -18,7 +19,7 @@ let private means (summaries: Summary seq) =
                 let c = r.BenchmarkCase
                 let p name = c.Parameters.Items |> Seq.tryFind (fun i -> i.Name = name) |> Option.map (fun i -> string i.Value)
                 yield (c.Descriptor.WorkloadMethod.Name, defaultArg (p "Shape") "", defaultArg (p "Threads") ""),
-                      r.ResultStatistics.Mean / 1e6 ]
+                      r.ResultStatistics.Median / 1e6 ]
     |> dict
 
 let private tryGet (m: Collections.Generic.IDictionary<_, float>) key =
