@@ -144,19 +144,42 @@ module Corrector =
     /// stepping): sample i is at time ts.[i] with alpha_i = alphas.[i] (arrays of length 1 apply to the
     /// whole batch). Noise is drawn after the model output, as in the paper's code. x and out are
     /// not modified.
+    ///
+    /// When the batch shares its time and alpha_i, the score's factors are host scalars: the noise is
+    /// drawn into the tensor that becomes the sample, the mean is one fused addcmul, and besides the
+    /// two results only the two [B]-element norms (and, for data predictions, the score) are created.
     let langevinWithOutput (sde: VpSde) (settings: LangevinSettings) (output: ModelOutput) (out: Tensor) (x: Tensor)
                            (ts: float[]) (alphas: float[]) (noise: Noise) : StepResult =
         Check.positive "snr" settings.Snr
-        use scope = torch.NewDisposeScope()
-        let perSample (v: float[]) =
-            if Tensors.allEqual v then torch.tensor(v.[0], dtype = x.dtype, device = x.device) else Tensors.perSample v x
-        let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
-        let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
-        let z = Noise.drawLike noise x
-        let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
-        let mean = x + e * grad
-        let sample = mean + (e * 2.0).sqrt() * z
-        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+        if Tensors.allEqual ts && Tensors.allEqual alphas then
+            let ka, kb = Model.scoreCoefficientsAt sde output ts.[0]
+            // grad = k src
+            use grad = if ka = 0.0 then null else Kernel.combine ka x kb out
+            let src, k = if ka = 0.0 then out, kb else grad, 1.0
+            let sample = Noise.drawLike noise x
+            try
+                use e = langevinStepSize settings.Norm settings.Snr k src sample
+                Kernel.scale e (2.0 * alphas.[0])
+                let mean =
+                    use sk = Tensors.scalar k
+                    torch.addcmul(x, src, e, sk)
+                Kernel.scale e 2.0
+                e.sqrt_() |> ignore
+                sample.mul_(e).add_(mean) |> ignore
+                { Sample = sample; Mean = mean }
+            with _ ->
+                sample.Dispose()
+                reraise ()
+        else
+            use scope = torch.NewDisposeScope()
+            let perSample (v: float[]) = Tensors.perSample v x
+            let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
+            let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
+            let z = Noise.drawLike noise x
+            let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
+            let mean = x + e * grad
+            let sample = mean + (e * 2.0).sqrt() * z
+            { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`
     /// (shaped like x, only touched for data-prediction models) as working memory. Nothing of x's size

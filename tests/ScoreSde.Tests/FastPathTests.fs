@@ -157,6 +157,39 @@ let tests =
                                 close tol actual.[i] expected (sprintf "%A %s %A noise=%b element %d (seeds 5, 33)" dtype name output withNoise i)
         }
 
+        test "StepCorrect with a shared t equals the Langevin step written out in float64" {
+            let shape = [| 3L; 4L; 5L |]
+            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+            s.SetTimesteps(10)
+            let snr = 0.2
+            // alpha_i of the interval [0.4, 0.5] (dt = 1 / 10)
+            let alphaI = exp (2.0 * (logMean 0.5 - logMean 0.4))
+            for dtype in dtypes do
+                for mode in [ "0-d"; "shared [B]" ] do
+                    use g0 = generator 6L
+                    use x = torch.randn(shape, dtype = dtype, generator = g0)
+                    use out = torch.randn(shape, dtype = dtype, generator = g0)
+                    use t = if mode = "0-d" then torch.tensor(0.5, dtype = dtype) else full [| 3L |] 0.5 dtype
+                    use g = generator 44L
+                    let r = s.StepCorrect(out, x, t, g, snr)
+                    use sample = r.PrevSample
+                    use mean = r.PrevSampleMean
+                    use g2 = generator 44L
+                    use zt = torch.randn(shape, dtype = dtype, generator = g2)
+                    let xs, os, zs = values x, values out, values zt
+                    let grad = os |> Array.map (fun o -> -o / sigmaOf 0.5)
+                    let per = xs.Length / 3
+                    let norm (v: float[]) k = sqrt (Array.sub v (k * per) per |> Array.sumBy (fun a -> a * a))
+                    let ms, ss = values mean, values sample
+                    for i in 0 .. xs.Length - 1 do
+                        let k = i / per
+                        let e = 2.0 * alphaI * (snr * norm zs k / norm grad k) ** 2.0
+                        let m = xs.[i] + e * grad.[i]
+                        let tol = if dtype = torch.float32 then 1e-5 * (1.0 + abs m) else 1e-11 * (1.0 + abs m)
+                        close tol ms.[i] m (sprintf "%A %s mean[%d] (seeds 6, 44)" dtype mode i)
+                        close tol ss.[i] (m + sqrt (2.0 * e) * zs.[i]) (sprintf "%A %s sample[%d] (seeds 6, 44)" dtype mode i)
+        }
+
         test "StepPred with a shared t creates exactly its two result tensors per call" {
             let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
             s.SetTimesteps(1000)
