@@ -82,10 +82,10 @@ module internal FastNormal =
             if f1 + uniform (xoshiro &s0 &s1 &s2 &s3) * (f0 - f1) < 1.0 then xu else nan
 
     /// Seed of block b of fill k of a source seeded with s.
-    let blockSeed (seed: int64) (fill: int64) (block: int64) =
+    let blockSeed (seed: int64) (fillIndex: int64) (block: int64) =
         let mutable sm = uint64 seed
         let a = splitMix &sm
-        let mutable s2 = a ^^^ (uint64 fill * 0xd1b54a32d192ed03UL)
+        let mutable s2 = a ^^^ (uint64 fillIndex * 0xd1b54a32d192ed03UL)
         let b = splitMix &s2
         let mutable s3 = b ^^^ (uint64 block * 0x8cb92ba72f3d8dd7UL)
         splitMix &s3
@@ -112,9 +112,9 @@ module internal FastNormal =
                 if isFloat32 then NativePtr.set f32 j (float32 v) else NativePtr.set f64 j v
                 j <- j + 1
 
-    /// Fill a contiguous float32 or float64 CPU tensor with N(0, 1) draws: fill number `fill` of the
-    /// source seeded with `seed`; blocks run in parallel on up to `threads` threads.
-    let fill (seed: int64) (fill: int64) (threads: int) (t: torch.Tensor) =
+    /// Fill a contiguous float32 or float64 CPU tensor with N(0, 1) draws: fill number `fillIndex` of
+    /// the source seeded with `seed`; blocks run in parallel on up to `threads` threads.
+    let fill (seed: int64) (fillIndex: int64) (threads: int) (t: torch.Tensor) =
         let n = t.numel()
         if n > 0L then
             let isFloat32 = t.dtype = torch.float32
@@ -124,7 +124,7 @@ module internal FastNormal =
             let run (b: int64) =
                 let start = b * int64 BlockSize
                 let count = int (min (int64 BlockSize) (n - start))
-                fillBlock (basePtr + nativeint (start * size)) isFloat32 count (blockSeed seed fill b)
+                fillBlock (basePtr + nativeint (start * size)) isFloat32 count (blockSeed seed fillIndex b)
             if blocks = 1L || threads <= 1 then
                 for b in 0L .. blocks - 1L do run b
             else
