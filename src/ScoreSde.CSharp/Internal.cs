@@ -46,4 +46,14 @@ internal static class Interop
         if (shape.Length == 0 || shape.Any(d => d < 1))
             throw new ArgumentException($"shape must be a non-empty list of positive sizes, batch first (got [{string.Join(", ", shape)}]).", nameof(shape));
     }
+
+    /// <summary>Validates a data batch: a floating-point tensor with a non-empty batch dimension.</summary>
+    internal static void CheckData(Tensor data, string name)
+    {
+        ArgumentNullException.ThrowIfNull(data, name);
+        if (!is_floating_point(data))
+            throw new ArgumentException($"{name} must be a floating-point tensor (got {data.dtype}).", name);
+        if (data.dim() < 1 || data.shape[0] < 1)
+            throw new ArgumentException($"{name} must have a batch dimension of at least one sample (got shape [{string.Join(", ", data.shape)}]).", name);
+    }
 }

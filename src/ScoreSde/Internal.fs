@@ -89,9 +89,12 @@ module internal Tensors =
 
     /// Host copy of a time tensor as doubles (one per element).
     let toHost (t: Tensor) : float[] =
+        // Every intermediate gets its own binding: TorchSharp returns a new wrapper from each call,
+        // even when no copy is made, and each wrapper must be disposed.
         use d = t.detach()
         use c = d.cpu()
-        use t64 = c.to_type(torch.float64).contiguous()
+        use f = c.to_type(torch.float64)
+        use t64 = f.contiguous()
         t64.data<float>().ToArray()
 
     /// Host copy of a small tensor as doubles, read straight from its memory when it is a contiguous
