@@ -57,7 +57,7 @@ let private samplerCases =
       "PcEulerMaruyamaFastNoise", Some "EmKernelFastNoise", 1
       "PcReverseDiffusionLangevin", Some "RdLangevinKernel", 2
       "OdeEuler", Some "OdeEulerKernel", 1
-      "OdeRk4", None, 4 ]
+      "OdeRk4", Some "OdeRk4Kernel", 4 ]
 
 /// The sampler table: time per step with the model's share subtracted, against the step kernel alone.
 let samplerTable (summaries: Summary seq) =

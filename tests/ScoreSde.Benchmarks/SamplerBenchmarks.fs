@@ -31,6 +31,8 @@ type SamplerBenchmarks() =
     let mutable xT : torch.Tensor = null
     let mutable state : torch.Tensor = null
     let mutable z : torch.Tensor = null
+    let mutable stage : torch.Tensor = null
+    let mutable acc : torch.Tensor = null
     let sde = SamplerCases.sde
     // A representative interval of the 100-step uniform grid.
     let t0, s0 = 0.5, 0.5 - (1.0 - 1e-3) / float SamplerCases.steps
@@ -54,10 +56,13 @@ type SamplerBenchmarks() =
         xT <- torch.randn(parseShape this.Shape, generator = g)
         state <- xT.clone()
         z <- torch.empty_like(xT)
+        z.normal_(0.0, 1.0, g) |> ignore
+        stage <- torch.empty_like(xT)
+        acc <- torch.empty_like(xT)
 
     [<GlobalCleanup>]
     member _.Cleanup() =
-        for v in [ xT; state; z ] do v.Dispose()
+        for v in [ xT; state; z; stage; acc ] do v.Dispose()
         g.Dispose()
 
     /// One evaluation of the analytic model (its share of every sampler step).
@@ -89,14 +94,20 @@ type SamplerBenchmarks() =
         Kernel.axpby state c.A state -c.B
         Kernel.addNoise state z c.NoiseStd noise
 
-    /// The forward-Euler probability-flow kernel alone: x <- (1 + h p) x + h q out, the in-place update
-    /// of one fixed step (here with an independent "output", the noise buffer, and h > 0 so that the
-    /// state stays bounded over many calls; the cost does not depend on the sign).
-    [<Benchmark>]
-    member _.OdeEulerKernel() =
+    /// One fixed probability-flow step's arithmetic alone, in place, with the model output a fixed
+    /// buffer (the noise buffer) instead of a model call; h > 0 keeps the state bounded over many calls
+    /// (the cost does not depend on the direction).
+    member private _.OdeKernel(solver: OdeSolver) =
         let h = (1.0 - 1e-3) / float SamplerCases.steps
-        let hb = -0.5 * VpSde.betaAt sde t0
-        Kernel.axpby state (1.0 + h * hb) z (h * hb)
+        Sampler.flowStepInPlace sde ModelOutput.Score solver state stage acc t0 (t0 + h) (fun _ _ update -> update z)
+
+    /// The Euler probability-flow kernel alone.
+    [<Benchmark>]
+    member this.OdeEulerKernel() = this.OdeKernel OdeSolver.Euler
+
+    /// The RK4 probability-flow kernel alone (four stage updates).
+    [<Benchmark>]
+    member this.OdeRk4Kernel() = this.OdeKernel OdeSolver.Rk4
 
     /// PC sampler, Euler-Maruyama, no corrector, 100 steps.
     [<Benchmark>]

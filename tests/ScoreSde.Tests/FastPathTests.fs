@@ -231,4 +231,53 @@ let tests =
                 let a, b = count 40, count 120
                 Expect.equal (float (b - a) / 80.0) perStep (sprintf "%s: tensors created per step" name)
         }
+
+        test "the in-place fixed-step probability flow equals the generic solver on fresh tensors" {
+            let g64 = { Mu = [| 0.5; -1.0; 2.0 |]; S = [| 0.3; 1.0; 0.7 |] }
+            let models =
+                [ "noise", Model.noise (gaussianNoiseModel sde g64)
+                  "score", Model.score (gaussianScoreModel sde g64)
+                  "data", { Forward = (fun x t -> use s = gaussianScoreModel sde g64 x t in x * 0.5 + s * 0.1); Output = ModelOutput.Data }
+                  "returns its input", Model.score (fun x _ -> x) ]
+            for dtype in dtypes do
+                for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
+                    for name, model in models do
+                        use g = generator 12L
+                        use xT = torch.randn([| 6L; 3L |], dtype = dtype, generator = g)
+                        let settings = { Sampler.odeDefaults with Solver = solver; Steps = 12 }
+                        let fast = Sampler.probabilityFlow sde model settings xT
+                        use fx = fast.Samples
+                        let ts = TimeGrid.points sde TimeGrid.Uniform 12 1e-3
+                        let slow, nfe = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT ts
+                        use slow = slow
+                        Expect.equal fast.Nfe nfe "evaluations"
+                        // encoding runs the same integrator upwards
+                        let m = OdeMethod.FixedStep(solver, TimeGrid.Uniform, 12)
+                        let enc = ProbabilityFlow.encode sde model m 1e-3 xT
+                        use ez = enc.Latent
+                        let slowEnc, _ = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT (Array.rev ts)
+                        use slowEnc = slowEnc
+                        let tol = if dtype = torch.float32 then 2e-5 else 1e-11
+                        for a, b, what in [ fx, slow, "sample"; ez, slowEnc, "encode" ] do
+                            let va, vb = values a, values b
+                            for i in 0 .. va.Length - 1 do
+                                close (tol * (1.0 + abs vb.[i])) va.[i] vb.[i]
+                                    (sprintf "%A %s %s model %s element %d (seed 12)" dtype (OdeSolver.name solver) name what i)
+        }
+
+        test "the fixed-step probability-flow loop creates no tensor per step beyond the model's" {
+            for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
+                let count steps =
+                    use g = generator 10L
+                    use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+                    let model = Model.noise (fun x _ -> x * 0.5)
+                    let before = created ()
+                    let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Solver = solver; Steps = steps } xT
+                    let n = created () - before
+                    r.Samples.Dispose()
+                    n
+                let a, b = count 10, count 30
+                Expect.equal (float (b - a) / 20.0) (float (OdeSolver.evaluationsPerStep solver))
+                    (sprintf "%s: tensors created per step = model evaluations per step" (OdeSolver.name solver))
+        }
     ]

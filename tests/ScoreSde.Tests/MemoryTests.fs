@@ -86,4 +86,20 @@ let tests =
         test "PC sampler with the Langevin corrector: RSS flat over 10,000 steps at 4x3x32x32" {
             rssFlatOver10000 "reverse diffusion + Langevin" 4L [| 4L; 3L; 32L; 32L |] Sampler.pcDefaults
         }
+
+        test "probability-flow sampler (RK4): RSS flat over 10,000 steps at 4x3x32x32" {
+            use g = generator 5L
+            use xT = torch.randn([| 4L; 3L; 32L; 32L |], generator = g)
+            let rss = ResizeArray()
+            let settings =
+                { Sampler.odeDefaults with
+                    Solver = OdeSolver.Rk4
+                    Steps = 10000
+                    Observer = Some(fun i _ _ -> if i % 1000 = 999 then rss.Add(rssMb ())) }
+            let r = Sampler.probabilityFlow sde cheap settings xT
+            r.Samples.Dispose()
+            let growth = rss.[rss.Count - 1] - rss.[0]
+            printfn "RSS over 10,000 RK4 probability-flow steps (MB): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
+            Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
+        }
     ]
