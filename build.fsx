@@ -2,6 +2,9 @@
 //   dotnet fsi build.fsx build    restore and build everything in Release
 //   dotnet fsi build.fsx test     unit tests, property tests and the docs/ scripts
 //   dotnet fsi build.fsx clean    remove bin/ and obj/ folders
+//   dotnet fsi build.fsx quality  accuracy-versus-evaluations benchmark of every sampler (about 15 min;
+//                                 writes docs/dpm-solver-results.md and docs/dpm-solver-{a,b}.png)
+//   dotnet fsi build.fsx quality-quick   the same on fewer samplers and budgets (a few minutes)
 //   dotnet fsi build.fsx bench [--quick] [--filter PATTERN] [other benchmark options]
 //                                  BenchmarkDotNet suite (docs/performance.md); the options after
 //                                  `bench` go to tests/ScoreSde.Benchmarks
@@ -28,6 +31,8 @@ let targets : (string * string * (unit -> unit)) list =
     [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
       "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory)", (fun () -> bench [])
+      "quality", "accuracy versus evaluations of every sampler, into docs/ (~15 min)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
+      "quality-quick", "the quality benchmark on fewer samplers and budgets (a few minutes)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
       "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->
           for dir in [ "src"; "tests" ] do
               for d in Directory.GetDirectories(Path.Combine(root, dir), "*", SearchOption.AllDirectories) do
@@ -38,7 +43,7 @@ let targets : (string * string * (unit -> unit)) list =
 
 let usage () =
     printfn "usage: dotnet fsi build.fsx <target>..."
-    for name, doc, _ in targets do printfn "  %-8s %s" name doc
+    for name, doc, _ in targets do printfn "  %-14s %s" name doc
 
 match fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray with
 | [] -> usage (); exit 2

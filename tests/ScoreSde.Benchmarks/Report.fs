@@ -57,7 +57,8 @@ let private samplerCases =
       "PcEulerMaruyamaFastNoise", Some "EmKernelFastNoise", 1
       "PcReverseDiffusionLangevin", Some "RdLangevinKernel", 2
       "OdeEuler", Some "OdeEulerKernel", 1
-      "OdeRk4", Some "OdeRk4Kernel", 4 ]
+      "OdeRk4", Some "OdeRk4Kernel", 4
+      "DpmSolverPlusPlus", None, 1 ]
 
 /// The sampler table: time per step with the model's share subtracted, against the step kernel alone.
 let samplerTable (summaries: Summary seq) =
@@ -98,7 +99,9 @@ let memoryTable (steps: int) =
           "probability flow, Euler", (fun model obs _ xT ->
               Sampler.probabilityFlow sde model { SamplerCases.odeEuler with Steps = steps; Observer = Some obs } xT)
           "probability flow, RK4", (fun model obs _ xT ->
-              Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT) ]
+              Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT)
+          "DPM-Solver++ (multistep, order 3)", (fun model obs _ xT ->
+              DpmSolver.sample sde model { SamplerCases.dpm with Steps = steps; Observer = Some obs } xT) ]
     for name, run in cases do
         use g = new torch.Generator(7UL, torch.CPU)
         let noise = Noise.fromGenerator g

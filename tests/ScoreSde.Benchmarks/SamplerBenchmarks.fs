@@ -22,6 +22,7 @@ module SamplerCases =
     let pcRdLangevin = { Sampler.pcDefaults with Predictor = Predictor.ReverseDiffusion; Corrector = Corrector.langevin 0.16 1; Steps = steps }
     let odeEuler = { Sampler.odeDefaults with Solver = OdeSolver.Euler; Steps = steps }
     let odeRk4 = { Sampler.odeDefaults with Solver = OdeSolver.Rk4; Steps = steps }
+    let dpm = { DpmSolver.defaults with Steps = steps }
 
 [<MemoryDiagnoser>]
 type SamplerBenchmarks() =
@@ -131,6 +132,12 @@ type SamplerBenchmarks() =
     [<Benchmark>]
     member _.OdeEuler() =
         let r = Sampler.probabilityFlow sde SamplerCases.model SamplerCases.odeEuler xT
+        r.Samples.Dispose()
+
+    /// DPM-Solver++ (multistep, order 3, logSNR grid), 100 evaluations.
+    [<Benchmark>]
+    member _.DpmSolverPlusPlus() =
+        let r = DpmSolver.sample sde SamplerCases.model SamplerCases.dpm xT
         r.Samples.Dispose()
 
     /// Probability-flow ODE, RK4, 100 steps.

@@ -1,0 +1,459 @@
+namespace ScoreSde
+
+open System
+open TorchSharp
+
+/// Which model output the DPM solvers integrate exactly in their exponential-integrator form.
+[<RequireQualifiedAccess>]
+type DpmAlgorithm =
+    /// DPM-Solver (Lu et al. 2022, arXiv 2206.00927): Taylor expansion of the noise prediction eps(x, t)
+    /// in the half log-SNR lambda.
+    | DpmSolver
+    /// DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095): Taylor expansion of the data prediction x_0(x, t).
+    | DpmSolverPlusPlus
+
+/// A correction of the data prediction x_0 applied before DPM-Solver++ uses it. Meant for pixel data
+/// in a known range; off by default.
+[<RequireQualifiedAccess>]
+type Thresholding =
+    | NoThresholding
+    /// Clamp x_0 to [-bound, bound].
+    | Static of bound: float
+    /// Imagen-style dynamic thresholding: per sample, s = max(the q-quantile of |x_0|, maxValue);
+    /// x_0 <- clamp(x_0, -s, s) * maxValue / s (so with maxValue 1 the range becomes [-1, 1]).
+    | Dynamic of quantile: float * maxValue: float
+
+/// Settings of the adaptive DPM-Solver (Lu et al. 2022a, Sec. 3.3 and App. C): an order k - 1 and an
+/// order k solution share their model evaluations; their difference, relative to
+/// delta = max(Atol, Rtol max(|x_lower|, |x_prev|)), gives the error E (RMS over each sample's
+/// elements, maximum over the batch). A step is accepted when E <= 1, and the next step in lambda is
+/// h <- min(Safety h E^(-1/k), lambda_eps - lambda_s).
+type DpmAdaptiveSettings =
+    { Rtol: float
+      Atol: float
+      /// First step, in lambda.
+      InitialStep: float
+      /// Safety factor theta in (0, 1].
+      Safety: float
+      /// A run that would need more model evaluations than this stops with an error.
+      MaxEvaluations: int }
+
+/// How the DPM solvers step.
+[<RequireQualifiedAccess>]
+type DpmMethod =
+    /// Single-step: an order-k step evaluates the model k times (at intermediate lambdas).
+    | SingleStep
+    /// Multistep: one evaluation per step; order k reuses the k - 1 previous evaluations.
+    | MultiStep
+    /// Adaptive step size in lambda (orders 2 and 3); the grid and the step budget are not used.
+    | Adaptive of DpmAdaptiveSettings
+
+/// Settings of the DPM solvers.
+type DpmSolverSettings =
+    { Algorithm: DpmAlgorithm
+      Method: DpmMethod
+      /// 1, 2 or 3 (2 or 3 for the adaptive method).
+      Order: int
+      /// Time grid from T down to Eps. An explicit grid fixes the solver's evaluations itself: one per
+      /// interval (plus one for Denoise).
+      Grid: TimeGrid
+      /// The number of model evaluations, met exactly (fixed-step methods).
+      Steps: int
+      Eps: float
+      /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step: split
+      /// the budget as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps);
+      /// when false and the order divides the budget, every step has the full order.
+      LowerOrderFinal: bool
+      /// Spend the last evaluation on Tweedie's denoising step x_0 = E[x_0 | x_eps] (counts in Steps).
+      Denoise: bool
+      /// DPM-Solver++ only.
+      Thresholding: Thresholding
+      Observer: Observer option }
+
+/// DPM-Solver and DPM-Solver++: exponential integrators of the probability-flow ODE in the half
+/// log-SNR lambda = log(alpha / sigma). In terms of h = lambda_t - lambda_s (t < s) every step reads
+///   x_t = r x_s - c [phi_1(H) m_s + phi_2(H) D_1 + phi_3(H) D_2 ...]
+/// with m the model's noise prediction (DPM-Solver: r = alpha_t / alpha_s, c = sigma_t, H = h) or data
+/// prediction (DPM-Solver++: r = sigma_t / sigma_s, c = alpha_t, H = -h), D_k the k-th finite
+/// differences of m in lambda scaled by h^k, and phi_1(H) = e^H - 1, phi_(k+1)(H) = phi_k(H) / H - 1 / k!.
+[<RequireQualifiedAccess>]
+module DpmSolver =
+    /// The paper's adaptive settings (tolerances for data in [-1, 1]): rtol 0.05, atol 0.0078,
+    /// first step 0.05 in lambda, safety 0.9, at most 10,000 evaluations.
+    let adaptiveDefaults =
+        { Rtol = 0.05
+          Atol = 0.0078
+          InitialStep = 0.05
+          Safety = 0.9
+          MaxEvaluations = 10000 }
+
+    /// Defaults: DPM-Solver++ multistep order 3 (the second paper's recommendation), 20 evaluations on
+    /// the logSNR grid to eps = 1e-3, lower orders in the final steps, no denoising, no thresholding.
+    let defaults =
+        { Algorithm = DpmAlgorithm.DpmSolverPlusPlus
+          Method = DpmMethod.MultiStep
+          Order = 3
+          Grid = TimeGrid.LogSnr
+          Steps = 20
+          Eps = 1e-3
+          LowerOrderFinal = true
+          Denoise = false
+          Thresholding = Thresholding.NoThresholding
+          Observer = None }
+
+    /// phi_k(H) for k = 1, 2, 3: phi_1 = expm1(H), phi_2 = phi_1 / H - 1, phi_3 = phi_2 / H - 1/2,
+    /// i.e. phi_k(H) = sum_(j >= 1) H^j / (j + k - 1)!. A power series for small |H| avoids the
+    /// cancellation of the recurrence.
+    let phi (k: int) (h: float) : float =
+        if k < 1 || k > 3 then Check.fail "k" k "1, 2 or 3"
+        if abs h < 1e-2 then
+            // terms H^j / (j + k - 1)! for j = 1..8: truncation error below 1e-2^9 / 9! ~ 1e-24
+            let mutable term = 1.0
+            let mutable sum = 0.0
+            let mutable fact = 1.0
+            for i in 1 .. k - 1 do fact <- fact * float i
+            for j in 1 .. 8 do
+                term <- term * h
+                fact <- fact * float (j + k - 1)
+                sum <- sum + term / fact
+            sum
+        else
+            let p1 = HostMath.expm1 h
+            match k with
+            | 1 -> p1
+            | 2 -> p1 / h - 1.0
+            | _ -> (p1 / h - 1.0) / h - 0.5
+
+    /// Orders of the outer steps of a single-step run spending exactly `budget` evaluations, as the
+    /// DPM-Solver paper splits it: order 3 takes [3; ...; 3; 2; 1] when budget = 0 mod 3, [3; ...; 3; 1]
+    /// when 1 mod 3 and [3; ...; 3; 2] when 2 mod 3; order 2 takes [2; ...; 2] plus a final 1 when the
+    /// budget is odd; order 1 takes budget first-order steps.
+    let singleStepOrders (order: int) (budget: int) : int[] =
+        if order < 1 || order > 3 then Check.fail "order" order "1, 2 or 3"
+        Check.positiveInt "budget" budget
+        match order with
+        | 1 -> Array.create budget 1
+        | 2 -> Array.append (Array.create (budget / 2) 2) (if budget % 2 = 1 then [| 1 |] else [||])
+        | _ ->
+            let k = budget / 3 + 1
+            match budget % 3 with
+            | 0 -> Array.concat [ Array.create (k - 2) 3; [| 2; 1 |] ]
+            | 1 -> Array.append (Array.create (k - 1) 3) [| 1 |]
+            | _ -> Array.append (Array.create (k - 1) 3) [| 2 |]
+
+    /// Orders of the steps of an n-step multistep run: warm-up min(order, i + 1) at step i (0-based),
+    /// and with `lowerOrderFinal` also at most n - i (the last step first order, the one before at most
+    /// second).
+    let multiStepOrders (order: int) (steps: int) (lowerOrderFinal: bool) : int[] =
+        if order < 1 || order > 3 then Check.fail "order" order "1, 2 or 3"
+        Check.positiveInt "steps" steps
+        Array.init steps (fun i -> min order (min (i + 1) (if lowerOrderFinal then steps - i else order)))
+
+    let private isExplicit (grid: TimeGrid) = match grid with TimeGrid.Explicit _ -> true | _ -> false
+
+    /// Validate settings against the SDE; every failure names the setting and its value.
+    let validate (sde: VpSde) (settings: DpmSolverSettings) =
+        match settings.Method with
+        | DpmMethod.Adaptive a ->
+            if settings.Order <> 2 && settings.Order <> 3 then
+                raise (ArgumentOutOfRangeException("order", settings.Order, sprintf "order must be 2 or 3 for the adaptive DPM-Solver (got %d)." settings.Order))
+            Check.finite "rtol" a.Rtol
+            if a.Rtol < 0.0 then Check.fail "rtol" a.Rtol "zero or more"
+            Check.finite "atol" a.Atol
+            if a.Atol < 0.0 then Check.fail "atol" a.Atol "zero or more"
+            if a.Rtol = 0.0 && a.Atol = 0.0 then Check.fail "atol" a.Atol "positive when rtol is 0"
+            Check.positive "initialStep" a.InitialStep
+            Check.positive "safety" a.Safety
+            if a.Safety > 1.0 then Check.fail "safety" a.Safety "in (0, 1]"
+            Check.positiveInt "maxEvaluations" a.MaxEvaluations
+            if isExplicit settings.Grid then
+                Check.fail "grid" settings.Grid "a generated grid (the adaptive method chooses its own steps; an explicit grid contradicts it)"
+            Check.finite "eps" settings.Eps
+            if settings.Eps <= 0.0 || settings.Eps >= sde.T then Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
+        | DpmMethod.SingleStep | DpmMethod.MultiStep ->
+            if settings.Order < 1 || settings.Order > 3 then
+                raise (ArgumentOutOfRangeException("order", settings.Order, sprintf "order must be 1, 2 or 3 (got %d)." settings.Order))
+            match settings.Grid with
+            | TimeGrid.Explicit ts -> TimeGrid.validate sde ts
+            | _ ->
+                Check.positiveInt "steps" settings.Steps
+                if settings.Denoise && settings.Steps < 2 then
+                    Check.fail "steps" settings.Steps "at least 2 with Denoise (the last evaluation denoises)"
+                TimeGrid.points sde settings.Grid settings.Steps settings.Eps |> ignore
+        match settings.Thresholding with
+        | Thresholding.NoThresholding -> ()
+        | _ when settings.Algorithm <> DpmAlgorithm.DpmSolverPlusPlus ->
+            Check.fail "thresholding" settings.Thresholding "NoThresholding with DPM-Solver (it corrects the data prediction of DPM-Solver++)"
+        | Thresholding.Static b -> Check.positive "thresholding.bound" b
+        | Thresholding.Dynamic(q, m) ->
+            Check.finite "thresholding.quantile" q
+            if q <= 0.0 || q > 1.0 then Check.fail "thresholding.quantile" q "in (0, 1]"
+            Check.positive "thresholding.maxValue" m
+
+    /// The solver's time points from T down to eps (without the denoising step): the step grid of a
+    /// multistep run, the outer step grid of a single-step run (uniform in lambda for the logSNR grid,
+    /// otherwise the budget's grid taken at the cumulative step orders), and each outer step's order.
+    let schedule (sde: VpSde) (settings: DpmSolverSettings) : float[] * int[] =
+        let solverSteps =
+            match settings.Grid with
+            | TimeGrid.Explicit ts -> ts.Length - 1
+            | _ -> settings.Steps - (if settings.Denoise then 1 else 0)
+        let grid n = TimeGrid.points sde settings.Grid n settings.Eps
+        match settings.Method with
+        | DpmMethod.MultiStep -> grid solverSteps, multiStepOrders settings.Order solverSteps settings.LowerOrderFinal
+        | DpmMethod.SingleStep ->
+            let orders =
+                if not settings.LowerOrderFinal && solverSteps % settings.Order = 0 then
+                    Array.create (solverSteps / settings.Order) settings.Order
+                else singleStepOrders settings.Order solverSteps
+            let times =
+                match settings.Grid with
+                | TimeGrid.LogSnr -> grid orders.Length
+                | _ ->
+                    let fine = grid solverSteps
+                    Array.scan (+) 0 orders |> Array.map (fun i -> fine.[i])
+            times, orders
+        | DpmMethod.Adaptive _ -> invalidArg "settings" "the adaptive method has no fixed schedule"
+
+    /// Per-run state: the model converted to the algorithm's prediction, a reusable time buffer and the
+    /// evaluation count.
+    type private Run(sde: VpSde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, x: Tensor) =
+        let tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        let dataPrediction = algorithm = DpmAlgorithm.DpmSolverPlusPlus
+        member val Nfe = 0 with get, set
+
+        /// The prediction m(x, t) as a fresh tensor.
+        member this.Predict(x: Tensor, t: float) : Tensor =
+            // Scalars are bound with `use` so that they outlive the native call (they have finalizers)
+            use ts = Tensors.scalar t
+            tb.fill_(ts) |> ignore
+            this.Nfe <- this.Nfe + 1
+            if not dataPrediction then Model.noiseOf sde model x tb
+            else
+                let d = Model.dataOf sde model x tb
+                match thresholding with
+                | Thresholding.NoThresholding -> ()
+                | Thresholding.Static b ->
+                    use lo = Tensors.scalar -b
+                    use hi = Tensors.scalar b
+                    d.clamp_(lo, hi) |> ignore
+                | Thresholding.Dynamic(q, maxValue) ->
+                    use scope = torch.NewDisposeScope()
+                    let flat = d.abs().reshape([| d.shape.[0]; -1L |])
+                    let qs = flat.quantile(torch.tensor(q, dtype = flat.dtype, device = flat.device), 1L, true)
+                    use mv = Tensors.scalar maxValue
+                    let s = qs.clamp_min(mv)
+                    let shape = Array.init (int (d.dim())) (fun i -> if i = 0 then d.shape.[0] else 1L)
+                    let s = s.reshape(shape)
+                    let lo = s.neg()
+                    d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(mv).div_(s)) |> ignore
+                d
+
+        /// (r, c, H) of the step from s to t: x_t = r x_s - c [phi_1(H) m_s + ...].
+        member _.Coefficients(s: float, t: float, ls: float, lt: float) =
+            let h = lt - ls
+            if dataPrediction then
+                VpSde.sigmaAt sde t / VpSde.sigmaAt sde s, VpSde.alphaAt sde t, -h
+            else
+                Math.Exp(VpSde.logMeanCoeffAt sde t - VpSde.logMeanCoeffAt sde s), VpSde.sigmaAt sde t, h
+
+        interface IDisposable with
+            member _.Dispose() = tb.Dispose()
+
+    /// target <- r x + sum_i c_i m_i, in place (target may be x itself).
+    let private combineInto (target: Tensor) (x: Tensor) (r: float) (terms: (float * Tensor) list) =
+        if not (Object.ReferenceEquals(target, x)) then target.copy_(x) |> ignore
+        use rs = Tensors.scalar r
+        target.mul_(rs) |> ignore
+        for c, m in terms do
+            if c <> 0.0 then
+                use cs = Tensors.scalar c
+                target.add_(m, cs) |> ignore
+
+    let private lambdaOf (sde: VpSde) t = VpSde.lambdaAt sde t
+
+    // ---- single-step (DPM-Solver-k of the first paper; the "DPM-Solver" variant of the second) ----
+
+    /// Intermediate points of a single-step order-k step: order 2 at lambda fraction 1/2; order 3 at
+    /// 1/3 and 2/3.
+    let private fractions order =
+        match order with
+        | 2 -> 0.5, 0.0
+        | 3 -> 1.0 / 3.0, 2.0 / 3.0
+        | _ -> 0.0, 0.0
+
+    /// One single-step step of order k (1 to 3, intermediate fractions r1, r2) from s to t, in place on
+    /// x. ms is the prediction at (x, s) (owned by the caller); u is a scratch buffer. When `lower` is
+    /// given it receives the order k - 1 solution that shares the evaluations (orders 2 and 3 only; for
+    /// order 3 it is DPM-Solver-2 with r1 = 1/3).
+    let private singleStep (run: Run) (sde: VpSde) (order: int) (r1: float) (r2: float) (x: Tensor) (ms: Tensor)
+                           (u: Tensor) (s: float) (t: float) (lower: Tensor option) =
+        let ls, lt = lambdaOf sde s, lambdaOf sde t
+        let h = lt - ls
+        let r, c, hh = run.Coefficients(s, t, ls, lt)
+        let p1, p2 = phi 1 hh, phi 2 hh
+        match order with
+        | 1 -> combineInto x x r [ -c * p1, ms ]
+        | 2 ->
+            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
+            let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
+            combineInto u x ra [ -ca * phi 1 ha, ms ]
+            use m1 = run.Predict(u, s1)
+            lower |> Option.iter (fun lo -> combineInto lo x r [ -c * p1, ms ])
+            // x_t = r x - c phi_1 m_s - c phi_1 / (2 r1) (m_1 - m_s)
+            let k = c * p1 / (2.0 * r1)
+            combineInto x x r [ -c * p1 + k, ms; -k, m1 ]
+        | _ ->
+            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
+            let s2 = VpSde.timeOfLambda sde (ls + r2 * h)
+            let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
+            combineInto u x ra [ -ca * phi 1 ha, ms ]
+            use m1 = run.Predict(u, s1)
+            // u_2 = r x - c [phi_1(r2 H) m_s + (r2 / r1) phi_2(r2 H) (m_1 - m_s)]
+            let rb, cb, hb = run.Coefficients(s, s2, ls, ls + r2 * h)
+            let k2 = cb * (r2 / r1) * phi 2 hb
+            combineInto u x rb [ -cb * phi 1 hb + k2, ms; -k2, m1 ]
+            use m2 = run.Predict(u, s2)
+            lower |> Option.iter (fun lo ->
+                let k = c * p1 / (2.0 * r1)
+                combineInto lo x r [ -c * p1 + k, ms; -k, m1 ])
+            // x_t = r x - c [phi_1(H) m_s + phi_2(H) / r2 (m_2 - m_s)]
+            let k3 = c * p2 / r2
+            combineInto x x r [ -c * p1 + k3, ms; -k3, m2 ]
+
+    // ---- multistep (the second paper's multistep DPM-Solver(++)-2M and -3M) ----
+
+    /// Coefficients on (m_0, m_1, m_2) (newest first) of the bracket phi_1 m_0 + phi_2 D_1 + phi_3 D_2
+    /// (order 3) or phi_1 m_0 + phi_1 / 2 D_1 (order 2), given the lambda spacings h (this step) and
+    /// h0, h1 (the previous two).
+    let private multiStepWeights (order: int) (hh: float) (h: float) (h0: float) (h1: float) : float[] =
+        let p1 = phi 1 hh
+        match order with
+        | 1 -> [| p1; 0.0; 0.0 |]
+        | 2 ->
+            // D_1 = (m_0 - m_1) / r0, r0 = h0 / h
+            let r0 = h0 / h
+            [| p1 * (1.0 + 0.5 / r0); -p1 * 0.5 / r0; 0.0 |]
+        | _ ->
+            let p2, p3 = phi 2 hh, phi 3 hh
+            let r0, r1 = h0 / h, h1 / h
+            let d10 = [| 1.0 / r0; -1.0 / r0; 0.0 |]
+            let d11 = [| 0.0; 1.0 / r1; -1.0 / r1 |]
+            let diff = Array.map2 (-) d10 d11
+            let d1 = Array.map2 (fun a b -> a + r0 / (r0 + r1) * b) d10 diff
+            // (D_1^0 - D_1^1) / (r0 + r1) estimates h^2 m'' / 2; the Taylor term is phi_3 h^2 m''.
+            let d2 = diff |> Array.map (fun v -> 2.0 * v / (r0 + r1))
+            [| p1 + p2 * d1.[0] + p3 * d2.[0]; p2 * d1.[1] + p3 * d2.[1]; p2 * d1.[2] + p3 * d2.[2] |]
+
+    // ---- entry points ----
+
+    let private runFixed (sde: VpSde) (settings: DpmSolverSettings) (run: Run) (x: Tensor) =
+        let ts, orders = schedule sde settings
+        match settings.Method with
+        | DpmMethod.MultiStep ->
+            let lambdas = ts |> Array.map (lambdaOf sde)
+            // newest first; at most three predictions alive
+            let history = Collections.Generic.List<Tensor>()
+            try
+                for i in 0 .. orders.Length - 1 do
+                    let m = run.Predict(x, ts.[i])
+                    history.Insert(0, m)
+                    if history.Count > 3 then
+                        history.[3].Dispose()
+                        history.RemoveAt 3
+                    let k = orders.[i]
+                    let r, c, hh = run.Coefficients(ts.[i], ts.[i + 1], lambdas.[i], lambdas.[i + 1])
+                    let h = lambdas.[i + 1] - lambdas.[i]
+                    let h0 = if i >= 1 then lambdas.[i] - lambdas.[i - 1] else 0.0
+                    let h1 = if i >= 2 then lambdas.[i - 1] - lambdas.[i - 2] else 0.0
+                    let w = multiStepWeights k hh h h0 h1
+                    combineInto x x r [ for j in 0 .. k - 1 -> -c * w.[j], history.[j] ]
+                    settings.Observer |> Option.iter (fun f -> f i ts.[i + 1] x)
+            finally
+                for m in history do m.Dispose()
+        | _ ->
+            use u = torch.empty_like(x)
+            for i in 0 .. orders.Length - 1 do
+                let s, t = ts.[i], ts.[i + 1]
+                use ms = run.Predict(x, s)
+                let r1, r2 = fractions orders.[i]
+                singleStep run sde orders.[i] r1 r2 x ms u s t None
+                settings.Observer |> Option.iter (fun f -> f i t x)
+        ts.[ts.Length - 1]
+
+    let private runAdaptive (sde: VpSde) (settings: DpmSolverSettings) (a: DpmAdaptiveSettings) (run: Run) (x: Tensor) =
+        let order = settings.Order
+        let r1, r2 = if order = 2 then 0.5, 0.0 else 1.0 / 3.0, 2.0 / 3.0
+        let lEnd = lambdaOf sde settings.Eps
+        let mutable s = sde.T
+        let mutable ls = lambdaOf sde s
+        let mutable h = a.InitialStep
+        use u = torch.empty_like(x)
+        use lower = torch.empty_like(x)
+        use higher = torch.empty_like(x)
+        use xPrev = x.clone()
+        let mutable ms : Tensor = null
+        let mutable accepted = 0
+        try
+            while ls < lEnd do
+                let last = h >= lEnd - ls
+                let lt = if last then lEnd else ls + h
+                let t = if last then settings.Eps else VpSde.timeOfLambda sde lt
+                if isNull ms then ms <- run.Predict(x, s)
+                if run.Nfe + order - 1 > a.MaxEvaluations then
+                    raise (InvalidOperationException(
+                            sprintf "The adaptive DPM-Solver needs more than maxEvaluations = %d model evaluations (reached t = %g of eps = %g); loosen rtol/atol or raise maxEvaluations."
+                                a.MaxEvaluations s settings.Eps))
+                higher.copy_(x) |> ignore
+                singleStep run sde order r1 r2 higher ms u s t (Some lower)
+                let err =
+                    use scope = torch.NewDisposeScope()
+                    use rtol = Tensors.scalar a.Rtol
+                    use atol = Tensors.scalar a.Atol
+                    let delta = torch.maximum(lower.abs(), xPrev.abs()).mul_(rtol).clamp_min_(atol)
+                    let e = (higher - lower).div_(delta).reshape([| x.shape.[0]; -1L |])
+                    let rms = e.square().mean([| 1L |]).sqrt()
+                    (rms.max().to_type(torch.float64)).item<float>()
+                if Double.IsNaN err || Double.IsInfinity err then
+                    raise (InvalidOperationException(sprintf "The adaptive DPM-Solver's error estimate is %g at t = %g: the model returned non-finite values." err s))
+                if err <= 1.0 then
+                    x.copy_(higher) |> ignore
+                    xPrev.copy_(lower) |> ignore
+                    ms.Dispose()
+                    ms <- null
+                    s <- t
+                    ls <- lt
+                    settings.Observer |> Option.iter (fun f -> f accepted t x)
+                    accepted <- accepted + 1
+                let grow = if err = 0.0 then Double.PositiveInfinity else a.Safety * h * Math.Pow(err, -1.0 / float order)
+                h <- min grow (lEnd - ls)
+        finally
+            if not (isNull ms) then ms.Dispose()
+        settings.Eps
+
+    /// Sample with DPM-Solver or DPM-Solver++ from the starting state xT (not modified), e.g. a
+    /// draw from the prior N(0, I) (`Sampler.prior`). Runs without gradients. The fixed-step methods use
+    /// exactly `settings.Steps` model evaluations (see `DpmSolverSettings.Grid` for explicit grids);
+    /// the adaptive method reports what it used.
+    let sample (sde: VpSde) (model: Model) (settings: DpmSolverSettings) (xT: Tensor) : SampleResult =
+        Native.ensureLoaded ()
+        Check.floating "xT" xT
+        if xT.dim() < 1L || xT.shape.[0] < 1L then Check.fail "xT" xT.shape "a tensor with a batch dimension"
+        validate sde settings
+        use _noGrad = torch.no_grad()
+        let x = xT.clone()
+        try
+            use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, x)
+            let tEnd =
+                match settings.Method with
+                | DpmMethod.Adaptive a -> runAdaptive sde settings a run x
+                | _ -> runFixed sde settings run x
+            if settings.Denoise then
+                use tb = Tensors.fullTime x.shape.[0] tEnd x.dtype x.device
+                use d = Model.dataOf sde model x tb
+                x.copy_(d) |> ignore
+                run.Nfe <- run.Nfe + 1
+            { Samples = x; Nfe = run.Nfe }
+        with _ ->
+            x.Dispose()
+            reraise ()
