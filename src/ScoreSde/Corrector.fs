@@ -178,7 +178,7 @@ module Corrector =
             let z = Noise.drawLike noise x
             let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
             let mean = x + e * grad
-            let sample = mean + (e * 2.0).sqrt() * z
+            let sample = mean + (e + e).sqrt() * z
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`
