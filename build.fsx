@@ -5,6 +5,9 @@
 //   dotnet fsi build.fsx quality  accuracy-versus-evaluations benchmark of every sampler (about 15 min;
 //                                 writes docs/dpm-solver-results.md and docs/dpm-solver-{a,b}.png)
 //   dotnet fsi build.fsx quality-quick   the same on fewer samplers and budgets (a few minutes)
+//   dotnet fsi build.fsx bench [--quick] [--filter PATTERN] [other benchmark options]
+//                                  BenchmarkDotNet suite (docs/performance.md); the options after
+//                                  `bench` go to tests/ScoreSde.Benchmarks
 open System
 open System.Diagnostics
 open System.IO
@@ -20,9 +23,14 @@ let run (file: string) (args: string) =
         eprintfn "'%s %s' failed with exit code %d" file args p.ExitCode
         exit p.ExitCode
 
+let bench (options: string list) =
+    let quoted = options |> List.map (fun o -> if o.Contains ' ' || o.Contains '*' then "\"" + o + "\"" else o)
+    run "dotnet" ("run --project tests/ScoreSde.Benchmarks -c Release -- " + String.Join(" ", quoted))
+
 let targets : (string * string * (unit -> unit)) list =
     [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
+      "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory)", (fun () -> bench [])
       "quality", "accuracy versus evaluations of every sampler, into docs/ (~15 min)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
       "quality-quick", "the quality benchmark on fewer samplers and budgets (a few minutes)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
       "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->
@@ -39,6 +47,7 @@ let usage () =
 
 match fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray with
 | [] -> usage (); exit 2
+| "bench" :: options -> bench options
 | names ->
     for name in names do
         match targets |> List.tryFind (fun (n, _, _) -> n = name) with

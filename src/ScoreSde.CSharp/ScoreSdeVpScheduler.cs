@@ -47,6 +47,8 @@ public sealed class ScoreSdeVpScheduler
     private const string ConfigFileName = "scheduler_config.json";
     private readonly ScoreSde.DiffusersVpConfig _core;
     private ScoreSde.Noise? _privateNoise;
+    private Generator? _lastGenerator;
+    private ScoreSde.Noise? _lastNoise;
 
     /// <summary>Creates the scheduler.</summary>
     /// <param name="numTrainTimesteps">Number of training timesteps, at least 1 (default 2000; unused by the mathematics).</param>
@@ -95,7 +97,16 @@ public sealed class ScoreSdeVpScheduler
 
     private ScoreSde.Noise NoiseFor(Generator? generator, Tensor x)
     {
-        if (generator is not null) return ScoreSde.NoiseModule.fromGenerator(generator);
+        if (generator is not null)
+        {
+            // A loop passes the same generator every step: wrap it once (it is only referenced, never disposed).
+            if (!ReferenceEquals(generator, _lastGenerator))
+            {
+                _lastNoise = ScoreSde.NoiseModule.fromGenerator(generator);
+                _lastGenerator = generator;
+            }
+            return _lastNoise!;
+        }
         return _privateNoise ??= Interop.NoiseFor(null, x.device);
     }
 

@@ -72,73 +72,136 @@ module Corrector =
     /// alpha_i of the step from t down to s: 1 - beta_i of that interval.
     let stepAlpha (sde: VpSde) (t: float) (s: float) = 1.0 - VpSde.intervalBeta sde t s
 
-    // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it).
+    // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it): one
+    // reduction pass over the trailing dims, no reshaped copy.
     let private rowNorms (v: Tensor) =
-        let b = v.shape.[0]
-        let flat = v.reshape([| b; -1L |])
-        let n = torch.linalg.vector_norm(flat, 2.0, [| 1L |], false)
-        let shape = Array.init (int (v.dim())) (fun i -> if i = 0 then b else 1L)
-        n.reshape(shape)
+        if v.dim() = 1L then v.abs()
+        else torch.linalg.vector_norm(v, 2.0, Array.init (int (v.dim()) - 1) (fun i -> int64 (i + 1)), true)
 
-    /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2,
-    /// zero where the score vanishes (the step size is undefined there).
-    let private langevinStepSize (norm: LangevinNorm) (snr: float) (grad: Tensor) (z: Tensor) : Tensor =
-        let g, n =
+    /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2 with
+    /// grad = k src, zero where the score vanishes (the step size is undefined there). The two norm
+    /// results are the only tensors created: everything after them is in place on them.
+    let private langevinStepSize (norm: LangevinNorm) (snr: float) (k: float) (src: Tensor) (z: Tensor) : Tensor =
+        let ng, nz =
             match norm with
-            | LangevinNorm.PerSample -> rowNorms grad, rowNorms z
-            | LangevinNorm.BatchMean -> (rowNorms grad).mean(), (rowNorms z).mean()
-        let e = (n / g * snr).square()
-        torch.where(g.gt(torch.zeros_like(g)), e, torch.zeros_like(e))
+            | LangevinNorm.PerSample -> rowNorms src, rowNorms z
+            | LangevinNorm.BatchMean ->
+                use g = rowNorms src
+                use n = rowNorms z
+                g.mean(), n.mean()
+        use _ng = ng
+        // |z| / |grad| = nz / (|k| ng); 0 / 0 and x / 0 (a vanishing score) become a zero step.
+        nz.div_(ng) |> ignore
+        Kernel.scale nz (snr / abs k)
+        nz.mul_(nz).nan_to_num_(0.0, 0.0, 0.0) |> ignore
+        nz
+
+    /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
+    type internal StepSize =
+        | FromNorms of LangevinNorm * snr: float
+        | Fixed of float
+
+    /// The arithmetic of one Langevin step, in place on x, given the score as k src (src the model
+    /// output or the scratch buffer): z is refilled from the noise source, then x <- x + e k src
+    /// (+ sqrt(2 e) z when `withNoise`), e = 2 alphaI times the step size. Fixed step sizes are host
+    /// scalars (no tensor created); norm-based ones create the two [B]-element norm results only.
+    let internal langevinUpdate (x: Tensor) (src: Tensor) (k: float) (z: Tensor) (noise: Noise) (alphaI: float)
+                                (stepSize: StepSize) (withNoise: bool) =
+        noise.Fill z
+        match stepSize with
+        | Fixed e ->
+            let e = 2.0 * alphaI * e
+            Kernel.addScaled x src (e * k)
+            if withNoise then Kernel.addScaled x z (Math.Sqrt(2.0 * e))
+        | FromNorms(norm, snr) ->
+            use e = langevinStepSize norm snr k src z
+            Kernel.scale e (2.0 * alphaI)
+            Kernel.addProduct x src e k
+            if withNoise then
+                Kernel.scale e 2.0
+                e.sqrt_() |> ignore
+                Kernel.addProduct x z e 1.0
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
-    /// `withNoise = false` leaves x at the step's mean.
-    let private langevinStep (sde: VpSde) (model: Model) (x: Tensor) (tBatch: Tensor) (z: Tensor) (noise: Noise)
-                             (t: float) (alphaI: float) (stepSize: Tensor -> Tensor -> Tensor) (withNoise: bool) =
+    /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when
+    /// the model's output is not proportional to it (data predictions); noise and score models use their
+    /// output directly with the factor folded into host scalars, so no tensor of x's size is created.
+    let private langevinStep (sde: VpSde) (model: Model) (x: Tensor) (tBatch: Tensor) (z: Tensor) (scratch: Lazy<Tensor>)
+                             (noise: Noise) (t: float) (alphaI: float) (stepSize: StepSize) (withNoise: bool) =
+        let ka, kb = Model.scoreCoefficientsAt sde model.Output t
+        // Created (once) outside the step's dispose scope, which must not own it.
+        let g = if ka = 0.0 then null else scratch.Force()
         use scope = torch.NewDisposeScope()
         let out = Model.eval model x tBatch
-        let ka, kb = Model.scoreCoefficientsAt sde model.Output t
-        let grad = if ka = 0.0 then out * kb else out * kb + x * ka
-        noise.Fill z
-        let e = stepSize grad z * (2.0 * alphaI)
-        x.addcmul_(e, grad, 1.0) |> ignore
-        if withNoise then
-            let amp = (e * 2.0).sqrt_()
-            x.addcmul_(amp, z, 1.0) |> ignore
+        // grad = ka x + kb out = k src
+        if ka = 0.0 then langevinUpdate x out kb z noise alphaI stepSize withNoise
+        else
+            g.copy_(x) |> ignore
+            Kernel.axpby g ka out kb
+            langevinUpdate x g 1.0 z noise alphaI stepSize withNoise
 
     /// One Langevin step on fresh tensors from a model output already computed at (x, t) (manual
     /// stepping): sample i is at time ts.[i] with alpha_i = alphas.[i] (arrays of length 1 apply to the
     /// whole batch). Noise is drawn after the model output, as in the paper's code. x and out are
     /// not modified.
+    ///
+    /// When the batch shares its time and alpha_i, the score's factors are host scalars: the noise is
+    /// drawn into the tensor that becomes the sample, the mean is one fused addcmul, and besides the
+    /// two results only the two [B]-element norms (and, for data predictions, the score) are created.
     let langevinWithOutput (sde: VpSde) (settings: LangevinSettings) (output: ModelOutput) (out: Tensor) (x: Tensor)
                            (ts: float[]) (alphas: float[]) (noise: Noise) : StepResult =
         Check.positive "snr" settings.Snr
-        use scope = torch.NewDisposeScope()
-        let perSample (v: float[]) =
-            if Tensors.allEqual v then torch.tensor(v.[0], dtype = x.dtype, device = x.device) else Tensors.perSample v x
-        let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
-        let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
-        let z = Noise.drawLike noise x
-        let e = langevinStepSize settings.Norm settings.Snr grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
-        let mean = x + e * grad
-        let sample = mean + (e * 2.0).sqrt() * z
-        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+        if Tensors.allEqual ts && Tensors.allEqual alphas then
+            let ka, kb = Model.scoreCoefficientsAt sde output ts.[0]
+            // grad = k src
+            use grad = if ka = 0.0 then null else Kernel.combine ka x kb out
+            let src, k = if ka = 0.0 then out, kb else grad, 1.0
+            let sample = Noise.drawLike noise x
+            try
+                use e = langevinStepSize settings.Norm settings.Snr k src sample
+                Kernel.scale e (2.0 * alphas.[0])
+                let mean =
+                    use sk = Tensors.scalar k
+                    torch.addcmul(x, src, e, sk)
+                Kernel.scale e 2.0
+                e.sqrt_() |> ignore
+                sample.mul_(e).add_(mean) |> ignore
+                { Sample = sample; Mean = mean }
+            with _ ->
+                sample.Dispose()
+                reraise ()
+        else
+            use scope = torch.NewDisposeScope()
+            let perSample (v: float[]) = Tensors.perSample v x
+            let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
+            let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
+            let z = Noise.drawLike noise x
+            let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
+            let mean = x + e * grad
+            let sample = mean + (e + e).sqrt() * z
+            { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+
+    /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`
+    /// (shaped like x, only touched for data-prediction models) as working memory. Nothing of x's size
+    /// is allocated; Langevin's per-sample norms create two [B]-element tensors per step.
+    let internal correctWith (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
+                             (z: Tensor) (scratch: Lazy<Tensor>) (noise: Noise) (t: float) (alphaI: float)
+                             (lastWithoutNoise: bool) : int =
+        let run steps stepSize =
+            for k in 1 .. steps do
+                langevinStep sde model x tBatch z scratch noise t alphaI stepSize (not (lastWithoutNoise && k = steps))
+            steps
+        match corrector with
+        | Corrector.NoCorrector -> 0
+        | Corrector.Langevin s -> run s.Steps (FromNorms(s.Norm, s.Snr))
+        | Corrector.AnnealedLangevin s -> run s.Steps (Fixed((s.Snr * VpSde.sigmaAt sde t) ** 2.0))
 
     /// Run the corrector at time t for its configured number of steps, in place on x. `lastWithoutNoise`
     /// leaves x at the mean of the final step (used when the sampler's last update is a corrector).
     /// Returns the number of model evaluations.
     let correctInPlace (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
                        (z: Tensor) (noise: Noise) (t: float) (alphaI: float) (lastWithoutNoise: bool) : int =
-        match corrector with
-        | Corrector.NoCorrector -> 0
-        | Corrector.Langevin s ->
-            let stepSize = langevinStepSize s.Norm s.Snr
-            for k in 1 .. s.Steps do
-                langevinStep sde model x tBatch z noise t alphaI stepSize (not (lastWithoutNoise && k = s.Steps))
-            s.Steps
-        | Corrector.AnnealedLangevin s ->
-            let sigma = VpSde.sigmaAt sde t
-            let e = (s.Snr * sigma) ** 2.0
-            let stepSize (grad: Tensor) (_: Tensor) = torch.full([||], e, dtype = grad.dtype, device = grad.device)
-            for k in 1 .. s.Steps do
-                langevinStep sde model x tBatch z noise t alphaI stepSize (not (lastWithoutNoise && k = s.Steps))
-            s.Steps
+        let scratch = lazy (torch.empty_like(x))
+        try correctWith sde corrector model x tBatch z scratch noise t alphaI lastWithoutNoise
+        finally
+            if scratch.IsValueCreated then scratch.Value.Dispose()

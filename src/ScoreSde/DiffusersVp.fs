@@ -44,11 +44,14 @@ module DiffusersVp =
         Check.sameShape "score" out x "x"
         if x.dim() = 0L then Check.fail "x" x.shape "a tensor with a batch dimension"
         let n = t.numel()
-        if not (n = 1L || n = x.shape.[0]) then
-            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" x.shape.[0])
-        let ts = Tensors.toHost t
-        ts |> Array.iteri (fun i v ->
-            if Double.IsNaN v || v <= 0.0 || v > 1.0 then Check.fail (sprintf "t[%d]" i) v "in (0, 1]")
+        if not (n = 1L || n = x.size(0)) then
+            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" (x.size(0)))
+        // Read t once on the host (straight from memory for a CPU tensor): the step's coefficients are
+        // host scalars, per sample only when the times differ.
+        let ts = Tensors.readHost t
+        for i in 0 .. ts.Length - 1 do
+            let v = ts.[i]
+            if Double.IsNaN v || v <= 0.0 || v > 1.0 then Check.fail (sprintf "t[%d]" i) v "in (0, 1]"
         ts
 
     /// step_pred(score, x, t): one Euler-Maruyama step of the reverse SDE, exactly as diffusers does it:

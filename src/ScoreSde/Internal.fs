@@ -37,7 +37,14 @@ module internal Check =
         if shape |> Array.exists (fun d -> d < 1L) then fail param shape "a shape of positive sizes"
 
     let sameShape (param: string) (t: Tensor) (reference: Tensor) (referenceName: string) =
-        if t.shape <> reference.shape then
+        // Compared size by size (cheap native calls); the shape arrays are built only for the message.
+        let d = t.dim()
+        let mutable same = d = reference.dim()
+        let mutable i = 0
+        while same && int64 i < d do
+            same <- t.size(i) = reference.size(i)
+            i <- i + 1
+        if not same then
             raise (ArgumentException(
                     sprintf "%s has shape %A but %s has shape %A; they must match." param t.shape referenceName reference.shape,
                     param))
@@ -89,6 +96,23 @@ module internal Tensors =
         use f = c.to_type(torch.float64)
         use t64 = f.contiguous()
         t64.data<float>().ToArray()
+
+    /// Host copy of a small tensor as doubles, read straight from its memory when it is a contiguous
+    /// float32 or float64 CPU tensor (the common case of a time argument: no tensor is created, no
+    /// copy is made on the native side); anything else goes through `toHost`.
+    let readHost (t: Tensor) : float[] =
+        if t.device_type = DeviceType.CPU && t.is_contiguous()
+           && (t.dtype = torch.float32 || t.dtype = torch.float64) then
+            let n = int (t.numel())
+            let r = Array.zeroCreate<float> n
+            if t.dtype = torch.float32 then
+                let v = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float32>(t.bytes)
+                for i in 0 .. n - 1 do r.[i] <- float v.[i]
+            else
+                let v = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes)
+                for i in 0 .. n - 1 do r.[i] <- v.[i]
+            r
+        else toHost t
 
     /// A [B] tensor of times, all equal to t, in x's dtype and device.
     let fullTime (batch: int64) (t: float) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =

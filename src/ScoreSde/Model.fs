@@ -71,10 +71,17 @@ module Model =
 
     /// a x + b out, with (a, b) from host coefficients of t (per sample when t varies over the batch).
     let private combine (x: Tensor) (out: Tensor) (t: Tensor) (coefficients: float -> float * float) : Tensor =
-        let ts = Tensors.toHost t
+        let ts = Tensors.readHost t
         if Tensors.allEqual ts then
             let a, b = coefficients ts.[0]
-            if a = 0.0 then out * b else x * a + out * b
+            // out * b, then + a x in place: one result tensor. The Scalars are bound for the duration
+            // of the native calls (an inline Scalar can be finalised while the call still uses it).
+            use sb = Tensors.scalar b
+            let r = out.mul(sb)
+            if a <> 0.0 then
+                use sa = Tensors.scalar a
+                r.add_(x, sa) |> ignore
+            r
         else
             let cs = ts |> Array.map coefficients
             Tensors.perSample (Array.map fst cs) x * x + Tensors.perSample (Array.map snd cs) x * out

@@ -71,6 +71,32 @@ module Noise =
                     row.normal_(0.0, 1.0, g) |> ignore
         { Fill = fill; Description = sprintf "per-sample seed %d" seed }
 
+    /// A faster source of N(0, 1) noise for the core samplers, offered as an option: it does NOT give
+    /// PyTorch's stream (use `fromGenerator` for that; the diffusers-compatible scheduler always does).
+    /// Draws come from Doornik's ziggurat on xoshiro256++ streams, computed in managed code straight
+    /// into a CPU tensor's memory, counter-based: fill k of this source splits the tensor into blocks
+    /// of 65,536 elements and block b draws from its own stream seeded by (seed, k, b). Values depend
+    /// only on the seed, the fill count and the element index (not on the thread count); large tensors
+    /// are filled on up to torch.get_num_threads() threads. Other dtypes and devices are filled on the
+    /// CPU in float32 or float64 and copied over. Statistically exact normal draws (up to the 53-bit
+    /// resolution of the uniforms), independent across elements, fills and seeds in the usual sense of
+    /// seeded pseudo-random streams.
+    let fast (seed: int64) : Noise =
+        Native.ensureLoaded ()
+        let fills = ref 0L
+        let fill (t: Tensor) =
+            let k = fills.Value
+            fills.Value <- k + 1L
+            let threads = max 1 (torch.get_num_threads())
+            if t.device_type = DeviceType.CPU && t.is_contiguous() && (t.dtype = torch.float32 || t.dtype = torch.float64) then
+                FastNormal.fill seed k threads t
+            else
+                let hostType = if t.dtype = torch.float64 then torch.float64 else torch.float32
+                use tmp = torch.empty(t.shape, dtype = hostType, device = torch.CPU)
+                FastNormal.fill seed k threads tmp
+                t.copy_(tmp) |> ignore
+        { Fill = fill; Description = sprintf "fast seed %d" seed }
+
     /// A fresh tensor of standard normal draws with the given shape, dtype and device.
     let draw (noise: Noise) (shape: int64[]) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
         let t = torch.empty(shape, dtype = dtype, device = device)

@@ -26,24 +26,80 @@ type Predictor =
     /// A custom linear-in-score step: coefficients sde t s for a step from t down to s.
     | Custom of name: string * coefficients: (VpSde -> float -> float -> StepCoefficients)
 
-/// In-place linear updates shared by predictors, correctors and the diffusers-compatible step.
+/// In-place linear updates shared by predictors, correctors and the diffusers-compatible step. Each is
+/// a few fused tensor operations with host-scalar coefficients; the TorchSharp Scalars they pass are
+/// disposed at once (a Scalar holds a native handle, and leaving it to the finaliser costs GC work on
+/// every call).
 module internal Kernel =
+    /// x <- x * a, in place.
+    let scale (x: Tensor) (a: float) =
+        use sa = Tensors.scalar a
+        x.mul_(sa) |> ignore
+
+    /// x <- x + alpha y, in place (one pass).
+    let addScaled (x: Tensor) (y: Tensor) (alpha: float) =
+        use s = Tensors.scalar alpha
+        x.add_(y, s) |> ignore
+
+    /// x <- x + value t1 t2 (element-wise, t2 broadcast), in place (one pass).
+    let addProduct (x: Tensor) (t1: Tensor) (t2: Tensor) (value: float) =
+        use s = Tensors.scalar value
+        x.addcmul_(t1, t2, s) |> ignore
+
     /// x <- a x + b out, in place. Safe when out is x itself (element-wise full alias).
     let axpby (x: Tensor) (a: float) (out: Tensor) (b: float) =
         if b = 0.0 then
-            if a <> 1.0 then x.mul_(Tensors.scalar a) |> ignore
+            if a <> 1.0 then scale x a
         elif a = 0.0 then
-            x.copy_(out).mul_(Tensors.scalar b) |> ignore
+            x.copy_(out) |> ignore
+            scale x b
         elif a = 1.0 then
-            x.add_(out, Tensors.scalar b) |> ignore
+            addScaled x out b
         else
-            x.add_(out, Tensors.scalar (b / a)).mul_(Tensors.scalar a) |> ignore
+            addScaled x out (b / a)
+            scale x a
 
     /// x <- x + c z, in place, with z freshly filled from the noise source (no-op when c = 0).
     let addNoise (x: Tensor) (z: Tensor) (c: float) (noise: Noise) =
         if c <> 0.0 then
             noise.Fill z
-            x.add_(z, Tensors.scalar c) |> ignore
+            addScaled x z c
+
+    /// A fresh tensor a x + b out in as few passes as the coefficients allow (one when a is 0 or 1 or
+    /// b is 0, two otherwise: out scaled into the new tensor, then x added with a as alpha). Neither
+    /// input is modified. No intermediate tensor is created.
+    let combine (a: float) (x: Tensor) (b: float) (out: Tensor) : Tensor =
+        if b = 0.0 then
+            use sa = Tensors.scalar a
+            x.mul(sa)
+        elif a = 0.0 then
+            use sb = Tensors.scalar b
+            out.mul(sb)
+        elif a = 1.0 then
+            use sb = Tensors.scalar b
+            x.add(out, sb)
+        else
+            let m =
+                use sb = Tensors.scalar b
+                out.mul(sb)
+            addScaled m x a
+            m
+
+    /// A fresh sample mean + c z: z is drawn from the noise source into a new contiguous tensor shaped
+    /// like mean (exactly one draw of that shape, as torch.randn(shape) would make), then scaled and
+    /// shifted in place. mean is not modified.
+    let sampleAround (mean: Tensor) (c: float) (noise: Noise) : Tensor =
+        let s =
+            if mean.is_contiguous() then torch.empty_like(mean)
+            else torch.empty(mean.shape, dtype = mean.dtype, device = mean.device)
+        try
+            noise.Fill s
+            scale s c
+            s.add_(mean) |> ignore
+            s
+        with _ ->
+            s.Dispose()
+            reraise ()
 
 [<RequireQualifiedAccess>]
 module Predictor =
@@ -107,18 +163,31 @@ module Predictor =
     /// One predictor step on fresh tensors from a model output that was already computed (manual
     /// stepping, as in diffusers' schedulers): sample i steps from ts.[i] down to ss.[i] (arrays of
     /// length 1 apply to the whole batch). x and out are not modified.
+    ///
+    /// When every sample shares its step (the usual case), the coefficients are host scalars and the
+    /// step is four tensor operations creating exactly the two result tensors: mean = aout out + ax x
+    /// (scale, then add with alpha), then sample = std z + mean on a fresh noise draw (fill, scale,
+    /// add). Per-sample steps use [B, 1, ...] coefficient tensors instead.
     let stepWithOutput (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (out: Tensor) (x: Tensor)
                        (ts: float[]) (ss: float[]) (noise: Noise) : StepResult =
-        use scope = torch.NewDisposeScope()
         let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
-        let coef (pick: float * float * float -> float) =
-            let v = cs |> Array.map pick
-            if Tensors.allEqual v then torch.tensor(v.[0], dtype = x.dtype, device = x.device)
-            else Tensors.perSample v x
-        let mean = coef (fun (a, _, _) -> a) * x + coef (fun (_, b, _) -> b) * out
-        let z = Noise.drawLike noise x
-        let sample = mean + coef (fun (_, _, c) -> c) * z
-        { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+        let c0 = cs.[0]
+        if cs |> Array.forall (fun c -> c = c0) then
+            let ax, aout, std = c0
+            let mean = Kernel.combine ax x aout out
+            try { Sample = Kernel.sampleAround mean std noise; Mean = mean }
+            with _ ->
+                mean.Dispose()
+                reraise ()
+        else
+            use scope = torch.NewDisposeScope()
+            let coef (pick: float * float * float -> float) = Tensors.perSample (cs |> Array.map pick) x
+            let mean = x * coef (fun (a, _, _) -> a)
+            Kernel.addProduct mean out (coef (fun (_, b, _) -> b)) 1.0
+            let sample = torch.empty(x.shape, dtype = x.dtype, device = x.device)
+            noise.Fill sample
+            sample.mul_(coef (fun (_, _, c) -> c)).add_(mean) |> ignore
+            { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// One predictor step from t down to s on a fresh tensor (x is not modified). The model is
     /// evaluated at (x, t) unless the predictor does not need it.

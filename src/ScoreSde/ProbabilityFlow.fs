@@ -134,7 +134,13 @@ module ProbabilityFlow =
         checkEps sde settings.Eps
         OdeMethod.validate settings.Method
         use _noGrad = torch.no_grad()
-        let x, nfe = OdeMethod.integrate sde settings.Method (field sde model) xT settings.Eps true
+        let x, nfe =
+            match settings.Method with
+            | OdeMethod.FixedStep(solver, grid, steps) ->
+                // In place on one working copy (Sampler.flowInPlace): no tensor per step beyond the model's.
+                let x = xT.clone()
+                x, Sampler.flowInPlace sde model solver (TimeGrid.points sde grid steps settings.Eps) x (fun _ _ -> ())
+            | _ -> OdeMethod.integrate sde settings.Method (field sde model) xT settings.Eps true
         if settings.Denoise then
             let eps = match settings.Method with
                       | OdeMethod.FixedStep(_, TimeGrid.Explicit ts, _) -> ts.[ts.Length - 1]
@@ -154,5 +160,10 @@ module ProbabilityFlow =
         checkEps sde eps
         OdeMethod.validate m
         use _noGrad = torch.no_grad()
-        let z, nfe = OdeMethod.integrate sde m (field sde model) x0 eps false
+        let z, nfe =
+            match m with
+            | OdeMethod.FixedStep(solver, grid, steps) ->
+                let z = x0.clone()
+                z, Sampler.flowInPlace sde model solver (Array.rev (TimeGrid.points sde grid steps eps)) z (fun _ _ -> ())
+            | _ -> OdeMethod.integrate sde m (field sde model) x0 eps false
         { Latent = z; Nfe = nfe }

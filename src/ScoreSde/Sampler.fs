@@ -83,6 +83,9 @@ module Sampler =
         let x = xT.clone()
         use z = torch.empty_like(x)
         use tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        // Working memory for the corrector's score with data-prediction models, made on first use.
+        let scratch = lazy (torch.empty_like(x))
+        use _scratch = { new IDisposable with member _.Dispose() = if scratch.IsValueCreated then scratch.Value.Dispose() }
         let mutable nfe = 0
         let predictorEvaluates = Predictor.evaluatesModel settings.Predictor
         for i in 0 .. n - 1 do
@@ -90,7 +93,7 @@ module Sampler =
             tb.fill_(t) |> ignore
             let last = i = n - 1
             let alphaI = Corrector.stepAlpha sde t s
-            nfe <- nfe + Corrector.correctInPlace sde settings.Corrector model x tb z noise t alphaI
+            nfe <- nfe + Corrector.correctWith sde settings.Corrector model x tb z scratch noise t alphaI
                             (last && settings.Denoise && not predictorEvaluates)
             nfe <- nfe + Predictor.stepInPlace sde settings.Predictor model x tb z noise t s
                             (not (last && settings.Denoise))
@@ -116,21 +119,97 @@ module Sampler =
         let tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
         (Model.dataOf sde model x tb).MoveToOuterDisposeScope()
 
+    /// One fixed step from t to s of the probability-flow ODE, in place on x. The field is linear in the
+    /// model output, F(x, t) = p x + q out(x, t) with host scalars p = -1/2 beta(t) (1 + ka) and
+    /// q = -1/2 beta(t) kb (score = ka x + kb out), so every stage is a few in-place updates: Euler
+    /// updates x alone, Heun also uses the stage buffer y, RK4 y and the accumulator acc (both shaped
+    /// like x; unused ones may be null). `evaluate state t update` evaluates the model at (state, t)
+    /// and passes its output to `update`. Safe for an output that is the state itself.
+    let internal flowStepInPlace (sde: VpSde) (output: ModelOutput) (solver: OdeSolver) (x: Tensor) (y: Tensor)
+                                 (acc: Tensor) (t: float) (s: float)
+                                 (evaluate: Tensor -> float -> (Tensor -> unit) -> unit) =
+        let coefficients (t: float) =
+            let ka, kb = Model.scoreCoefficientsAt sde output t
+            let hb = -0.5 * VpSde.betaAt sde t
+            hb * (1.0 + ka), hb * kb
+        // y <- x + c (p y + q out), with out possibly y itself (axpby is alias-safe).
+        let stage (c: float) (p: float) (q: float) (out: Tensor) =
+            Kernel.axpby y (c * p) out (c * q)
+            y.add_(x) |> ignore
+        let h = s - t
+        match solver with
+        | OdeSolver.Euler ->
+            let p, q = coefficients t
+            evaluate x t (fun out -> Kernel.axpby x (1.0 + h * p) out (h * q))
+        | OdeSolver.Heun ->
+            let p1, q1 = coefficients t
+            y.copy_(x) |> ignore
+            evaluate x t (fun out -> Kernel.axpby y (1.0 + h * p1) out (h * q1))
+            // x + h/2 (k1 + k2) with k1 = (y - x) / h: 0.5 x + (0.5 + h p2 / 2) y + (h q2 / 2) out2
+            let p2, q2 = coefficients s
+            evaluate y s (fun out ->
+                Kernel.scale x 0.5
+                Kernel.addScaled x y (0.5 + 0.5 * h * p2)
+                Kernel.addScaled x out (0.5 * h * q2))
+        | OdeSolver.Rk4 ->
+            let m = t + 0.5 * h
+            let p1, q1 = coefficients t
+            let pm, qm = coefficients m
+            let p4, q4 = coefficients s
+            // acc = k1; y = x + h/2 k1
+            evaluate x t (fun out ->
+                acc.copy_(x) |> ignore
+                Kernel.axpby acc p1 out q1)
+            y.copy_(x) |> ignore
+            Kernel.addScaled y acc (0.5 * h)
+            // acc += 2 k2; y = x + h/2 k2
+            evaluate y m (fun out ->
+                Kernel.addScaled acc y (2.0 * pm)
+                Kernel.addScaled acc out (2.0 * qm)
+                stage (0.5 * h) pm qm out)
+            // acc += 2 k3; y = x + h k3
+            evaluate y m (fun out ->
+                Kernel.addScaled acc y (2.0 * pm)
+                Kernel.addScaled acc out (2.0 * qm)
+                stage h pm qm out)
+            // acc += k4; x += h/6 acc
+            evaluate y s (fun out ->
+                Kernel.addScaled acc y p4
+                Kernel.addScaled acc out q4)
+            Kernel.addScaled x acc (h / 6.0)
+
+    /// Integrate the probability-flow ODE of a model through the time points (decreasing to sample,
+    /// increasing to encode) with a fixed-step solver, in place on x (the caller's working buffer):
+    /// `flowStepInPlace` per step, with the time buffer and the stage buffers allocated once, so
+    /// nothing beyond the model's own tensors is created per step. `observe i t` runs after step i, at
+    /// time t. Returns the number of model evaluations.
+    let internal flowInPlace (sde: VpSde) (model: Model) (solver: OdeSolver) (times: float[]) (x: Tensor)
+                             (observe: int -> float -> unit) : int =
+        use tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        use y = if solver = OdeSolver.Euler then null else torch.empty_like(x)
+        use acc = if solver = OdeSolver.Rk4 then torch.empty_like(x) else null
+        // What the model created during a call is disposed with the scope.
+        let evaluate (state: Tensor) (t: float) (update: Tensor -> unit) =
+            use value = Tensors.scalar t
+            tb.fill_(value) |> ignore
+            use scope = torch.NewDisposeScope()
+            update (Model.eval model state tb)
+        for i in 0 .. times.Length - 2 do
+            flowStepInPlace sde model.Output solver x y acc times.[i] times.[i + 1] evaluate
+            observe i times.[i + 1]
+        (times.Length - 1) * OdeSolver.evaluationsPerStep solver
+
     /// Sample by integrating the probability-flow ODE from T down to eps with a fixed-step solver,
-    /// starting at xT (not modified). Runs without gradients.
+    /// starting at xT (not modified). Runs without gradients, in place on one working copy of xT
+    /// (`flowInPlace`).
     let probabilityFlow (sde: VpSde) (model: Model) (settings: OdeSettings) (xT: Tensor) : SampleResult =
         Native.ensureLoaded ()
         checkStart xT
         let ts = TimeGrid.points sde settings.Grid settings.Steps settings.Eps
         use _noGrad = torch.no_grad()
-        let field = probabilityFlowField sde model
         let mutable x = xT.clone()
-        for i in 0 .. ts.Length - 2 do
-            let next = OdeSolver.step settings.Solver field x ts.[i] ts.[i + 1]
-            x.Dispose()
-            x <- next
-            settings.Observer |> Option.iter (fun f -> f i ts.[i + 1] x)
-        let mutable nfe = (ts.Length - 1) * OdeSolver.evaluationsPerStep settings.Solver
+        let mutable nfe =
+            flowInPlace sde model settings.Solver ts x (fun i s -> settings.Observer |> Option.iter (fun f -> f i s x))
         if settings.Denoise then
             let d = denoise sde model x ts.[ts.Length - 1]
             x.Dispose()

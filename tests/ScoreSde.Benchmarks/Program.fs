@@ -1,0 +1,80 @@
+/// Entry point: `dotnet run --project tests/ScoreSde.Benchmarks -c Release -- [--quick] [--threads 1,2]
+/// [--memory-steps N | --no-memory] [BenchmarkDotNet options, e.g. --filter *StepBenchmarks*]`.
+///
+/// Every case runs in this process (BenchmarkDotNet's in-process emit toolchain): the benchmarks need
+/// TorchSharp's native libraries as this project's build laid them out (the GLIBCXX patch of
+/// Directory.Build.targets applies to this output folder), and a process per case would rebuild a
+/// project per job. The job is short on purpose (see docs/performance.md): 1 launch, 3 warm-up and 10
+/// measured iterations of about 250 ms each (`--quick`: 2 and 5 of 100 ms, one thread).
+module ScoreSde.Benchmarks.Program
+
+open System
+open System.IO
+open BenchmarkDotNet.Configs
+open BenchmarkDotNet.Jobs
+open BenchmarkDotNet.Running
+open BenchmarkDotNet.Toolchains.InProcess.Emit
+open Perfolizer.Horology
+open ScoreSde.Benchmarks.Setup
+
+[<EntryPoint>]
+let main argv =
+    ScoreSde.Native.ensureLoaded ()
+    let mutable quick = false
+    let mutable memorySteps = Some 10000
+    let bdnArgs = ResizeArray<string>()
+    let rec parse (args: string list) =
+        match args with
+        | "--quick" :: rest ->
+            quick <- true
+            parse rest
+        | "--threads" :: v :: rest ->
+            threadCounts <- v.Split(',') |> Array.map int
+            parse rest
+        | "--memory-steps" :: v :: rest ->
+            memorySteps <- Some(int v)
+            parse rest
+        | "--no-memory" :: rest ->
+            memorySteps <- None
+            parse rest
+        | a :: rest ->
+            bdnArgs.Add a
+            parse rest
+        | [] -> ()
+    parse (List.ofArray argv)
+    if quick then
+        threadCounts <- [| 1 |]
+        memorySteps <- memorySteps |> Option.map (fun n -> min n 1000)
+    if not (bdnArgs.Contains "--filter") then bdnArgs.AddRange [ "--filter"; "*" ]
+    let job =
+        Job.Default
+            .WithToolchain(InProcessEmitToolchain(TimeSpan.FromMinutes 30.0, true))
+            .WithLaunchCount(1)
+            .WithWarmupCount(if quick then 2 else 3)
+            .WithIterationCount(if quick then 5 else 10)
+            .WithIterationTime(TimeInterval.FromMilliseconds(if quick then 100.0 else 250.0))
+            .WithId(if quick then "quick" else "short")
+    let config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job)
+    let summaries =
+        BenchmarkSwitcher.FromAssembly(typeof<StepBenchmarks>.Assembly).Run(bdnArgs.ToArray(), config) |> Seq.toArray
+    let report =
+        [ sprintf "Machine: %s" (Report.machine ())
+          sprintf "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
+          ""
+          "Steps (float32, one step from t = 0.5, dt = 1/1000):"
+          ""
+          Report.stepTable summaries
+          "Samplers (model share subtracted):"
+          ""
+          Report.samplerTable summaries
+          match memorySteps with
+          | Some n -> "Memory over long runs:\n\n" + Report.memoryTable n
+          | None -> "" ]
+        |> String.concat "\n"
+    printfn "\n%s" report
+    let dir = Path.Combine(Environment.CurrentDirectory, "BenchmarkDotNet.Artifacts")
+    Directory.CreateDirectory dir |> ignore
+    let path = Path.Combine(dir, "scoresde-report.md")
+    File.WriteAllText(path, report)
+    printfn "Report written to %s" path
+    0

@@ -1,0 +1,147 @@
+/// Whole sampling runs on a cheap analytic model, with the model and the step kernels timed alone in
+/// the same run so that Report can subtract the model's share.
+namespace ScoreSde.Benchmarks
+
+open BenchmarkDotNet.Attributes
+open TorchSharp
+open ScoreSde
+open ScoreSde.Benchmarks.Setup
+
+/// The samplers measured: name, settings maker, model evaluations per step.
+module SamplerCases =
+    let sde = VpSde.standard
+
+    /// Data N(0, I): under the VP-SDE every marginal p_t is N(0, I) (alpha_t^2 + sigma_t^2 = 1), so the
+    /// score is -x at every t. One tensor operation that allocates its output, as a network does.
+    let model = Model.score (fun x _ -> x.neg())
+
+    /// Steps per benchmarked run.
+    let steps = 100
+
+    let pcEm = { Sampler.pcDefaults with Predictor = Predictor.EulerMaruyama; Corrector = Corrector.NoCorrector; Steps = steps }
+    let pcRdLangevin = { Sampler.pcDefaults with Predictor = Predictor.ReverseDiffusion; Corrector = Corrector.langevin 0.16 1; Steps = steps }
+    let odeEuler = { Sampler.odeDefaults with Solver = OdeSolver.Euler; Steps = steps }
+    let odeRk4 = { Sampler.odeDefaults with Solver = OdeSolver.Rk4; Steps = steps }
+    let dpm = { DpmSolver.defaults with Steps = steps }
+
+[<MemoryDiagnoser>]
+type SamplerBenchmarks() =
+    let mutable g : torch.Generator = null
+    let mutable noise : Noise = Unchecked.defaultof<_>
+    let mutable fastNoise : Noise = Unchecked.defaultof<_>
+    let mutable xT : torch.Tensor = null
+    let mutable state : torch.Tensor = null
+    let mutable z : torch.Tensor = null
+    let mutable stage : torch.Tensor = null
+    let mutable acc : torch.Tensor = null
+    let sde = SamplerCases.sde
+    // A representative interval of the 100-step uniform grid.
+    let t0, s0 = 0.5, 0.5 - (1.0 - 1e-3) / float SamplerCases.steps
+
+    /// Tensor shape, float32.
+    [<Params("4x3x64x64")>]
+    member val Shape = "" with get, set
+
+    /// libtorch intra-op threads.
+    [<ParamsSource("ThreadCounts")>]
+    member val Threads = 1 with get, set
+
+    member _.ThreadCounts = threadCounts
+
+    [<GlobalSetup>]
+    member this.Setup() =
+        setThreads this.Threads
+        g <- new torch.Generator(0UL, torch.CPU)
+        noise <- Noise.fromGenerator g
+        fastNoise <- Noise.fast 0L
+        xT <- torch.randn(parseShape this.Shape, generator = g)
+        state <- xT.clone()
+        z <- torch.empty_like(xT)
+        z.normal_(0.0, 1.0, g) |> ignore
+        stage <- torch.empty_like(xT)
+        acc <- torch.empty_like(xT)
+
+    [<GlobalCleanup>]
+    member _.Cleanup() =
+        for v in [ xT; state; z; stage; acc ] do v.Dispose()
+        g.Dispose()
+
+    /// One evaluation of the analytic model (its share of every sampler step).
+    [<Benchmark>]
+    member _.ModelAlone() =
+        use o = SamplerCases.model.Forward xT null
+        ()
+
+    /// The Euler-Maruyama kernel alone: x <- a x + b score, x <- x + c z (score = -x folded into b).
+    [<Benchmark>]
+    member _.EmKernel() =
+        let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
+        Kernel.axpby state c.A state -c.B
+        Kernel.addNoise state z c.NoiseStd noise
+
+    /// The Euler-Maruyama kernel with the optional Noise.fast source.
+    [<Benchmark>]
+    member _.EmKernelFastNoise() =
+        let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
+        Kernel.axpby state c.A state -c.B
+        Kernel.addNoise state z c.NoiseStd fastNoise
+
+    /// Reverse diffusion plus one Langevin step, kernels alone (score = -x).
+    [<Benchmark>]
+    member _.RdLangevinKernel() =
+        let c = Predictor.coefficients sde Predictor.ReverseDiffusion t0 s0
+        Corrector.langevinUpdate state state -1.0 z noise (Corrector.stepAlpha sde t0 s0)
+            (Corrector.StepSize.FromNorms(LangevinNorm.PerSample, 0.16)) true
+        Kernel.axpby state c.A state -c.B
+        Kernel.addNoise state z c.NoiseStd noise
+
+    /// One fixed probability-flow step's arithmetic alone, in place, with the model output a fixed
+    /// buffer (the noise buffer) instead of a model call; h > 0 keeps the state bounded over many calls
+    /// (the cost does not depend on the direction).
+    member private _.OdeKernel(solver: OdeSolver) =
+        let h = (1.0 - 1e-3) / float SamplerCases.steps
+        Sampler.flowStepInPlace sde ModelOutput.Score solver state stage acc t0 (t0 + h) (fun _ _ update -> update z)
+
+    /// The Euler probability-flow kernel alone.
+    [<Benchmark>]
+    member this.OdeEulerKernel() = this.OdeKernel OdeSolver.Euler
+
+    /// The RK4 probability-flow kernel alone (four stage updates).
+    [<Benchmark>]
+    member this.OdeRk4Kernel() = this.OdeKernel OdeSolver.Rk4
+
+    /// PC sampler, Euler-Maruyama, no corrector, 100 steps.
+    [<Benchmark>]
+    member _.PcEulerMaruyama() =
+        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm noise xT
+        r.Samples.Dispose()
+
+    /// PC sampler, Euler-Maruyama, no corrector, 100 steps, with the optional Noise.fast source.
+    [<Benchmark>]
+    member _.PcEulerMaruyamaFastNoise() =
+        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm fastNoise xT
+        r.Samples.Dispose()
+
+    /// PC sampler, reverse diffusion + Langevin (per-sample norms), 100 steps.
+    [<Benchmark>]
+    member _.PcReverseDiffusionLangevin() =
+        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcRdLangevin noise xT
+        r.Samples.Dispose()
+
+    /// Probability-flow ODE, forward Euler, 100 steps.
+    [<Benchmark>]
+    member _.OdeEuler() =
+        let r = Sampler.probabilityFlow sde SamplerCases.model SamplerCases.odeEuler xT
+        r.Samples.Dispose()
+
+    /// DPM-Solver++ (multistep, order 3, logSNR grid), 100 evaluations.
+    [<Benchmark>]
+    member _.DpmSolverPlusPlus() =
+        let r = DpmSolver.sample sde SamplerCases.model SamplerCases.dpm xT
+        r.Samples.Dispose()
+
+    /// Probability-flow ODE, RK4, 100 steps.
+    [<Benchmark>]
+    member _.OdeRk4() =
+        let r = Sampler.probabilityFlow sde SamplerCases.model SamplerCases.odeRk4 xT
+        r.Samples.Dispose()

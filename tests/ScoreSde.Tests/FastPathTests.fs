@@ -1,0 +1,283 @@
+/// The fused fast paths against straightforward versions written out here element by element in
+/// float64 (same draws from a same-seeded generator), and the tensor counts of the hot loops.
+module ScoreSde.Tests.FastPathTests
+
+open System
+open Expecto
+open TorchSharp
+open ScoreSde
+open ScoreSde.Tests.Common
+
+let private sde = VpSde.standard
+
+/// Tensors created so far on this thread (every TorchSharp tensor object, views included).
+let private created () =
+    let s = DisposeScopeManager.Statistics
+    s.CreatedInScopeCount + s.CreatedOutsideScopeCount
+
+// Closed forms written out independently of the library (float64).
+let private logMean (t: float) = -0.25 * t * t * (sde.BetaMax - sde.BetaMin) - 0.5 * t * sde.BetaMin
+let private alphaOf (t: float) = exp (logMean t)
+let private sigmaOf (t: float) = sqrt (1.0 - exp (2.0 * logMean t))
+let private betaOf (t: float) = sde.BetaMin + t * (sde.BetaMax - sde.BetaMin)
+
+/// Tolerances of a fused float result against the float64 formula: a few float32 ulps of the
+/// magnitudes involved (|x| up to ~4 here), and float64 rounding for float64.
+let private tolFor (dtype: torch.ScalarType) (expected: float) =
+    if dtype = torch.float32 then 2e-6 * (1.0 + abs expected) else 1e-12 * (1.0 + abs expected)
+
+let private dtypes = [ torch.float32; torch.float64 ]
+
+[<Tests>]
+let tests =
+    testList "Fast paths" [
+        test "StepPred equals diffusers' formula written out in float64, for 0-d, shared and per-sample t" {
+            // 4x3x8x8 = 768 elements: libtorch's vectorised normal fill (16 or more contiguous elements).
+            let shape = [| 4L; 3L; 8L; 8L |]
+            let steps = 50
+            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+            s.SetTimesteps(steps)
+            for dtype in dtypes do
+                for mode, times in [ "0-d", [| 0.7 |]; "shared [B]", Array.create 4 0.7; "per-sample [B]", [| 0.9; 0.5; 0.3; 0.05 |] ] do
+                    let seed = 11L
+                    use g0 = generator 3L
+                    use x = torch.randn(shape, dtype = dtype, generator = g0)
+                    use out = torch.randn(shape, dtype = dtype, generator = g0)
+                    use t =
+                        if times.Length = 1 then torch.tensor(times.[0], dtype = dtype)
+                        else torch.tensor(times, dtype = dtype)
+                    use g = generator seed
+                    let r = s.StepPred(out, x, t, g)
+                    use sample = r.PrevSample
+                    use mean = r.PrevSampleMean
+                    use g2 = generator seed
+                    use zt = torch.randn(shape, dtype = dtype, generator = g2)
+                    let xs, os, zs, ms, ss = values x, values out, values zt, values mean, values sample
+                    // the time as the step sees it: rounded to t's dtype
+                    let tv = values t
+                    let per = xs.Length / 4
+                    for i in 0 .. xs.Length - 1 do
+                        let ti = if tv.Length = 1 then tv.[0] else tv.[i / per]
+                        let beta, sigma = betaOf ti, sigmaOf ti
+                        let dt = -1.0 / float steps
+                        let score = -os.[i] / sigma
+                        let m = xs.[i] + (-0.5 * beta * xs.[i] - beta * score) * dt
+                        let smp = m + sqrt beta * sqrt (-dt) * zs.[i]
+                        close (tolFor dtype m) ms.[i] m (sprintf "%A %s mean[%d] (seed %d)" dtype mode i seed)
+                        close (tolFor dtype smp) ss.[i] smp (sprintf "%A %s sample[%d] (seed %d)" dtype mode i seed)
+                    // the same random stream: both generators drew exactly one x-shaped tensor
+                    use next1 = torch.randn([| 5L |], dtype = dtype, generator = g)
+                    use next2 = torch.randn([| 5L |], dtype = dtype, generator = g2)
+                    Expect.isTrue (same next1 next2) (sprintf "%A %s: generator advanced by one draw of x's shape" dtype mode)
+        }
+
+        test "the fused predictor steps equal mean = A x + B score, sample = mean + C z in float64" {
+            let shape = [| 3L; 2L; 5L |]
+            let predictors = [ Predictor.EulerMaruyama; Predictor.ReverseDiffusion; Predictor.AncestralSampling ]
+            for dtype in dtypes do
+                for p in predictors do
+                    for output in [ ModelOutput.Noise; ModelOutput.Score; ModelOutput.Data ] do
+                        for ts, ss in [ [| 0.6 |], [| 0.55 |]; [| 0.6; 0.3; 0.9 |], [| 0.55; 0.2; 0.85 |] ] do
+                            use g0 = generator 4L
+                            use x = torch.randn(shape, dtype = dtype, generator = g0)
+                            use out = torch.randn(shape, dtype = dtype, generator = g0)
+                            use g = generator 21L
+                            let r = Predictor.stepWithOutput sde p output out x ts ss (Noise.fromGenerator g)
+                            use sample = r.Sample
+                            use mean = r.Mean
+                            use g2 = generator 21L
+                            use zt = torch.randn(shape, dtype = dtype, generator = g2)
+                            let xs, os, zs, ms, smp = values x, values out, values zt, values mean, values sample
+                            let per = xs.Length / 3
+                            for i in 0 .. xs.Length - 1 do
+                                let k = if ts.Length = 1 then 0 else i / per
+                                let t, s = ts.[k], ss.[k]
+                                let c = Predictor.coefficients sde p t s
+                                let score =
+                                    match output with
+                                    | ModelOutput.Noise -> -os.[i] / sigmaOf t
+                                    | ModelOutput.Score -> os.[i]
+                                    | ModelOutput.Data -> (alphaOf t * os.[i] - xs.[i]) / (sigmaOf t ** 2.0)
+                                let m = c.A * xs.[i] + c.B * score
+                                let what = sprintf "%A %s %A %d time(s) element %d" dtype (Predictor.name p) output ts.Length i
+                                close (tolFor dtype m) ms.[i] m (what + " mean")
+                                close (tolFor dtype m) smp.[i] (m + c.NoiseStd * zs.[i]) (what + " sample")
+        }
+
+        test "the in-place correctors equal Langevin written out in float64 (every norm, model output, dtype)" {
+            let shape = [| 5L; 2L; 3L; 3L |]
+            let t, alphaI = 0.4, 0.97
+            let correctors =
+                [ "Langevin per-sample", Corrector.langevin 0.16 1
+                  "Langevin batch-mean", Corrector.Langevin { Snr = 0.2; Steps = 1; Norm = LangevinNorm.BatchMean }
+                  "annealed Langevin", Corrector.annealedLangevin 0.16 1 ]
+            let b = int shape.[0]
+            for dtype in dtypes do
+                for name, corrector in correctors do
+                    for output in [ ModelOutput.Noise; ModelOutput.Score; ModelOutput.Data ] do
+                        for withNoise in [ true; false ] do
+                            // A deterministic model: out = 0.7 x - 0.2, computed in x's dtype.
+                            let model = { Forward = (fun (x: Tensor) _ -> x * 0.7 - 0.2); Output = output }
+                            use g0 = generator 5L
+                            use x = torch.randn(shape, dtype = dtype, generator = g0)
+                            let xs = values x
+                            use z = torch.empty_like(x)
+                            use tb = full [| shape.[0] |] t dtype
+                            use g = generator 33L
+                            let nfe = Corrector.correctInPlace sde corrector model x tb z (Noise.fromGenerator g) t alphaI (not withNoise)
+                            Expect.equal nfe 1 "one evaluation"
+                            use g2 = generator 33L
+                            use zt = torch.randn(shape, dtype = dtype, generator = g2)
+                            let zs = values zt
+                            let grad =
+                                xs |> Array.map (fun xv ->
+                                    let o = 0.7 * xv - 0.2
+                                    match output with
+                                    | ModelOutput.Noise -> -o / sigmaOf t
+                                    | ModelOutput.Score -> o
+                                    | ModelOutput.Data -> (alphaOf t * o - xv) / (sigmaOf t ** 2.0))
+                            let per = xs.Length / b
+                            let norm (v: float[]) k = sqrt (Array.sub v (k * per) per |> Array.sumBy (fun a -> a * a))
+                            let steps =
+                                match corrector with
+                                | Corrector.Langevin s when s.Norm = LangevinNorm.PerSample ->
+                                    Array.init b (fun k -> 2.0 * alphaI * (s.Snr * norm zs k / norm grad k) ** 2.0)
+                                | Corrector.Langevin s ->
+                                    let gn = Array.init b (norm grad) |> Array.average
+                                    let zn = Array.init b (norm zs) |> Array.average
+                                    Array.create b (2.0 * alphaI * (s.Snr * zn / gn) ** 2.0)
+                                | Corrector.AnnealedLangevin s -> Array.create b (2.0 * alphaI * (s.Snr * sigmaOf t) ** 2.0)
+                                | Corrector.NoCorrector -> failwith "unreachable"
+                            let actual = values x
+                            for i in 0 .. xs.Length - 1 do
+                                let e = steps.[i / per]
+                                let expected = xs.[i] + e * grad.[i] + (if withNoise then sqrt (2.0 * e) * zs.[i] else 0.0)
+                                // float32: the norms are float32 reductions (relative error ~1e-6 on e)
+                                let tol = if dtype = torch.float32 then 1e-5 * (1.0 + abs expected) else 1e-11 * (1.0 + abs expected)
+                                close tol actual.[i] expected (sprintf "%A %s %A noise=%b element %d (seeds 5, 33)" dtype name output withNoise i)
+        }
+
+        test "StepCorrect with a shared t equals the Langevin step written out in float64" {
+            let shape = [| 3L; 4L; 5L |]
+            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+            s.SetTimesteps(10)
+            let snr = 0.2
+            // alpha_i of the interval [0.4, 0.5] (dt = 1 / 10)
+            let alphaI = exp (2.0 * (logMean 0.5 - logMean 0.4))
+            for dtype in dtypes do
+                for mode in [ "0-d"; "shared [B]" ] do
+                    use g0 = generator 6L
+                    use x = torch.randn(shape, dtype = dtype, generator = g0)
+                    use out = torch.randn(shape, dtype = dtype, generator = g0)
+                    use t = if mode = "0-d" then torch.tensor(0.5, dtype = dtype) else full [| 3L |] 0.5 dtype
+                    use g = generator 44L
+                    let r = s.StepCorrect(out, x, t, g, snr)
+                    use sample = r.PrevSample
+                    use mean = r.PrevSampleMean
+                    use g2 = generator 44L
+                    use zt = torch.randn(shape, dtype = dtype, generator = g2)
+                    let xs, os, zs = values x, values out, values zt
+                    let grad = os |> Array.map (fun o -> -o / sigmaOf 0.5)
+                    let per = xs.Length / 3
+                    let norm (v: float[]) k = sqrt (Array.sub v (k * per) per |> Array.sumBy (fun a -> a * a))
+                    let ms, ss = values mean, values sample
+                    for i in 0 .. xs.Length - 1 do
+                        let k = i / per
+                        let e = 2.0 * alphaI * (snr * norm zs k / norm grad k) ** 2.0
+                        let m = xs.[i] + e * grad.[i]
+                        let tol = if dtype = torch.float32 then 1e-5 * (1.0 + abs m) else 1e-11 * (1.0 + abs m)
+                        close tol ms.[i] m (sprintf "%A %s mean[%d] (seeds 6, 44)" dtype mode i)
+                        close tol ss.[i] (m + sqrt (2.0 * e) * zs.[i]) (sprintf "%A %s sample[%d] (seeds 6, 44)" dtype mode i)
+        }
+
+        test "StepPred with a shared t creates exactly its two result tensors per call" {
+            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+            s.SetTimesteps(1000)
+            use g = generator 1L
+            use x = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+            use out = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+            use t0 = torch.tensor(0.5f)
+            use tb = full [| 4L |] 0.5 torch.float32
+            for name, t in [ "0-d t", t0; "shared [B] t", tb ] do
+                let before = created ()
+                for _ in 1 .. 50 do
+                    let r = s.StepPred(out, x, t, g)
+                    r.PrevSample.Dispose()
+                    r.PrevSampleMean.Dispose()
+                Expect.equal (created () - before) 100L (sprintf "%s: tensors created by 50 calls" name)
+        }
+
+        test "sampler hot loops create no tensor per step beyond the model's (and Langevin's two norms)" {
+            // Count tensors over a 40-step and a 120-step run: the difference over 80 steps is the per-step
+            // count, free of the run's fixed set-up (state, noise and time buffers). The model creates one
+            // tensor per call.
+            let cases =
+                [ "EM, no corrector", Predictor.EulerMaruyama, Corrector.NoCorrector, ModelOutput.Noise, 1.0
+                  "RD + annealed Langevin", Predictor.ReverseDiffusion, Corrector.annealedLangevin 0.16 1, ModelOutput.Noise, 2.0
+                  "AS + Langevin (per-sample norms)", Predictor.AncestralSampling, Corrector.langevin 0.16 1, ModelOutput.Score, 2.0 + 2.0
+                  "EM + Langevin, data model (scratch buffer)", Predictor.EulerMaruyama, Corrector.langevin 0.16 1, ModelOutput.Data, 2.0 + 2.0 ]
+            for name, p, c, output, perStep in cases do
+                let count steps =
+                    use g = generator 9L
+                    let noise = Noise.fromGenerator g
+                    use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+                    let model = { Forward = (fun (x: Tensor) _ -> x * 0.5); Output = output }
+                    let settings = { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = steps }
+                    let before = created ()
+                    let r = Sampler.predictorCorrector sde model settings noise xT
+                    let n = created () - before
+                    r.Samples.Dispose()
+                    n
+                let a, b = count 40, count 120
+                Expect.equal (float (b - a) / 80.0) perStep (sprintf "%s: tensors created per step" name)
+        }
+
+        test "the in-place fixed-step probability flow equals the generic solver on fresh tensors" {
+            let g64 = { Mu = [| 0.5; -1.0; 2.0 |]; S = [| 0.3; 1.0; 0.7 |] }
+            let models =
+                [ "noise", Model.noise (gaussianNoiseModel sde g64)
+                  "score", Model.score (gaussianScoreModel sde g64)
+                  "data", { Forward = (fun x t -> use s = gaussianScoreModel sde g64 x t in x * 0.5 + s * 0.1); Output = ModelOutput.Data }
+                  "returns its input", Model.score (fun x _ -> x) ]
+            for dtype in dtypes do
+                for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
+                    for name, model in models do
+                        use g = generator 12L
+                        use xT = torch.randn([| 6L; 3L |], dtype = dtype, generator = g)
+                        let settings = { Sampler.odeDefaults with Solver = solver; Steps = 12 }
+                        let fast = Sampler.probabilityFlow sde model settings xT
+                        use fx = fast.Samples
+                        let ts = TimeGrid.points sde TimeGrid.Uniform 12 1e-3
+                        let slow, nfe = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT ts
+                        use slow = slow
+                        Expect.equal fast.Nfe nfe "evaluations"
+                        // encoding runs the same integrator upwards
+                        let m = OdeMethod.FixedStep(solver, TimeGrid.Uniform, 12)
+                        let enc = ProbabilityFlow.encode sde model m 1e-3 xT
+                        use ez = enc.Latent
+                        let slowEnc, _ = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT (Array.rev ts)
+                        use slowEnc = slowEnc
+                        let tol = if dtype = torch.float32 then 2e-5 else 1e-11
+                        for a, b, what in [ fx, slow, "sample"; ez, slowEnc, "encode" ] do
+                            let va, vb = values a, values b
+                            for i in 0 .. va.Length - 1 do
+                                close (tol * (1.0 + abs vb.[i])) va.[i] vb.[i]
+                                    (sprintf "%A %s %s model %s element %d (seed 12)" dtype (OdeSolver.name solver) name what i)
+        }
+
+        test "the fixed-step probability-flow loop creates no tensor per step beyond the model's" {
+            for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
+                let count steps =
+                    use g = generator 10L
+                    use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+                    let model = Model.noise (fun x _ -> x * 0.5)
+                    let before = created ()
+                    let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Solver = solver; Steps = steps } xT
+                    let n = created () - before
+                    r.Samples.Dispose()
+                    n
+                let a, b = count 10, count 30
+                Expect.equal (float (b - a) / 20.0) (float (OdeSolver.evaluationsPerStep solver))
+                    (sprintf "%s: tensors created per step = model evaluations per step" (OdeSolver.name solver))
+        }
+    ]
