@@ -76,7 +76,9 @@ module ModelFile =
         else
             { Forward =
                 (fun x t ->
-                    use ts = t * timeScale
+                    // bound, so that it outlives the native call (TorchSharp Scalars have finalizers)
+                    use scale = Tensors.scalar timeScale
+                    use ts = t.mul(scale)
                     forward x ts)
               Output = output }
 
@@ -227,7 +229,8 @@ module ModelFile =
         use _noGrad = torch.no_grad()
         let shape = Array.append [| 2L |] loaded.Info.SampleShape
         let x = torch.zeros(shape, dtype = loaded.Info.Dtype)
-        let t = torch.full([| 2L |], Tensors.scalar 0.5, dtype = loaded.Info.Dtype)
+        use half = Tensors.scalar 0.5
+        let t = torch.full([| 2L |], half, dtype = loaded.Info.Dtype)
         let describe (s: int64[]) = "[" + String.Join(", ", s) + "]"
         let out =
             try loaded.Model.Forward x t

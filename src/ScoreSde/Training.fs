@@ -79,30 +79,35 @@ module Training =
         if settings.EmaDecay < 0.0 || settings.EmaDecay >= 1.0 then Check.fail "EmaDecay" settings.EmaDecay "in [0, 1)"
         settings.GradClip |> Option.iter (Check.positive "GradClip")
 
-    /// The loss weight of each time for a weighting, as a [B] tensor like t.
-    let weight (sde: VpSde) (weighting: LossWeighting) (t: Tensor) : Tensor option =
-        match weighting with
-        | LossWeighting.Noise -> None
-        | LossWeighting.Likelihood ->
-            use scope = torch.NewDisposeScope()
-            let b = VpSde.beta sde t
-            let s = VpSde.sigma sde t
-            Some((b / s.square()).MoveToOuterDisposeScope())
+    /// Per-sample coefficients of times t (host doubles): alpha_t, sigma_t and the loss weight
+    /// (1, or beta(t) / sigma_t^2 for likelihood weighting).
+    let coefficients (sde: VpSde) (weighting: LossWeighting) (t: float[]) =
+        let alpha = t |> Array.map (VpSde.alphaAt sde)
+        let sigma = t |> Array.map (VpSde.sigmaAt sde)
+        let weight =
+            match weighting with
+            | LossWeighting.Noise -> None
+            | LossWeighting.Likelihood -> Some(Array.map2 (fun tt s -> VpSde.betaAt sde tt / (s * s)) t sigma)
+        alpha, sigma, weight
 
     /// The denoising score-matching loss of a noise-prediction network on clean data x0 [B, ...] at
-    /// times t [B] with noise z (shaped like x0): the mean over the batch of the per-sample mean over
-    /// coordinates of w(t) (eps(x_t, t) - z)^2. Differentiable; x0, t and z are not modified.
+    /// times t [B] with noise z (shaped like x0): x_t = alpha_t x0 + sigma_t z, and the loss is the
+    /// mean over the batch of the per-sample mean over coordinates of w(t) (eps(x_t, t) - z)^2.
+    /// Differentiable; x0, t and z are not modified. The per-sample coefficients are computed on the
+    /// host in float64 (no TorchSharp Scalars, which have finalizers, in the training loop).
     let loss (sde: VpSde) (weighting: LossWeighting) (net: Tensor -> Tensor -> Tensor) (x0: Tensor) (t: Tensor) (z: Tensor) : Tensor =
         Check.sameShape "z" z x0 "x0"
+        if t.numel() <> x0.shape.[0] then Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
         use scope = torch.NewDisposeScope()
-        let xt = VpSde.perturb sde x0 t z
+        let alpha, sigma, weight = coefficients sde weighting (Tensors.toHost t)
+        let xt = Tensors.perSample alpha x0 * x0 + Tensors.perSample sigma x0 * z
         let pred = net xt t
         Check.sameShape "net output" pred x0 "x0"
         let perSample = (pred - z).square().reshape([| x0.shape.[0]; -1L |]).mean([| 1L |])
         let weighted =
-            match weight sde weighting t with
+            match weight with
             | None -> perSample
-            | Some w -> perSample * w
+            | Some w -> perSample * torch.tensor(w, dtype = perSample.dtype, device = perSample.device)
         weighted.mean().MoveToOuterDisposeScope()
 
     /// The learning rate of step k (0-based): linear warm-up, then constant or a half cosine to zero.
@@ -110,6 +115,57 @@ module Training =
         let warm = if settings.WarmupSteps > 0 then min 1.0 (float (k + 1) / float settings.WarmupSteps) else 1.0
         let decay = if settings.CosineDecay then 0.5 * (1.0 + Math.Cos(Math.PI * float k / float settings.Steps)) else 1.0
         settings.LearningRate * warm * decay
+
+    /// Adam (Kingma & Ba 2015) with bias correction, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, on
+    /// the parameters' own buffers. Written here rather than TorchSharp's optimizer so that every
+    /// Scalar is bound for the duration of its native call (TorchSharp Scalars have finalizers, and
+    /// one passed inline can be collected while the call still reads it).
+    type private Adam(parameters: Modules.Parameter[]) =
+        let m = parameters |> Array.map (fun p -> torch.zeros_like(p))
+        let v = parameters |> Array.map (fun p -> torch.zeros_like(p))
+        let mutable step = 0
+        member _.Step(lr: float) =
+            step <- step + 1
+            let b1, b2, eps = 0.9, 0.999, 1e-8
+            let c1 = 1.0 - Math.Pow(b1, float step)
+            let c2 = 1.0 - Math.Pow(b2, float step)
+            use sB1 = Tensors.scalar b1
+            use sB2 = Tensors.scalar b2
+            use s1mB1 = Tensors.scalar (1.0 - b1)
+            use s1mB2 = Tensors.scalar (1.0 - b2)
+            use sSqrtC2 = Tensors.scalar (Math.Sqrt c2)
+            use sEps = Tensors.scalar eps
+            use sStep = Tensors.scalar (-lr / c1)
+            use _noGrad = torch.no_grad()
+            for i in 0 .. parameters.Length - 1 do
+                use g = parameters.[i].grad
+                if not (isNull g) then
+                    m.[i].mul_(sB1).add_(g, s1mB1) |> ignore
+                    v.[i].mul_(sB2).addcmul_(g, g, s1mB2) |> ignore
+                    use denom = v.[i].sqrt()
+                    denom.div_(sSqrtC2).add_(sEps) |> ignore
+                    parameters.[i].addcdiv_(m.[i], denom, sStep) |> ignore
+        interface IDisposable with
+            member _.Dispose() =
+                for t in Array.append m v do t.Dispose()
+
+    /// Zero the gradients (those that exist).
+    let private zeroGradients (parameters: Modules.Parameter[]) =
+        for p in parameters do
+            use g = p.grad
+            if not (isNull g) then g.zero_() |> ignore
+
+    /// Scale the gradients so that their global L2 norm is at most maxNorm (one host read per step).
+    let private clipGradients (parameters: Modules.Parameter[]) (maxNorm: float) =
+        use scope = torch.NewDisposeScope()
+        let grads = parameters |> Array.map (fun p -> p.grad) |> Array.filter (fun g -> not (isNull g))
+        if grads.Length > 0 then
+            let total = torch.stack(grads |> Array.map (fun g -> g.square().sum()), 0L).sum().sqrt()
+            let norm = total.to_type(torch.float64).item<float>()
+            let factor = maxNorm / (norm + 1e-6)
+            if factor < 1.0 then
+                use sFactor = Tensors.scalar factor
+                for g in grads do g.mul_(sFactor) |> ignore
 
     /// Train `net` (updated in place) on `data` [N, Dim] with Adam; every random draw (batch
     /// indices, times, noise) comes from `generator`, so the same seed and network initialisation
@@ -128,37 +184,39 @@ module Training =
         let batch = int64 settings.BatchSize
         let ema = ScoreNet.copy net
         let parameters = net.parameters() |> Seq.toArray
-        let tensors = parameters |> Array.map (fun p -> p :> Tensor)
         let emaParameters = ema.parameters() |> Seq.toArray
-        use optimizer = torch.optim.Adam(parameters, lr = settings.LearningRate)
+        use adam = new Adam(parameters)
+        let noise = Noise.fromGenerator generator
         let losses = Array.zeroCreate settings.Steps
         let model (x: Tensor) (t: Tensor) = net.forward(x, t)
         let watch = Stopwatch.StartNew()
         net.train()
         for k in 0 .. settings.Steps - 1 do
             use scope = torch.NewDisposeScope()
-            let lr = learningRate settings k
-            for group in optimizer.ParamGroups do group.LearningRate <- lr
             let idx = torch.randint(0L, n, [| batch |], dtype = torch.int64, device = generator.device, generator = generator)
             let x0 = train.index_select(0L, idx.``to``(net.Device))
-            let t = torch.rand([| batch |], dtype = net.Dtype, device = generator.device, generator = generator)
-            let t = (t * (1.0 - settings.Eps) + settings.Eps).``to``(net.Device)
+            // t ~ U(Eps, 1): uniform draws from the generator, mapped on the host
+            let u = torch.rand([| batch |], dtype = torch.float64, device = generator.device, generator = generator)
+            let times = Tensors.toHost u |> Array.map (fun v -> settings.Eps + (1.0 - settings.Eps) * v)
+            let t = torch.tensor(times, dtype = net.Dtype, device = net.Device)
             let z = torch.empty_like(x0)
-            (Noise.fromGenerator generator).Fill z
-            optimizer.zero_grad()
+            noise.Fill z
+            zeroGradients parameters
             let l = loss sde settings.Weighting model x0 t z
             l.backward()
-            settings.GradClip |> Option.iter (fun c -> torch.nn.utils.clip_grad_norm_(parameters, c) |> ignore)
-            optimizer.step() |> ignore
+            settings.GradClip |> Option.iter (clipGradients parameters)
+            adam.Step(learningRate settings k)
             let value = l.detach().to_type(torch.float64).item<float>()
             if Double.IsNaN value || Double.IsInfinity value then
                 raise (InvalidOperationException(
                         sprintf "Training diverged at step %d (loss %g); lower the learning rate (%g)." k value settings.LearningRate))
             losses.[k] <- value
             let decay = min settings.EmaDecay (float (1 + k) / float (10 + k))
+            use sDecay = Tensors.scalar decay
+            use sRest = Tensors.scalar (1.0 - decay)
             use _noGrad = torch.no_grad()
-            for e, p in Array.zip emaParameters tensors do
-                e.mul_(Tensors.scalar decay).add_(p, Tensors.scalar (1.0 - decay)) |> ignore
+            for e, p in Array.zip emaParameters parameters do
+                e.mul_(sDecay).add_(p, sRest) |> ignore
             settings.Observer |> Option.iter (fun f -> f k value)
         watch.Stop()
         net.eval()
