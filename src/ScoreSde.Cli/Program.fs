@@ -215,4 +215,8 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
             1
 
 [<EntryPoint>]
-let main argv = run Console.Out Console.Error argv
+let main argv =
+    // Process-wide malloc settings belong to the executable, not to `run` (which tests call in-process).
+    // SCORESDE_MALLOC_DEFAULTS=1 keeps glibc's defaults (to measure the difference).
+    if Environment.GetEnvironmentVariable "SCORESDE_MALLOC_DEFAULTS" <> "1" then Allocator.tune () |> ignore
+    run Console.Out Console.Error argv
