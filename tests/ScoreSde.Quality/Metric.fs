@@ -6,12 +6,9 @@ open TorchSharp
 
 type Tensor = torch.Tensor
 
-/// `count` unit directions in D dimensions (float64), fixed by the seed.
-let directions (dim: int) (count: int) (seed: int64) : Tensor =
-    use g = new torch.Generator(uint64 seed)
-    use v = torch.randn([| int64 dim; int64 count |], dtype = torch.float64, generator = g)
-    use n = v.norm(0, true)
-    v / n
+/// `count` unit directions in D dimensions (float64), fixed by the seed: the core's slicing
+/// (`Metrics.directions`), so figures agree with `Metrics.slicedWasserstein` for the same seed.
+let directions (dim: int) (count: int) (seed: int64) : Tensor = ScoreSde.Metrics.directions dim count seed
 
 /// The projections of samples [N, D] onto the directions, sorted: [directions, N].
 let sortedProjections (dirs: Tensor) (x: Tensor) : Tensor =
