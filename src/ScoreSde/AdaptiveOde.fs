@@ -276,7 +276,7 @@ module AdaptiveOde =
                 rejected.add_(rej) |> ignore
                 // the only per-step host read: [any sample still running; any step size below its floor]
                 let running' = t.ne(sc t1)
-                let floor = (t.abs() * (10.0 * epsMachine)).clamp_min(sc minStep)
+                let floor = t.abs().mul(sc (10.0 * epsMachine)).clamp_min(sc minStep)
                 let tooSmall = hAbs.lt(floor).logical_and(running')
                 let flags = torch.stack([| running'.any(); tooSmall.any() |], 0L).cpu().data<bool>().ToArray()
                 settings.Observer |> Option.iter (fun observe -> observe (steps - 1) t x)

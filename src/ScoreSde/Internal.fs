@@ -67,13 +67,33 @@ module internal HostMath =
 /// Tensor helpers used across the core.
 module internal Tensors =
     /// A host double as a TorchSharp Scalar (explicit: Tensor also converts implicitly from double).
+    /// Bind it (`use s = scalar v`) for the duration of the call that takes it: a Scalar has a
+    /// finalizer, and one passed inline can be collected while native code still reads it.
     let inline scalar (v: float) : Scalar = Scalar.op_Implicit v
+
+    /// t * v with the Scalar kept alive for the native call.
+    let mulScalar (t: Tensor) (v: float) : Tensor =
+        use s = scalar v
+        t.mul(s)
+
+    /// t + v with the Scalar kept alive for the native call.
+    let addScalar (t: Tensor) (v: float) : Tensor =
+        use s = scalar v
+        t.add(s)
+
+    /// a t + b (both host doubles) with the Scalars kept alive.
+    let affine (t: Tensor) (a: float) (b: float) : Tensor =
+        use sa = scalar a
+        use sb = scalar b
+        use ta = t.mul(sa)
+        ta.add(sb)
 
     /// Reshape a time tensor (0-d, or one value per batch element) so that it broadcasts over x's
     /// trailing dimensions.
+    /// Always a new tensor object (a view), never t itself, so callers may dispose the result
+    /// without disposing the caller's tensor.
     let broadcastTime (param: string) (t: Tensor) (x: Tensor) : Tensor =
-        if t.dim() = 0L then t
-        elif t.numel() = 1L then t.reshape([||])
+        if t.numel() = 1L then t.reshape([||])
         elif x.dim() > 0L && t.numel() = x.shape.[0] then
             let shape = Array.init (int (x.dim())) (fun i -> if i = 0 then x.shape.[0] else 1L)
             t.reshape(shape)

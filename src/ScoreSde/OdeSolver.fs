@@ -43,23 +43,27 @@ module OdeSolver =
     let step (solver: OdeSolver) (f: VectorField) (x: Tensor) (t: float) (s: float) : Tensor =
         use scope = torch.NewDisposeScope()
         let h = s - t
+        // x + c k with the Scalar c kept alive for the native call
+        let axpy (x: Tensor) (c: float) (k: Tensor) =
+            use sc = Tensors.scalar c
+            x.add(k, sc)
         let result =
             match solver with
             | OdeSolver.Euler ->
                 let k1 = f x t
-                x + k1 * h
+                axpy x h k1
             | OdeSolver.Heun ->
                 let k1 = f x t
-                let k2 = f (x + k1 * h) s
-                x + (k1 + k2) * (0.5 * h)
+                let k2 = f (axpy x h k1) s
+                axpy x (0.5 * h) (k1 + k2)
             | OdeSolver.Rk4 ->
                 let m = t + 0.5 * h
                 let k1 = f x t
-                let k2 = f (x + k1 * (0.5 * h)) m
-                let k3 = f (x + k2 * (0.5 * h)) m
-                let k4 = f (x + k3 * h) s
-                let sum = k1 + (k2 + k3) * 2.0 + k4
-                x + sum * (h / 6.0)
+                let k2 = f (axpy x (0.5 * h) k1) m
+                let k3 = f (axpy x (0.5 * h) k2) m
+                let k4 = f (axpy x h k3) s
+                let sum = axpy (axpy (k1 + k4) 2.0 k2) 2.0 k3
+                axpy x (h / 6.0) sum
         result.MoveToOuterDisposeScope()
 
     /// Integrate x' = f(x, t) through the time points in order (increasing or decreasing); returns

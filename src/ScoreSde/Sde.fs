@@ -92,14 +92,13 @@ module VpSde =
     // ---- tensor versions ----
 
     /// beta(t) for a time tensor.
-    let beta (sde: VpSde) (t: Tensor) : Tensor = t * (sde.BetaMax - sde.BetaMin) + sde.BetaMin
+    let beta (sde: VpSde) (t: Tensor) : Tensor = Tensors.affine t (sde.BetaMax - sde.BetaMin) sde.BetaMin
 
     /// m(t) = log alpha_t for a time tensor.
     let logMeanCoeff (sde: VpSde) (t: Tensor) : Tensor =
-        use t2 = t * t
-        use a = t2 * (-0.25 * (sde.BetaMax - sde.BetaMin))
-        use b = t * (-0.5 * sde.BetaMin)
-        a + b
+        // m = t (-1/4 (BetaMax - BetaMin) t - 1/2 BetaMin)
+        use inner = Tensors.affine t (-0.25 * (sde.BetaMax - sde.BetaMin)) (-0.5 * sde.BetaMin)
+        t * inner
 
     /// alpha_t for a time tensor.
     let alpha (sde: VpSde) (t: Tensor) : Tensor =
@@ -109,7 +108,7 @@ module VpSde =
     /// sigma_t = sqrt(-expm1(2 m(t))) for a time tensor.
     let sigma (sde: VpSde) (t: Tensor) : Tensor =
         use m = logMeanCoeff sde t
-        use m2 = m * 2.0
+        use m2 = Tensors.mulScalar m 2.0
         use e = torch.expm1 m2
         use v = e.neg()
         v.sqrt()
@@ -117,18 +116,18 @@ module VpSde =
     /// Half log-SNR lambda_t for a time tensor.
     let lambda (sde: VpSde) (t: Tensor) : Tensor =
         use m = logMeanCoeff sde t
-        use m2 = m * 2.0
+        use m2 = Tensors.mulScalar m 2.0
         use e = torch.expm1 m2
         use v = e.neg()
         use lv = v.log()
-        use h = lv * 0.5
+        use h = Tensors.mulScalar lv 0.5
         m - h
 
     /// Forward drift f(x, t) = -1/2 beta(t) x.
     let drift (sde: VpSde) (x: Tensor) (t: Tensor) : Tensor =
         use tb = Tensors.broadcastTime "t" t x
         use b = beta sde tb
-        use hb = b * -0.5
+        use hb = Tensors.mulScalar b -0.5
         hb * x
 
     /// Diffusion coefficient g(t) = sqrt(beta(t)).
@@ -159,14 +158,13 @@ module VpSde =
         use flat = if z.dim() <= 1L then z.reshape([| 1L; -1L |]) else z.reshape([| z.shape.[0]; -1L |])
         use sq = flat.square()
         use s = sq.sum(1L)
-        use hs = s * -0.5
-        hs - (0.5 * float d * Math.Log(2.0 * Math.PI))
+        Tensors.affine s -0.5 (-0.5 * float d * Math.Log(2.0 * Math.PI))
 
     /// Reverse-time SDE drift f - g^2 s, given the score at (x, t).
     let reverseDrift (sde: VpSde) (score: Tensor) (x: Tensor) (t: Tensor) : Tensor =
         use tb = Tensors.broadcastTime "t" t x
         use b = beta sde tb
-        use hb = b * -0.5
+        use hb = Tensors.mulScalar b -0.5
         use f = hb * x
         use gs = b * score
         f - gs
@@ -175,6 +173,6 @@ module VpSde =
     let probabilityFlowDrift (sde: VpSde) (score: Tensor) (x: Tensor) (t: Tensor) : Tensor =
         use tb = Tensors.broadcastTime "t" t x
         use b = beta sde tb
-        use hb = b * -0.5
+        use hb = Tensors.mulScalar b -0.5
         use xs = x + score
         hb * xs

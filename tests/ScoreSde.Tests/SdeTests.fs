@@ -186,3 +186,23 @@ let fromModel =
                 close 1e-10 pf.[i] (-0.5 * b * xs.[i] - 0.5 * b * s) (sprintf "probability-flow drift[%d]" i)
         }
     ]
+
+[<Tests>]
+let ownership =
+    testList "VP-SDE tensor functions leave the caller's tensors alone" [
+        test "a 0-d time tensor survives every tensor function (not disposed, not modified)" {
+            use t = torch.tensor(0.4, dtype = torch.float64)
+            use x = torch.ones([| 3L; 2L |], dtype = torch.float64)
+            use z = torch.zeros([| 3L; 2L |], dtype = torch.float64)
+            let results =
+                [ VpSde.beta sde t; VpSde.alpha sde t; VpSde.sigma sde t; VpSde.lambda sde t
+                  VpSde.drift sde x t; VpSde.diffusion sde t; VpSde.perturb sde x t z
+                  VpSde.reverseDrift sde z x t; VpSde.probabilityFlowDrift sde z x t
+                  fst (VpSde.marginal sde x t); snd (VpSde.marginal sde x t) ]
+            Expect.isFalse t.IsInvalid "t not disposed"
+            close 0.0 (scalar t) 0.4 "t unchanged"
+            Expect.isFalse x.IsInvalid "x not disposed"
+            close 0.0 (scalar (x.sum())) 6.0 "x unchanged"
+            for r in results do r.Dispose()
+        }
+    ]
