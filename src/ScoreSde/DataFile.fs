@@ -230,7 +230,9 @@ module DataFile =
     let ofTensor (x: Tensor) : HostArray =
         Check.floating "x" x
         let dtype = if x.dtype = torch.float32 then torch.float32 else torch.float64
-        use d = x.detach().cpu().to_type(torch.float64).contiguous()
+        // the chain's intermediates belong to the scope (an unowned one could be finalised mid-call)
+        use scope = torch.NewDisposeScope()
+        let d = x.detach().cpu().to_type(torch.float64).contiguous()
         { Shape = x.shape; Values = d.data<float>().ToArray(); Dtype = dtype }
 
     /// Read a data file of N points in D dimensions as an [N, D] tensor of `dtype`. A 1-D array is

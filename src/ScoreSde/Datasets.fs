@@ -108,9 +108,10 @@ module Standardisation =
     let fit (data: Tensor) : Standardisation =
         Check.floating "data" data
         if data.dim() <> 2L || data.shape.[0] < 2L then Check.fail "data" data.shape "a [N, D] tensor with N >= 2"
-        use d = data.detach().cpu().to_type(torch.float64)
-        use m = d.mean([| 0L |])
-        use s = d.std(0L)
+        use scope = torch.NewDisposeScope()
+        let d = data.detach().cpu().to_type(torch.float64)
+        let m = d.mean([| 0L |])
+        let s = d.std(0L)
         let mean = Tensors.toHost m
         let std = Tensors.toHost s |> Array.map (fun v -> if v > 0.0 && not (Double.IsNaN v) then v else 1.0)
         { Shift = mean; Scale = std }

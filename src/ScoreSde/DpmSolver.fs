@@ -222,6 +222,25 @@ module DpmSolver =
         let dataPrediction = algorithm = DpmAlgorithm.DpmSolverPlusPlus
         member val Nfe = 0 with get, set
 
+        /// Clip a data prediction in place as the thresholding setting asks.
+        member private _.Threshold(d: Tensor) =
+            match thresholding with
+            | Thresholding.NoThresholding -> ()
+            | Thresholding.Static b ->
+                use lo = Tensors.scalar -b
+                use hi = Tensors.scalar b
+                d.clamp_(lo, hi) |> ignore
+            | Thresholding.Dynamic(q, maxValue) ->
+                use scope = torch.NewDisposeScope()
+                let flat = d.abs().reshape([| d.shape.[0]; -1L |])
+                let qs = flat.quantile(torch.tensor(q, dtype = flat.dtype, device = flat.device), 1L, true)
+                use mv = Tensors.scalar maxValue
+                let s = qs.clamp_min(mv)
+                let shape = Array.init (int (d.dim())) (fun i -> if i = 0 then d.shape.[0] else 1L)
+                let s = s.reshape(shape)
+                let lo = s.neg()
+                d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(mv).div_(s)) |> ignore
+
         /// The prediction m(x, t) as a fresh tensor.
         member this.Predict(x: Tensor, t: float) : Tensor =
             // Scalars are bound with `use` so that they outlive the native call (they have finalizers)
@@ -231,23 +250,28 @@ module DpmSolver =
             if not dataPrediction then Model.noiseOf sde model x tb
             else
                 let d = Model.dataOf sde model x tb
-                match thresholding with
-                | Thresholding.NoThresholding -> ()
-                | Thresholding.Static b ->
-                    use lo = Tensors.scalar -b
-                    use hi = Tensors.scalar b
-                    d.clamp_(lo, hi) |> ignore
-                | Thresholding.Dynamic(q, maxValue) ->
-                    use scope = torch.NewDisposeScope()
-                    let flat = d.abs().reshape([| d.shape.[0]; -1L |])
-                    let qs = flat.quantile(torch.tensor(q, dtype = flat.dtype, device = flat.device), 1L, true)
-                    use mv = Tensors.scalar maxValue
-                    let s = qs.clamp_min(mv)
-                    let shape = Array.init (int (d.dim())) (fun i -> if i = 0 then d.shape.[0] else 1L)
-                    let s = s.reshape(shape)
-                    let lo = s.neg()
-                    d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(mv).div_(s)) |> ignore
+                this.Threshold d
                 d
+
+        /// The prediction m(x, t) written into dst (a buffer shaped like x, not x itself): the model's
+        /// output converted with host coefficients, one pass on CPU tensors. No tensor is created
+        /// besides the model's own (and dynamic thresholding's temporaries).
+        member this.PredictInto(x: Tensor, t: float, dst: Tensor) =
+            use ts = Tensors.scalar t
+            tb.fill_(ts) |> ignore
+            this.Nfe <- this.Nfe + 1
+            use scope = torch.NewDisposeScope()
+            let out = Model.eval model x tb
+            let a, b =
+                if dataPrediction then Model.dataCoefficientsAt sde model.Output t
+                else Model.noiseCoefficientsAt sde model.Output t
+            if a = 0.0 then
+                dst.copy_(out) |> ignore
+                if b <> 1.0 then Kernel.scale dst b
+            elif not (Fused.tryLinear dst a x b out 0.0 null) then
+                dst.copy_(x) |> ignore
+                Kernel.axpby dst a out b
+            if dataPrediction then this.Threshold dst
 
         /// (r, c, H) of the step from s to t: x_t = r x_s - c [phi_1(H) m_s + ...].
         member _.Coefficients(s: float, t: float, ls: float, lt: float) =
@@ -260,15 +284,25 @@ module DpmSolver =
         interface IDisposable with
             member _.Dispose() = tb.Dispose()
 
-    /// target <- r x + sum_i c_i m_i, in place (target may be x itself).
+    /// target <- r x + sum_i c_i m_i, in place (target may be x itself; the m_i are neither): the
+    /// first two terms in one fused pass on CPU tensors (`Fused`), else a scale and one add per term.
     let private combineInto (target: Tensor) (x: Tensor) (r: float) (terms: (float * Tensor) list) =
-        if not (Object.ReferenceEquals(target, x)) then target.copy_(x) |> ignore
-        use rs = Tensors.scalar r
-        target.mul_(rs) |> ignore
-        for c, m in terms do
-            if c <> 0.0 then
+        let terms = terms |> List.filter (fun (c, _) -> c <> 0.0)
+        let addEach (rest: (float * Tensor) list) =
+            for c, m in rest do
                 use cs = Tensors.scalar c
                 target.add_(m, cs) |> ignore
+        let fused, rest =
+            match terms with
+            | [] -> false, []
+            | [ c0, m0 ] -> Fused.tryLinear target r x c0 m0 0.0 null, []
+            | (c0, m0) :: (c1, m1) :: rest -> Fused.tryLinear target r x c0 m0 c1 m1, rest
+        if fused then addEach rest
+        else
+            if not (Object.ReferenceEquals(target, x)) then target.copy_(x) |> ignore
+            use rs = Tensors.scalar r
+            target.mul_(rs) |> ignore
+            addEach terms
 
     let private lambdaOf (sde: VpSde) t = VpSde.lambdaAt sde t
 
@@ -352,25 +386,24 @@ module DpmSolver =
         match settings.Method with
         | DpmMethod.MultiStep ->
             let lambdas = ts |> Array.map (lambdaOf sde)
-            // newest first; at most three predictions alive
-            let history = Collections.Generic.List<Tensor>()
+            // A ring of preallocated prediction buffers, one per order: step i writes slot i mod n, and
+            // the j-th newest prediction is slot (i - j) mod n. Nothing is allocated per step.
+            let n = settings.Order
+            let slots = Array.init n (fun _ -> torch.empty_like(x))
             try
                 for i in 0 .. orders.Length - 1 do
-                    let m = run.Predict(x, ts.[i])
-                    history.Insert(0, m)
-                    if history.Count > 3 then
-                        history.[3].Dispose()
-                        history.RemoveAt 3
+                    run.PredictInto(x, ts.[i], slots.[i % n])
+                    let newest j = slots.[(i - j + n * 3) % n]
                     let k = orders.[i]
                     let r, c, hh = run.Coefficients(ts.[i], ts.[i + 1], lambdas.[i], lambdas.[i + 1])
                     let h = lambdas.[i + 1] - lambdas.[i]
                     let h0 = if i >= 1 then lambdas.[i] - lambdas.[i - 1] else 0.0
                     let h1 = if i >= 2 then lambdas.[i - 1] - lambdas.[i - 2] else 0.0
                     let w = multiStepWeights k hh h h0 h1
-                    combineInto x x r [ for j in 0 .. k - 1 -> -c * w.[j], history.[j] ]
+                    combineInto x x r [ for j in 0 .. k - 1 -> -c * w.[j], newest j ]
                     settings.Observer |> Option.iter (fun f -> f i ts.[i + 1] x)
             finally
-                for m in history do m.Dispose()
+                for m in slots do m.Dispose()
         | _ ->
             use u = torch.empty_like(x)
             for i in 0 .. orders.Length - 1 do

@@ -55,9 +55,28 @@ module internal Kernel =
             scale x b
         elif a = 1.0 then
             addScaled x out b
-        else
+        elif not (Fused.tryLinear x a x b out 0.0 null) then
             addScaled x out (b / a)
             scale x a
+
+    /// x <- a x + b y + c z, in place: one pass on CPU tensors (`Fused`), else up to three. y and z
+    /// may be the same tensor, but neither may be x.
+    let addTwo (x: Tensor) (a: float) (y: Tensor) (b: float) (z: Tensor) (c: float) =
+        if not (Fused.tryLinear x a x b y c z) then
+            if a <> 1.0 then scale x a
+            addScaled x y b
+            addScaled x z c
+
+    /// x <- a x + b out + c z, in place, with z freshly filled from the noise source (the noise term
+    /// is skipped when c = 0): one pass after the draw on CPU tensors (`Fused`), else axpby then an
+    /// add. Safe when out is x itself.
+    let axpbyNoise (x: Tensor) (a: float) (out: Tensor) (b: float) (z: Tensor) (c: float) (noise: Noise) =
+        if c = 0.0 then axpby x a out b
+        else
+            noise.Fill z
+            if a = 0.0 || b = 0.0 || not (Fused.tryLinear x a x b out c z) then
+                axpby x a out b
+                addScaled x z c
 
     /// x <- x + c z, in place, with z freshly filled from the noise source (no-op when c = 0).
     let addNoise (x: Tensor) (z: Tensor) (c: float) (noise: Noise) =
@@ -100,6 +119,26 @@ module internal Kernel =
         with _ ->
             s.Dispose()
             reraise ()
+
+    /// The mean a x + b out and the sample mean + c z of a step as two fresh tensors in one pass over
+    /// memory after the draw (`Fused`), when x and out are contiguous CPU tensors of one dtype and
+    /// shape; None otherwise (nothing drawn). z is drawn straight into the sample tensor: exactly one
+    /// draw of x's shape, as `sampleAround` makes.
+    let tryMeanAndSample (a: float) (x: Tensor) (b: float) (out: Tensor) (c: float) (noise: Noise) : StepResult option =
+        if x.device_type <> DeviceType.CPU || not (x.is_contiguous()) || not (out.is_contiguous())
+           || x.dtype <> out.dtype || x.numel() <> out.numel() || x.requires_grad || out.requires_grad
+           || (x.dtype <> torch.float32 && x.dtype <> torch.float64) then None
+        else
+            let mean = torch.empty_like(x)
+            let sample = torch.empty_like(x)
+            try
+                noise.Fill sample
+                if Fused.tryMeanAndSample mean sample a x b out c then Some { Sample = sample; Mean = mean }
+                else failwith "unreachable: Fused.tryMeanAndSample refused eligible tensors"
+            with _ ->
+                mean.Dispose()
+                sample.Dispose()
+                reraise ()
 
 [<RequireQualifiedAccess>]
 module Predictor =
@@ -156,8 +195,8 @@ module Predictor =
             let ax, aout, std = outputCoefficients sde predictor model.Output t s
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x tBatch
-            Kernel.axpby x ax out aout
-            if withNoise then Kernel.addNoise x z std noise
+            if withNoise then Kernel.axpbyNoise x ax out aout z std noise
+            else Kernel.axpby x ax out aout
             1
 
     /// One predictor step on fresh tensors from a model output that was already computed (manual
@@ -174,11 +213,14 @@ module Predictor =
         let c0 = cs.[0]
         if cs |> Array.forall (fun c -> c = c0) then
             let ax, aout, std = c0
-            let mean = Kernel.combine ax x aout out
-            try { Sample = Kernel.sampleAround mean std noise; Mean = mean }
-            with _ ->
-                mean.Dispose()
-                reraise ()
+            match Kernel.tryMeanAndSample ax x aout out std noise with
+            | Some r -> r
+            | None ->
+                let mean = Kernel.combine ax x aout out
+                try { Sample = Kernel.sampleAround mean std noise; Mean = mean }
+                with _ ->
+                    mean.Dispose()
+                    reraise ()
         else
             use scope = torch.NewDisposeScope()
             let coef (pick: float * float * float -> float) = Tensors.perSample (cs |> Array.map pick) x

@@ -134,8 +134,9 @@ module Sampler =
             hb * (1.0 + ka), hb * kb
         // y <- x + c (p y + q out), with out possibly y itself (axpby is alias-safe).
         let stage (c: float) (p: float) (q: float) (out: Tensor) =
-            Kernel.axpby y (c * p) out (c * q)
-            y.add_(x) |> ignore
+            if not (Fused.tryLinear y (c * p) y (c * q) out 1.0 x) then
+                Kernel.axpby y (c * p) out (c * q)
+                y.add_(x) |> ignore
         let h = s - t
         match solver with
         | OdeSolver.Euler ->
@@ -147,10 +148,7 @@ module Sampler =
             evaluate x t (fun out -> Kernel.axpby y (1.0 + h * p1) out (h * q1))
             // x + h/2 (k1 + k2) with k1 = (y - x) / h: 0.5 x + (0.5 + h p2 / 2) y + (h q2 / 2) out2
             let p2, q2 = coefficients s
-            evaluate y s (fun out ->
-                Kernel.scale x 0.5
-                Kernel.addScaled x y (0.5 + 0.5 * h * p2)
-                Kernel.addScaled x out (0.5 * h * q2))
+            evaluate y s (fun out -> Kernel.addTwo x 0.5 y (0.5 + 0.5 * h * p2) out (0.5 * h * q2))
         | OdeSolver.Rk4 ->
             let m = t + 0.5 * h
             let p1, q1 = coefficients t
@@ -164,18 +162,14 @@ module Sampler =
             Kernel.addScaled y acc (0.5 * h)
             // acc += 2 k2; y = x + h/2 k2
             evaluate y m (fun out ->
-                Kernel.addScaled acc y (2.0 * pm)
-                Kernel.addScaled acc out (2.0 * qm)
+                Kernel.addTwo acc 1.0 y (2.0 * pm) out (2.0 * qm)
                 stage (0.5 * h) pm qm out)
             // acc += 2 k3; y = x + h k3
             evaluate y m (fun out ->
-                Kernel.addScaled acc y (2.0 * pm)
-                Kernel.addScaled acc out (2.0 * qm)
+                Kernel.addTwo acc 1.0 y (2.0 * pm) out (2.0 * qm)
                 stage h pm qm out)
             // acc += k4; x += h/6 acc
-            evaluate y s (fun out ->
-                Kernel.addScaled acc y p4
-                Kernel.addScaled acc out q4)
+            evaluate y s (fun out -> Kernel.addTwo acc 1.0 y p4 out q4)
             Kernel.addScaled x acc (h / 6.0)
 
     /// Integrate the probability-flow ODE of a model through the time points (decreasing to sample,

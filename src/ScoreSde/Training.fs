@@ -179,7 +179,9 @@ module Training =
         Check.floating "data" data
         if data.dim() <> 2L || data.shape.[1] <> int64 net.Config.Dim || data.shape.[0] < 1L then
             Check.fail "data" data.shape (sprintf "a [N, %d] tensor of N >= 1 points (the network's Dim)" net.Config.Dim)
-        use train = data.detach().to_type(net.Dtype).``to``(net.Device)
+        use train =
+            use scope = torch.NewDisposeScope()
+            data.detach().to_type(net.Dtype).``to``(net.Device).MoveToOuterDisposeScope()
         let n = train.shape.[0]
         let batch = int64 settings.BatchSize
         let ema = ScoreNet.copy net

@@ -17,13 +17,22 @@ let sc (v: float) : Scalar = Scalar.op_Implicit v
 
 /// Scalar of a 0-d (or 1-element) tensor as a double.
 let scalar (t: Tensor) : float =
-    use d = t.detach().cpu().to_type(torch.float64)
-    d.item<float>()
+    use d = t.detach()
+    use c = d.cpu()
+    use f = c.to_type(torch.float64)
+    f.item<float>()
 
 /// Host copy of a tensor as doubles, flattened.
+/// Every intermediate is bound and disposed: an unreferenced intermediate's finalizer can free its
+/// native tensor while the next native call still reads it (seen under the GC pressure of large
+/// arrays).
 let values (t: Tensor) : float[] =
-    use d = t.detach().cpu().to_type(torch.float64).contiguous().flatten()
-    d.data<float>().ToArray()
+    use d = t.detach()
+    use c = d.cpu()
+    use f = c.to_type(torch.float64)
+    use k = f.contiguous()
+    use flat = k.flatten()
+    flat.data<float>().ToArray()
 
 /// Fail with a message unless |actual - expected| <= tol.
 let close (tol: float) (actual: float) (expected: float) (what: string) =

@@ -4,6 +4,7 @@ module ScoreSde.Tests.FastPathTests
 
 open System
 open Expecto
+open FsCheck
 open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
@@ -190,6 +191,115 @@ let tests =
                         close tol ss.[i] (m + sqrt (2.0 * e) * zs.[i]) (sprintf "%A %s sample[%d] (seeds 6, 44)" dtype mode i)
         }
 
+        testPropertyWithConfig { propConfig with maxTest = 40 } "the fused one-pass kernels equal a x + b y + c z in float64 (any size, aliasing, 1 and 2 threads)"
+            (fun (Seed seed) (PositiveInt size) (coef: int * int * int) ->
+                // sizes up to 5,000 elements (SIMD body and scalar tail) and above 262,144 (the chunked
+                // two-thread split)
+                let n = int64 (if size % 3 = 0 then 262144 + (size * 7919) % 40000 else (size * 7919) % 5000 + 1)
+                let ia, ib, ic = coef
+                let a, b, c = 1.0 + float (ia % 1000) / 997.0, float (ib % 1000) / 331.0 - 1.5, float (ic % 1000) / 1999.0
+                let threads = torch.get_num_threads ()
+                try
+                    for th in [ 1; 2 ] do
+                        torch.set_num_threads th
+                        for dtype in dtypes do
+                            use g = generator seed
+                            use x = torch.randn([| n |], dtype = dtype, generator = g)
+                            use y = torch.randn([| n |], dtype = dtype, generator = g)
+                            use z = torch.randn([| n |], dtype = dtype, generator = g)
+                            let xs, ys, zs = values x, values y, values z
+                            let what k = sprintf "%A, %d thread(s), n = %d, a b c = %g %g %g, element %d (seed %d)" dtype th n a b c k seed
+                            let check (t: Tensor) (expected: int -> float) (label: string) =
+                                let v = values t
+                                // float32: three rounded products and two sums of magnitudes up to ~15 (|x| < 6)
+                                let tol i = if dtype = torch.float32 then 1e-6 * (1.0 + abs a * abs xs.[i] + abs b * abs ys.[i] + abs c * abs zs.[i]) * 4.0
+                                            else 1e-14 * (1.0 + abs a * abs xs.[i] + abs b * abs ys.[i] + abs c * abs zs.[i]) * 4.0
+                                match Array.tryFindIndex (fun i -> not (abs (v.[i] - expected i) <= tol i)) [| 0 .. v.Length - 1 |] with
+                                | Some i -> close (tol i) v.[i] (expected i) (label + " " + what i)
+                                | None -> ()
+                            // a fresh output
+                            use d = torch.empty_like(x)
+                            Expect.isTrue (Fused.tryLinear d a x b y c z) "eligible tensors are fused"
+                            check d (fun i -> a * xs.[i] + b * ys.[i] + c * zs.[i]) "fresh"
+                            Expect.isTrue (Fused.tryLinear d a x b y 0.0 null) "two terms"
+                            check d (fun i -> a * xs.[i] + b * ys.[i]) "two terms"
+                            // in place on x, on y and on z (each element only reads its own index)
+                            for k, target in [ 0, x; 1, y; 2, z ] do
+                                use x2 = x.clone()
+                                use y2 = y.clone()
+                                use z2 = z.clone()
+                                let dst = match k with 0 -> x2 | 1 -> y2 | _ -> z2
+                                Expect.isTrue (Fused.tryLinear dst a x2 b y2 c z2) "aliased output is fused"
+                                check dst (fun i -> a * xs.[i] + b * ys.[i] + c * zs.[i]) (sprintf "in place on input %d" k)
+                            // mean and sample of a step, the noise already in the sample
+                            use mean = torch.empty_like(x)
+                            use sample = z.clone()
+                            Expect.isTrue (Fused.tryMeanAndSample mean sample a x b y c) "mean and sample fused"
+                            check mean (fun i -> a * xs.[i] + b * ys.[i]) "mean"
+                            check sample (fun i -> a * xs.[i] + b * ys.[i] + c * zs.[i]) "sample"
+                            // the inputs the caller owns are untouched
+                            Expect.isTrue (values x = xs && values y = ys && values z = zs) "inputs unchanged"
+                finally
+                    torch.set_num_threads threads)
+
+        test "the fused kernels refuse what they cannot do in one pass, leaving every tensor untouched" {
+            use g = generator 8L
+            use x = torch.randn([| 6L; 4L |], generator = g)
+            use y = torch.randn([| 6L; 4L |], generator = g)
+            use x64 = x.to_type(torch.float64)
+            use xt = x.t()
+            use xg = x.clone().requires_grad_(true)
+            use big = torch.randn([| 30L |], generator = g)
+            use shifted = big.narrow(0L, 1L, 24L)
+            use head = big.narrow(0L, 0L, 24L)
+            use halfX = torch.randn([| 6L; 4L |], dtype = torch.float16, generator = g)
+            use small = torch.randn([| 5L |], generator = g)
+            let cases =
+                [ "mixed dtypes", (fun () -> Fused.tryLinear x 1.5 x64 2.0 y 0.0 null)
+                  "non-contiguous input", (fun () -> Fused.tryLinear x 1.5 xt 2.0 y 0.0 null)
+                  "input in an autograd graph", (fun () -> Fused.tryLinear x 1.5 xg 2.0 y 0.0 null)
+                  "output partly overlapping an input", (fun () -> Fused.tryLinear (shifted.view(6L, 4L)) 1.5 (head.view(6L, 4L)) 2.0 y 0.0 null)
+                  "float16", (fun () -> Fused.tryLinear halfX 1.5 halfX 2.0 halfX 0.0 null)
+                  "sizes that differ", (fun () -> Fused.tryLinear x 1.5 x 2.0 small 0.0 null)
+                  "mean aliasing x", (fun () -> Fused.tryMeanAndSample x y 1.5 x 2.0 y 0.5) ]
+            let snapshot () = [ values x; values y; values big; values halfX ]
+            let before = snapshot ()
+            for name, run in cases do
+                Expect.isFalse (run ()) (name + ": refused")
+            Expect.equal (snapshot ()) before "nothing was written"
+        }
+
+        test "the in-place predictor step equals the fresh step (same draws), fused or not" {
+            // The samplers' in-place step (one fused pass after the draw on contiguous CPU tensors) and
+            // the manual step on fresh tensors, from the same generator state; a non-contiguous state
+            // takes the tensor-operation path and must give the same numbers too.
+            for dtype in dtypes do
+                for p in [ Predictor.EulerMaruyama; Predictor.ReverseDiffusion; Predictor.AncestralSampling ] do
+                    for contiguous in [ true; false ] do
+                        use g0 = generator 14L
+                        use x0 = torch.randn([| 4L; 3L; 5L; 5L |], dtype = dtype, generator = g0)
+                        let model = Model.noise (fun x _ -> x * 0.6 - 0.1)
+                        use outRef = x0 * 0.6 - 0.1
+                        use g1 = generator 15L
+                        let r = Predictor.stepWithOutput sde p ModelOutput.Noise outRef x0 [| 0.6 |] [| 0.58 |] (Noise.fromGenerator g1)
+                        use expected = r.Sample
+                        use _mean = r.Mean
+                        // a state that is not contiguous: the transpose of a transposed copy
+                        use storage = if contiguous then x0.clone() else x0.transpose(1L, 3L).contiguous()
+                        use x = if contiguous then storage.alias() else storage.transpose(1L, 3L)
+                        Expect.equal (x.is_contiguous()) contiguous "layout under test"
+                        use z = torch.empty_like(x0)
+                        use tb = full [| 4L |] 0.6 dtype
+                        use g2 = generator 15L
+                        let nfe = Predictor.stepInPlace sde p model x tb z (Noise.fromGenerator g2) 0.6 0.58 true
+                        Expect.equal nfe 1 "one evaluation"
+                        let ve, va = values expected, values x
+                        let tol = if dtype = torch.float32 then 1e-5 else 1e-12
+                        for i in 0 .. ve.Length - 1 do
+                            close (tol * (1.0 + abs ve.[i])) va.[i] ve.[i]
+                                (sprintf "%A %s contiguous=%b element %d (seeds 14, 15)" dtype (Predictor.name p) contiguous i)
+        }
+
         test "StepPred with a shared t creates exactly its two result tensors per call" {
             let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
             s.SetTimesteps(1000)
@@ -263,6 +373,24 @@ let tests =
                             for i in 0 .. va.Length - 1 do
                                 close (tol * (1.0 + abs vb.[i])) va.[i] vb.[i]
                                     (sprintf "%A %s %s model %s element %d (seed 12)" dtype (OdeSolver.name solver) name what i)
+        }
+
+        test "the multistep DPM-Solver loop creates no tensor per step beyond the model's" {
+            // Predictions go into a ring of preallocated buffers; count over 10 and 30 steps.
+            for algorithm in [ DpmAlgorithm.DpmSolver; DpmAlgorithm.DpmSolverPlusPlus ] do
+                for order in [ 1; 2; 3 ] do
+                    let count steps =
+                        use g = generator 16L
+                        use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
+                        let model = Model.noise (fun x _ -> x * 0.5)
+                        let settings = { DpmSolver.defaults with Algorithm = algorithm; Order = order; Steps = steps; Grid = TimeGrid.Uniform }
+                        let before = created ()
+                        let r = DpmSolver.sample sde model settings xT
+                        let n = created () - before
+                        r.Samples.Dispose()
+                        n
+                    let a, b = count 10, count 30
+                    Expect.equal (float (b - a) / 20.0) 1.0 (sprintf "%A order %d: tensors created per step = the model's one" algorithm order)
         }
 
         test "the fixed-step probability-flow loop creates no tensor per step beyond the model's" {

@@ -1,0 +1,160 @@
+namespace ScoreSde
+
+#nowarn "9" // native pointers into a CPU tensor's memory
+
+open System
+open System.Numerics
+open System.Runtime.CompilerServices
+open System.Runtime.InteropServices
+open System.Threading.Tasks
+open Microsoft.FSharp.NativeInterop
+open TorchSharp
+
+/// Fused element-wise kernels for contiguous float32 and float64 CPU tensors: the linear
+/// combinations a sampling step is made of, computed in one pass over memory with SIMD
+/// (`System.Numerics.Vector`) instead of one libtorch operation per term. On image-sized tensors
+/// every libtorch pass reads and writes the whole state, so a step of three passes costs three times
+/// the memory traffic of this one.
+///
+/// Each function returns false, having done nothing, when a tensor is not eligible (another device
+/// or dtype, not contiguous, a size that differs, part of an autograd graph, or an output that
+/// partly overlaps an input); callers then use tensor operations, which give the same values up to
+/// the rounding of the intermediate products (one or two ulps).
+module internal Fused =
+    /// Elements per work item when a kernel runs on more than one thread.
+    [<Literal>]
+    let private Chunk = 65536
+
+    let private address (t: Tensor) : nativeint =
+        NativePtr.toNativeInt (NativePtr.ofVoidPtr<byte> (Unsafe.AsPointer(&MemoryMarshal.GetReference(t.bytes))))
+
+    let private eligible (dtype: torch.ScalarType) (n: int64) (t: Tensor) =
+        t.device_type = DeviceType.CPU && t.dtype = dtype && t.numel() = n && t.is_contiguous()
+        && not t.requires_grad
+
+    /// An output may be an input itself (element i only depends on element i of each input), but
+    /// must not overlap one at a shifted position.
+    let private safeOutput (bytes: int64) (out: nativeint) (input: nativeint) =
+        out = input || out + nativeint bytes <= input || input + nativeint bytes <= out
+
+    // Runs body start count over [0, n), split in chunks over torch's intra-op thread count when the
+    // tensor is large enough for the split to pay.
+    let private forRanges (n: int) (body: int -> int -> unit) =
+        let threads = torch.get_num_threads()
+        if threads <= 1 || n < 4 * Chunk then body 0 n
+        else
+            let chunks = (n + Chunk - 1) / Chunk
+            let run (k: int) =
+                let start = k * Chunk
+                body start (min Chunk (n - start))
+            Parallel.For(0, chunks, ParallelOptions(MaxDegreeOfParallelism = threads), Action<int>(run)) |> ignore
+
+    let inline private span<'T when 'T: unmanaged> (p: nativeint) (start: int) (count: int) =
+        Span<'T>(NativePtr.toVoidPtr (NativePtr.add (NativePtr.ofNativeInt<'T> p) start), count)
+
+    let inline private vectors<'T when 'T: unmanaged and 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType>
+        (s: Span<'T>) = MemoryMarshal.Cast<'T, Vector<'T>>(s)
+
+    // dst <- a x + b y (+ c z when hasZ) over one range.
+    let inline private lin3Range<'T when 'T: unmanaged and 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType
+                                      and 'T: (static member (*): 'T * 'T -> 'T) and 'T: (static member (+): 'T * 'T -> 'T)>
+        (dst: nativeint) (x: nativeint) (y: nativeint) (z: nativeint) (hasZ: bool) (a: 'T) (b: 'T) (c: 'T)
+        (start: int) (count: int) =
+        let d = span<'T> dst start count
+        let xs = span<'T> x start count
+        let ys = span<'T> y start count
+        let vd = vectors d
+        let vx = vectors xs
+        let vy = vectors ys
+        let va, vb = Vector<'T>(a), Vector<'T>(b)
+        let tail = vd.Length * Vector<'T>.Count
+        if hasZ then
+            let zs = span<'T> z start count
+            let vz = vectors zs
+            let vc = Vector<'T>(c)
+            for i in 0 .. vd.Length - 1 do
+                vd.[i] <- va * vx.[i] + vb * vy.[i] + vc * vz.[i]
+            for i in tail .. count - 1 do
+                d.[i] <- a * xs.[i] + b * ys.[i] + c * zs.[i]
+        else
+            for i in 0 .. vd.Length - 1 do
+                vd.[i] <- va * vx.[i] + vb * vy.[i]
+            for i in tail .. count - 1 do
+                d.[i] <- a * xs.[i] + b * ys.[i]
+
+    // mean <- a x + b y; sample <- c sample + mean, over one range.
+    let inline private meanSampleRange<'T when 'T: unmanaged and 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType
+                                            and 'T: (static member (*): 'T * 'T -> 'T) and 'T: (static member (+): 'T * 'T -> 'T)>
+        (mean: nativeint) (sample: nativeint) (x: nativeint) (y: nativeint) (a: 'T) (b: 'T) (c: 'T)
+        (start: int) (count: int) =
+        let m = span<'T> mean start count
+        let s = span<'T> sample start count
+        let xs = span<'T> x start count
+        let ys = span<'T> y start count
+        let vm = vectors m
+        let vs = vectors s
+        let vx = vectors xs
+        let vy = vectors ys
+        let va, vb, vc = Vector<'T>(a), Vector<'T>(b), Vector<'T>(c)
+        for i in 0 .. vm.Length - 1 do
+            let mi = va * vx.[i] + vb * vy.[i]
+            vm.[i] <- mi
+            vs.[i] <- vc * vs.[i] + mi
+        for i in vm.Length * Vector<'T>.Count .. count - 1 do
+            let mi = a * xs.[i] + b * ys.[i]
+            m.[i] <- mi
+            s.[i] <- c * s.[i] + mi
+
+    // Specialised per dtype and compiled fully optimised from the first call: a large tensor is one
+    // long loop per call, which tiered compilation would otherwise run unoptimised for many calls.
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private lin3F32 pd px py pz hasZ (a: float32) b c start count = lin3Range<float32> pd px py pz hasZ a b c start count
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private lin3F64 pd px py pz hasZ (a: float) b c start count = lin3Range<float> pd px py pz hasZ a b c start count
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private meanSampleF32 pm ps px py (a: float32) b c start count = meanSampleRange<float32> pm ps px py a b c start count
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private meanSampleF64 pm ps px py (a: float) b c start count = meanSampleRange<float> pm ps px py a b c start count
+
+    /// dst <- a x + b y + c z in one pass (z may be null: no third term). dst may be x, y or z itself.
+    let tryLinear (dst: Tensor) (a: float) (x: Tensor) (b: float) (y: Tensor) (c: float) (z: Tensor) : bool =
+        let n = dst.numel()
+        let dtype = dst.dtype
+        let hasZ = not (isNull z)
+        if n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
+           || not (eligible dtype n dst && eligible dtype n x && eligible dtype n y && (not hasZ || eligible dtype n z)) then
+            false
+        else
+            let bytes = n * (if dtype = torch.float32 then 4L else 8L)
+            let pd, px, py = address dst, address x, address y
+            let pz = if hasZ then address z else 0n
+            if not (safeOutput bytes pd px && safeOutput bytes pd py && (not hasZ || safeOutput bytes pd pz)) then false
+            else
+                if dtype = torch.float32 then
+                    let a, b, c = float32 a, float32 b, float32 c
+                    forRanges (int n) (lin3F32 pd px py pz hasZ a b c)
+                else
+                    forRanges (int n) (lin3F64 pd px py pz hasZ a b c)
+                true
+
+    /// mean <- a x + b y and sample <- c sample + mean in one pass: the mean and the sample of a
+    /// stochastic step whose noise was already drawn into sample. mean and sample are the caller's
+    /// fresh outputs (distinct from each other and from x and y); x and y are only read.
+    let tryMeanAndSample (mean: Tensor) (sample: Tensor) (a: float) (x: Tensor) (b: float) (y: Tensor) (c: float) : bool =
+        let n = x.numel()
+        let dtype = x.dtype
+        if n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
+           || not (eligible dtype n mean && eligible dtype n sample && eligible dtype n x && eligible dtype n y) then
+            false
+        else
+            let bytes = n * (if dtype = torch.float32 then 4L else 8L)
+            let pm, ps, px, py = address mean, address sample, address x, address y
+            let apart p q = p + nativeint bytes <= q || q + nativeint bytes <= p
+            if not (apart pm ps && apart pm px && apart pm py && apart ps px && apart ps py) then false
+            else
+                if dtype = torch.float32 then
+                    let a, b, c = float32 a, float32 b, float32 c
+                    forRanges (int n) (meanSampleF32 pm ps px py a b c)
+                else
+                    forRanges (int n) (meanSampleF64 pm ps px py a b c)
+                true
