@@ -189,8 +189,11 @@ module AdaptiveOde =
             nfe <- nfe + 1
 
         // RMS of v / scale per sample ([B]), or over the whole batch (broadcast to [B]).
+        // v is overwritten (v / scale, squared); only the [B] results are new tensors.
         let norm (v: Tensor) (scale: Tensor) : Tensor =
-            let ms = (v / scale).square().reshape([| batch; -1L |]).mean([| 1L |])
+            v.div_(scale).mul_(v) |> ignore
+            // the mean over every dimension but the batch's (no reshaped view of the state)
+            let ms = if v.dim() = 1L then v.clone() else v.mean(Array.init (int (v.dim()) - 1) (fun i -> int64 i + 1L))
             match settings.Control with
             | StepControl.PerSample -> ms.sqrt()
             | StepControl.BatchGlobal -> ms.mean().sqrt().expand([| batch |])
@@ -208,8 +211,8 @@ module AdaptiveOde =
                     // Hairer, Norsett & Wanner, Solving ODEs I, II.4: h0 from the sizes of y and f,
                     // h1 from a finite-difference estimate of f's change; take min(100 h0, h1).
                     let scale = x.abs() * rtol + atol
-                    let d0 = norm x scale
-                    let d1 = norm ks.[0] scale
+                    let d0 = norm (x.clone()) scale
+                    let d1 = norm (ks.[0].clone()) scale
                     let small = d0.lt(sc 1e-5).logical_or(d1.lt(sc 1e-5))
                     let h0 = torch.where(small, torch.full_like(d0, sc 1e-6), d0 / d1 * 0.01).clamp_max(sc span)
                     let y1 = x + ks.[0] * (h0 * direction).reshape(bshape)
@@ -246,12 +249,16 @@ module AdaptiveOde =
                     coupling.[i] |> Array.iteri (fun j a -> if a <> 0.0 then target.addcmul_(ks.[j], hb, sc a) |> ignore)
                     let ti = if nodes.[i] = 1.0 then tNew else t + h * nodes.[i]
                     evalInto ks.[i] target ti
-                // local error estimate h sum_i (b_i - b*_i) k_i and its scaled RMS norm
-                errBuf.zero_() |> ignore
+                // local error estimate h sum_i (b_i - b*_i) k_i and its scaled RMS norm, in place: the
+                // scale atol + rtol max(|x|, |y_new|) is formed in the stage buffer with k_2 as scratch
+                // (stages 2 to 6 are not needed once the error is formed), max(a, b) = a + relu(b - a)
+                errBuf.fill_(sc 0.0) |> ignore   // (zero_ would return a second handle to the buffer)
                 errorWeights |> Array.iteri (fun j e -> if e <> 0.0 then errBuf.add_(ks.[j], sc e) |> ignore)
                 errBuf.mul_(hb) |> ignore
-                let scale = torch.maximum(x.abs(), yNew.abs()) * rtol + atol
-                let err = norm errBuf scale
+                stage.copy_(x).abs_() |> ignore
+                ks.[1].copy_(yNew).abs_().sub_(stage).relu_() |> ignore
+                stage.add_(ks.[1]).mul_(sc rtol).add_(sc atol) |> ignore
+                let err = norm errBuf stage
                 let ok = err.le(sc 1.0)                             // false for NaN
                 let acc = ok.logical_and(active)
                 let rej = ok.logical_not().logical_and(active)
@@ -268,9 +275,14 @@ module AdaptiveOde =
                 hAbs.copy_(torch.where(active, hNext, hAbs)) |> ignore
                 justRejected.copy_(rej) |> ignore
                 errPrev.copy_(torch.where(acc, err.clamp_min(sc 1e-4), errPrev)) |> ignore
+                // accepted samples take the candidate and the last stage becomes the next first one (first
+                // same as last), in place and exactly: zero what is replaced and what is not taken, then
+                // add (a rejected candidate may hold inf or NaN; it is zeroed, never multiplied).
+                // y_new and k_7 are rewritten by the next step.
                 let accB = acc.reshape(bshape)
-                x.copy_(torch.where(accB, yNew, x)) |> ignore
-                ks.[0].copy_(torch.where(accB, ks.[6], ks.[0])) |> ignore   // first same as last
+                let keepB = acc.logical_not().reshape(bshape)
+                x.masked_fill_(accB, sc 0.0).add_(yNew.masked_fill_(keepB, sc 0.0)) |> ignore
+                ks.[0].masked_fill_(accB, sc 0.0).add_(ks.[6].masked_fill_(keepB, sc 0.0)) |> ignore
                 t.copy_(torch.where(acc, tNew, t)) |> ignore
                 accepted.add_(acc) |> ignore
                 rejected.add_(rej) |> ignore

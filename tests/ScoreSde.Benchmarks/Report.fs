@@ -51,14 +51,16 @@ let stepTable (summaries: Summary seq) =
                         (fmt (k "NoiseFillGenerator")) (fmt (k "NoiseFillFast")))
     sb.ToString()
 
-/// Sampler cases: benchmark name, kernel benchmark, model evaluations per step.
+/// Sampler cases: benchmark name, kernel benchmark, model evaluations per step (one run's total
+/// divided by its steps: Dopri5 makes 6 per step and 1 at the start).
 let private samplerCases =
-    [ "PcEulerMaruyama", Some "EmKernel", 1
-      "PcEulerMaruyamaFastNoise", Some "EmKernelFastNoise", 1
-      "PcReverseDiffusionLangevin", Some "RdLangevinKernel", 2
-      "OdeEuler", Some "OdeEulerKernel", 1
-      "OdeRk4", Some "OdeRk4Kernel", 4
-      "DpmSolverPlusPlus", None, 1 ]
+    [ "PcEulerMaruyama", Some "EmKernel", 1.0
+      "PcEulerMaruyamaFastNoise", Some "EmKernelFastNoise", 1.0
+      "PcReverseDiffusionLangevin", Some "RdLangevinKernel", 2.0
+      "OdeEuler", Some "OdeEulerKernel", 1.0
+      "OdeRk4", Some "OdeRk4Kernel", 4.0
+      "OdeDopri5", None, 6.0 + 1.0 / float SamplerCases.steps
+      "DpmSolverPlusPlus", None, 1.0 ]
 
 /// The sampler table: time per step with the model's share subtracted, against the step kernel alone.
 let samplerTable (summaries: Summary seq) =
@@ -73,9 +75,9 @@ let samplerTable (summaries: Summary seq) =
         for name, kernel, nfe in samplerCases do
             match k name, model with
             | Some run, Some model ->
-                let perStep = (run - float (nfe * SamplerCases.steps) * model) / float SamplerCases.steps
+                let perStep = (run - nfe * float SamplerCases.steps * model) / float SamplerCases.steps
                 let kern = kernel |> Option.bind k
-                line (sprintf "| %s | %d | %.3f | %d | %.4f | %s | %s |" name th run nfe perStep (fmt kern) (ratio (Some perStep) kern))
+                line (sprintf "| %s | %d | %.3f | %g | %.4f | %s | %s |" name th run nfe perStep (fmt kern) (ratio (Some perStep) kern))
             | _ -> ()
         model |> Option.iter (fun v -> line (sprintf "| (model alone, one evaluation) | %d | | | %.4f | | |" th v))
     sb.ToString()
@@ -100,6 +102,13 @@ let memoryTable (steps: int) =
               Sampler.probabilityFlow sde model { SamplerCases.odeEuler with Steps = steps; Observer = Some obs } xT)
           "probability flow, RK4", (fun model obs _ xT ->
               Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT)
+          "probability flow, Dopri5 (per-sample control, held to the steps)", (fun model obs _ xT ->
+              let settings = SamplerCases.dopri5 steps
+              let settings =
+                  match settings.Method with
+                  | OdeMethod.Dopri5 a -> { settings with Method = OdeMethod.Dopri5 { a with Observer = Some(fun i _ x -> obs i 0.0 x) } }
+                  | _ -> settings
+              ProbabilityFlow.sample sde model settings xT)
           "DPM-Solver++ (multistep, order 3)", (fun model obs _ xT ->
               DpmSolver.sample sde model { SamplerCases.dpm with Steps = steps; Observer = Some obs } xT) ]
     for name, run in cases do

@@ -393,6 +393,34 @@ let tests =
                     Expect.equal (float (b - a) / 20.0) 1.0 (sprintf "%A order %d: tensors created per step = the model's one" algorithm order)
         }
 
+        test "the adaptive Dormand-Prince step creates no state-sized tensor (only [B]-sized step control)" {
+            // The observer runs inside the step's dispose scope, after the step: every tensor the step
+            // created and still holds is in that scope. The field's own tensors are disposed by the
+            // solver's evaluation scope before. State [8, 3, 16, 16]: state-sized means 6,144 elements.
+            let shape = [| 8L; 3L; 16L; 16L |]
+            let stateSize = Array.fold (*) 1L shape
+            for control in [ StepControl.PerSample; StepControl.BatchGlobal ] do
+                for dtype in dtypes do
+                    let big = ResizeArray<int * int>()
+                    let mutable observed = 0
+                    let observer (step: int) (_: Tensor) (_: Tensor) =
+                        observed <- observed + 1
+                        let n = torch.CurrentDisposeScope.DisposablesView |> Seq.sumBy (function
+                                    | :? Tensor as t when not t.IsInvalid && t.numel() >= stateSize -> 1
+                                    | _ -> 0)
+                        if n > 0 then big.Add((step, n))
+                    let settings = { AdaptiveOde.defaults with Rtol = 1e-5; Atol = 1e-5; Control = control; Observer = Some observer }
+                    use g = generator 17L
+                    use x0 = torch.randn(shape, dtype = dtype, generator = g)
+                    // a field that differs per sample, so samples take different steps (and some reject)
+                    use rates = torch.linspace(0.5, 4.0, 8L, dtype = dtype).reshape([| 8L; 1L; 1L; 1L |])
+                    let field (x: Tensor) (t: Tensor) = x * rates * torch.cos(t * 3.0).reshape([| 8L; 1L; 1L; 1L |])
+                    let r = AdaptiveOde.integrate settings field x0 0.0 2.0
+                    use _state = r.State
+                    Expect.isGreaterThan observed 5 "steps observed"
+                    Expect.isEmpty big (sprintf "%A %A: (step, state-sized tensors held) %A" control dtype (List.ofSeq big))
+        }
+
         test "the fixed-step probability-flow loop creates no tensor per step beyond the model's" {
             for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
                 let count steps =
