@@ -7,6 +7,12 @@ open TorchSharp
 /// and device. It returns a fresh tensor shaped like x and must not modify x or t.
 type TimeField = Tensor -> Tensor -> Tensor
 
+/// A vector field that writes f(y, t) into its third argument, a buffer shaped like y (y is not
+/// modified; t holds one time per sample). Whatever else it creates is disposed after each call.
+/// The solver's own form: a field that can write in place saves the state-sized result tensor
+/// a `TimeField` returns.
+type TimeFieldInto = Tensor -> Tensor -> Tensor -> unit
+
 /// Whose error the adaptive step-size controller bounds.
 [<RequireQualifiedAccess>]
 type StepControl =
@@ -146,7 +152,7 @@ module AdaptiveOde =
         else 0.0009765625
 
     /// The solver loop on x (the caller's copy, updated in place and returned as the state).
-    let private solve (settings: AdaptiveSettings) (field: TimeField) (x: Tensor) (t0: float) (t1: float) : AdaptiveResult =
+    let private solve (settings: AdaptiveSettings) (fieldInto: TimeFieldInto) (x: Tensor) (t0: float) (t1: float) : AdaptiveResult =
         let batch = x.shape.[0]
         let dtype, device = x.dtype, x.device
         let bshape = Array.init (int (x.dim())) (fun i -> if i = 0 then batch else 1L)
@@ -180,12 +186,7 @@ module AdaptiveOde =
         // k <- field(y, time); whatever the field allocates is disposed with the local scope.
         let evalInto (k: Tensor) (y: Tensor) (time: Tensor) =
             use scope = torch.NewDisposeScope()
-            let out = field y time
-            if isNull out || out.shape <> y.shape then
-                raise (InvalidOperationException(
-                        sprintf "The vector field returned shape %A for a state of shape %A; it must return a tensor shaped like the state."
-                            (if isNull out then null else out.shape) y.shape))
-            k.copy_(out) |> ignore
+            fieldInto y time k
             nfe <- nfe + 1
 
         // RMS of v / scale per sample ([B]), or over the whole batch (broadcast to [B]).
@@ -309,12 +310,17 @@ module AdaptiveOde =
             for k in ks do k.Dispose()
             for s in scalars.Values do s.Dispose()
 
-    /// Integrate x' = field(x, t) from t0 to t1 (either direction) with adaptive Dormand-Prince 5(4)
-    /// steps. x is [B, ...] and is not modified; times are kept per sample in x's dtype. Runs
-    /// without gradients (a field that needs them enables them itself). Throws
-    /// InvalidOperationException when MaxSteps is exhausted, when a step size falls below its floor
-    /// (MinStep, or ten rounding units of t), or when the field is not finite at the start.
-    let integrate (settings: AdaptiveSettings) (field: TimeField) (x0: Tensor) (t0: float) (t1: float) : AdaptiveResult =
+    /// A returning field as a writing one: the result is shape-checked and copied into the buffer.
+    let private writing (field: TimeField) : TimeFieldInto =
+        fun y time k ->
+            let out = field y time
+            if isNull out || out.shape <> y.shape then
+                raise (InvalidOperationException(
+                        sprintf "The vector field returned shape %A for a state of shape %A; it must return a tensor shaped like the state."
+                            (if isNull out then null else out.shape) y.shape))
+            k.copy_(out) |> ignore
+
+    let private run (settings: AdaptiveSettings) (fieldInto: TimeFieldInto) (x0: Tensor) (t0: float) (t1: float) : AdaptiveResult =
         Native.ensureLoaded ()
         validate settings
         Check.floating "x" x0
@@ -330,7 +336,20 @@ module AdaptiveOde =
             { State = x; Nfe = 0; Steps = 0; Accepted = Array.zeroCreate nb; Rejected = Array.zeroCreate nb }
         else
             try
-                solve settings field x t0 t1
+                solve settings fieldInto x t0 t1
             with _ ->
                 x.Dispose()
                 reraise ()
+
+    /// Integrate x' = field(x, t) from t0 to t1 (either direction) with adaptive Dormand-Prince 5(4)
+    /// steps. x is [B, ...] and is not modified; times are kept per sample in x's dtype. Runs
+    /// without gradients (a field that needs them enables them itself). Throws
+    /// InvalidOperationException when MaxSteps is exhausted, when a step size falls below its floor
+    /// (MinStep, or ten rounding units of t), or when the field is not finite at the start.
+    let integrate (settings: AdaptiveSettings) (field: TimeField) (x0: Tensor) (t0: float) (t1: float) : AdaptiveResult =
+        run settings (writing field) x0 t0 t1
+
+    /// `integrate` with a field that writes its value into the solver's stage buffer instead of
+    /// returning a fresh tensor (see `TimeFieldInto`).
+    let integrateInto (settings: AdaptiveSettings) (field: TimeFieldInto) (x0: Tensor) (t0: float) (t1: float) : AdaptiveResult =
+        run settings field x0 t0 t1

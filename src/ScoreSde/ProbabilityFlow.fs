@@ -117,6 +117,29 @@ module ProbabilityFlow =
     /// The probability-flow vector field with one time per sample.
     let field (sde: VpSde) (model: Model) : TimeField = fun x t -> drift sde model x t
 
+    /// The probability-flow vector field written into a buffer (the adaptive solver's stage): with
+    /// score = ka x + kb out, the drift is p x + q out, p = -1/2 beta (1 + ka) and q = -1/2 beta kb,
+    /// formed per sample as [B, 1, ...] tensors on the device, so the state-sized work is a copy, a
+    /// scale and an addcmul into the buffer and no state-sized tensor is created besides the model's
+    /// output. Not differentiable (the likelihood uses `field`).
+    let fieldInto (sde: VpSde) (model: Model) : TimeFieldInto =
+        fun x t k ->
+            use scope = torch.NewDisposeScope()
+            let out = Model.eval model x t
+            let tb = Tensors.broadcastTime "t" t x
+            let nb = Tensors.mulScalar (VpSde.beta sde tb) -0.5          // -beta / 2
+            let p, q =
+                match model.Output with
+                | ModelOutput.Score -> nb, nb                              // ka = 0, kb = 1
+                | ModelOutput.Noise -> nb, (nb / VpSde.sigma sde tb).neg_() // ka = 0, kb = -1 / sigma
+                | ModelOutput.Data ->                                      // ka = -1 / sigma^2, kb = alpha / sigma^2
+                    let v = VpSde.sigma sde tb
+                    v.mul_(v) |> ignore
+                    let nbv = nb / v
+                    nb - nbv, nbv * VpSde.alpha sde tb
+            use one = Tensors.scalar 1.0
+            k.copy_(x).mul_(p).addcmul_(out, q, one) |> ignore
+
     let private checkState (name: string) (x: Tensor) =
         Check.floating name x
         if x.dim() < 1L || x.shape.[0] < 1L then Check.fail name x.shape "a tensor with a batch dimension"
@@ -140,7 +163,9 @@ module ProbabilityFlow =
                 // In place on one working copy (Sampler.flowInPlace): no tensor per step beyond the model's.
                 let x = xT.clone()
                 x, Sampler.flowInPlace sde model solver (TimeGrid.points sde grid steps settings.Eps) x (fun _ _ -> ())
-            | _ -> OdeMethod.integrate sde settings.Method (field sde model) xT settings.Eps true
+            | OdeMethod.Dopri5 a ->
+                let r = AdaptiveOde.integrateInto a (fieldInto sde model) xT sde.T settings.Eps
+                r.State, r.Nfe
         if settings.Denoise then
             let eps = match settings.Method with
                       | OdeMethod.FixedStep(_, TimeGrid.Explicit ts, _) -> ts.[ts.Length - 1]
@@ -165,5 +190,7 @@ module ProbabilityFlow =
             | OdeMethod.FixedStep(solver, grid, steps) ->
                 let z = x0.clone()
                 z, Sampler.flowInPlace sde model solver (Array.rev (TimeGrid.points sde grid steps eps)) z (fun _ _ -> ())
-            | _ -> OdeMethod.integrate sde m (field sde model) x0 eps false
+            | OdeMethod.Dopri5 a ->
+                let r = AdaptiveOde.integrateInto a (fieldInto sde model) x0 eps sde.T
+                r.State, r.Nfe
         { Latent = z; Nfe = nfe }

@@ -1,5 +1,5 @@
 /// Entry point: `dotnet run --project tests/ScoreSde.Benchmarks -c Release -- [--quick] [--threads 1,2]
-/// [--memory-steps N | --no-memory] [BenchmarkDotNet options, e.g. --filter *StepBenchmarks*]`.
+/// [--memory-steps N | --no-memory] [--no-paired] [BenchmarkDotNet options, e.g. --filter *StepBenchmarks*]`.
 ///
 /// Every case runs in this process (BenchmarkDotNet's in-process emit toolchain): the benchmarks need
 /// TorchSharp's native libraries as this project's build laid them out (the GLIBCXX patch of
@@ -22,6 +22,7 @@ let main argv =
     ScoreSde.Native.ensureLoaded ()
     let mutable quick = false
     let mutable memorySteps = Some 10000
+    let mutable pairedRounds = Some 40
     let bdnArgs = ResizeArray<string>()
     let rec parse (args: string list) =
         match args with
@@ -37,6 +38,9 @@ let main argv =
         | "--no-memory" :: rest ->
             memorySteps <- None
             parse rest
+        | "--no-paired" :: rest ->
+            pairedRounds <- None
+            parse rest
         | a :: rest ->
             bdnArgs.Add a
             parse rest
@@ -45,6 +49,7 @@ let main argv =
     if quick then
         threadCounts <- [| 1 |]
         memorySteps <- memorySteps |> Option.map (fun n -> min n 1000)
+        pairedRounds <- pairedRounds |> Option.map (fun n -> min n 10)
     if not (bdnArgs.Contains "--filter") then bdnArgs.AddRange [ "--filter"; "*" ]
     let job =
         Job.Default
@@ -64,6 +69,9 @@ let main argv =
           "Steps (float32, one step from t = 0.5, dt = 1/1000):"
           ""
           Report.stepTable summaries
+          match pairedRounds with
+          | Some n -> "StepPred against the noise floor, measured in alternation (blocks of about 20 ms):\n\n" + Paired.table n
+          | None -> ""
           "Samplers (model share subtracted):"
           ""
           Report.samplerTable summaries

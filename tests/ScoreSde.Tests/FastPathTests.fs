@@ -393,6 +393,34 @@ let tests =
                     Expect.equal (float (b - a) / 20.0) 1.0 (sprintf "%A order %d: tensors created per step = the model's one" algorithm order)
         }
 
+        test "the in-place probability-flow field equals the drift f - 1/2 g^2 s written out in float64" {
+            let shape = [| 4L; 3L; 5L |]
+            let ts = [| 0.9; 0.5; 0.2; 0.01 |]
+            for dtype in dtypes do
+                for output in [ ModelOutput.Noise; ModelOutput.Score; ModelOutput.Data ] do
+                    let model = { Forward = (fun (x: Tensor) _ -> x * 0.7 - 0.2); Output = output }
+                    use g = generator 18L
+                    use x = torch.randn(shape, dtype = dtype, generator = g)
+                    use t = torch.tensor(ts, dtype = dtype)
+                    use k = torch.empty_like(x)
+                    ProbabilityFlow.fieldInto sde model x t k
+                    let xs, tv, ks = values x, values t, values k
+                    let per = xs.Length / 4
+                    for i in 0 .. xs.Length - 1 do
+                        let ti = tv.[i / per]
+                        let o = 0.7 * xs.[i] - 0.2
+                        let score =
+                            match output with
+                            | ModelOutput.Noise -> -o / sigmaOf ti
+                            | ModelOutput.Score -> o
+                            | ModelOutput.Data -> (alphaOf ti * o - xs.[i]) / (sigmaOf ti ** 2.0)
+                        let expected = -0.5 * betaOf ti * xs.[i] - 0.5 * betaOf ti * score
+                        // float32 at t = 0.01: the data model's 1/sigma^2 (~50) amplifies the rounding
+                        let tol = if dtype = torch.float32 then 1e-5 * (1.0 + abs expected) * (1.0 / (sigmaOf ti ** 2.0)) else 1e-11 * (1.0 + abs expected) / (sigmaOf ti ** 2.0)
+                        close tol ks.[i] expected (sprintf "%A %A t = %g element %d (seed 18)" dtype output ti i)
+                    Expect.isTrue (values x = xs) "x unchanged"
+        }
+
         test "the adaptive Dormand-Prince step creates no state-sized tensor (only [B]-sized step control)" {
             // The observer runs inside the step's dispose scope, after the step: every tensor the step
             // created and still holds is in that scope. The field's own tensors are disposed by the
