@@ -30,7 +30,7 @@ let bench (options: string list) =
 let targets : (string * string * (unit -> unit)) list =
     [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
-      "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory)", (fun () -> bench [])
+      "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory, --no-paired)", (fun () -> bench [])
       "quality", "accuracy versus evaluations of every sampler, into docs/ (~15 min)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
       "quality-quick", "the quality benchmark on fewer samplers and budgets (a few minutes)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
       "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->

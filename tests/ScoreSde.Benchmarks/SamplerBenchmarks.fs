@@ -81,19 +81,18 @@ type SamplerBenchmarks() =
         use o = SamplerCases.model.Forward xT null
         ()
 
-    /// The Euler-Maruyama kernel alone: x <- a x + b score, x <- x + c z (score = -x folded into b).
+    /// The Euler-Maruyama kernel alone, as the sampler runs it: z <- noise, x <- a x + b score + c z
+    /// (score = -x folded into b).
     [<Benchmark>]
     member _.EmKernel() =
         let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
-        Kernel.axpby state c.A state -c.B
-        Kernel.addNoise state z c.NoiseStd noise
+        Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd noise
 
     /// The Euler-Maruyama kernel with the optional Noise.fast source.
     [<Benchmark>]
     member _.EmKernelFastNoise() =
         let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
-        Kernel.axpby state c.A state -c.B
-        Kernel.addNoise state z c.NoiseStd fastNoise
+        Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd fastNoise
 
     /// Reverse diffusion plus one Langevin step, kernels alone (score = -x).
     [<Benchmark>]
@@ -101,8 +100,7 @@ type SamplerBenchmarks() =
         let c = Predictor.coefficients sde Predictor.ReverseDiffusion t0 s0
         Corrector.langevinUpdate state state -1.0 z noise (Corrector.stepAlpha sde t0 s0)
             (Corrector.StepSize.FromNorms(LangevinNorm.PerSample, 0.16)) true
-        Kernel.axpby state c.A state -c.B
-        Kernel.addNoise state z c.NoiseStd noise
+        Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd noise
 
     /// One fixed probability-flow step's arithmetic alone, in place, with the model output a fixed
     /// buffer (the noise buffer) instead of a model call; h > 0 keeps the state bounded over many calls

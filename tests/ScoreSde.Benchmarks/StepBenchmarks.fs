@@ -91,8 +91,7 @@ type StepBenchmarks() =
     [<Benchmark>]
     member _.CoreStepInPlace() =
         let a, b, c = Predictor.outputCoefficients sde Predictor.EulerMaruyama ModelOutput.Noise t0 s0
-        Kernel.axpby state a state b
-        Kernel.addNoise state z c noise
+        Kernel.axpbyNoise state a state b z c noise
 
     /// The Python formula of diffusers' step_pred (REFERENCE.md) transliterated op by op: a fresh
     /// tensor per operation, in a dispose scope.
