@@ -314,7 +314,7 @@ module AdaptiveOde =
     let private writing (field: TimeField) : TimeFieldInto =
         fun y time k ->
             let out = field y time
-            if isNull out || out.shape <> y.shape then
+            if isNull out || not (Check.shapesEqual out y) then
                 raise (InvalidOperationException(
                         sprintf "The vector field returned shape %A for a state of shape %A; it must return a tensor shaped like the state."
                             (if isNull out then null else out.shape) y.shape))

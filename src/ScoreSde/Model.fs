@@ -35,7 +35,7 @@ module Model =
         let out = model.Forward x t
         if isNull out then
             raise (InvalidOperationException("The model returned null; it must return a tensor shaped like x."))
-        if out.shape <> x.shape then
+        if not (Check.shapesEqual out x) then
             raise (InvalidOperationException(
                     sprintf "The model returned shape %A for input shape %A; it must return a tensor shaped like x." out.shape x.shape))
         out
