@@ -70,6 +70,12 @@ public sealed class DpmSolverOptions
     public Tensor? Latent { get; set; }
     /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
     public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
+    /// <summary>Where the prior draw comes from (default <see cref="NoiseSource.Generator"/>).</summary>
+    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
+    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
+    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
+    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
+    public long? NoiseSeed { get; set; }
     /// <summary>Dtype of the samples (default float32).</summary>
     public ScalarType Dtype { get; set; } = ScalarType.Float32;
     /// <summary>Device of the samples (default CPU).</summary>

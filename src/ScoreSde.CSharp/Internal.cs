@@ -14,6 +14,30 @@ internal static class Interop
             ? ScoreSde.NoiseModule.fromGenerator(generator)
             : ScoreSde.NoiseModule.fromSeed(EntropySeed(), device ?? CPU);
 
+    /// <summary>The noise of a sampler from its options: the generator's stream, or a per-sample or
+    /// fast source whose seed is the given one, else drawn from the generator (else from entropy).</summary>
+    internal static ScoreSde.Noise NoiseFrom(NoiseSource source, long? seed, Generator? generator, Device device, string prefix)
+    {
+        CheckNoise(source, prefix);
+        if (source == NoiseSource.Generator) return NoiseFor(generator, device);
+        long s;
+        if (seed is { } given) s = given;
+        else if (generator is not null)
+        {
+            using var draw = randint(long.MaxValue, new long[] { 1 }, dtype: ScalarType.Int64, device: generator.device, generator: generator);
+            s = draw.item<long>();
+        }
+        else s = EntropySeed();
+        return source == NoiseSource.PerSample ? ScoreSde.NoiseModule.perSample(s) : ScoreSde.NoiseModule.fast(s);
+    }
+
+    /// <summary>Rejects a noise source outside the enum, naming the option.</summary>
+    internal static void CheckNoise(NoiseSource source, string prefix)
+    {
+        if (source != NoiseSource.Generator && source != NoiseSource.PerSample && source != NoiseSource.Fast)
+            throw new ArgumentOutOfRangeException($"{prefix}.Noise", source, $"{prefix}.Noise must be Generator, PerSample or Fast (got {source}).");
+    }
+
     /// <summary>A 63-bit seed from the operating system's entropy source.</summary>
     internal static long EntropySeed() =>
         BitConverter.ToInt64(RandomNumberGenerator.GetBytes(8)) & long.MaxValue;

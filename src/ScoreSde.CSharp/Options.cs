@@ -37,6 +37,24 @@ public enum ModelPrediction
     Data,
 }
 
+/// <summary>Where a sampler's Gaussian noise (the prior draw, and a stochastic sampler's step noise)
+/// comes from.</summary>
+public enum NoiseSource
+{
+    /// <summary>One stream for the whole batch from the caller's generator (default): the numbers
+    /// PyTorch's <c>torch.randn(shape, generator=g)</c> gives for the same seed, so a seeded run matches
+    /// a Python port of it.</summary>
+    Generator,
+    /// <summary>Batch-size independent: sample i draws from its own stream, seeded by (seed, i), so a
+    /// batch of 1 reproduces the first sample of a batch of 1,000. One generator call per sample per
+    /// draw.</summary>
+    PerSample,
+    /// <summary>A faster source of exact normal draws computed in managed code (a counter-based
+    /// ziggurat filled in parallel blocks on large tensors). Its stream differs from PyTorch's; it pays
+    /// for large tensors when more than one core is free (see docs/performance.md).</summary>
+    Fast,
+}
+
 /// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>
 public sealed class PcOptions
 {
@@ -59,6 +77,12 @@ public sealed class PcOptions
     public bool Denoise { get; set; } = true;
     /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
     public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
+    /// <summary>Where the noise comes from (default <see cref="NoiseSource.Generator"/>).</summary>
+    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
+    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
+    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
+    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
+    public long? NoiseSeed { get; set; }
     /// <summary>Dtype of the samples (default float32).</summary>
     public ScalarType Dtype { get; set; } = ScalarType.Float32;
     /// <summary>Device of the samples (default CPU).</summary>

@@ -27,6 +27,7 @@ public static partial class Sampler
         ArgumentNullException.ThrowIfNull(options);
         Interop.CheckShape(shape);
         var settings = DpmSettings(sde, options);
+        Interop.CheckNoise(options.Noise, "options");
         var coreModel = Interop.ToModel(model, options.Prediction);
         if (options.Latent is { } latent)
         {
@@ -35,7 +36,7 @@ public static partial class Sampler
             var r = ScoreSde.DpmSolver.sample(sde.Core, coreModel, settings, latent);
             return new SampleResult(r.Samples, r.Nfe);
         }
-        var noise = Interop.NoiseFor(generator, options.Device);
+        var noise = Interop.NoiseFrom(options.Noise, options.NoiseSeed, generator, options.Device, "options");
         using var xT = ScoreSde.Sampler.prior(shape, options.Dtype, options.Device, noise);
         var result = ScoreSde.DpmSolver.sample(sde.Core, coreModel, settings, xT);
         return new SampleResult(result.Samples, result.Nfe);

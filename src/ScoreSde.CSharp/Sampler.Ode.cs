@@ -31,6 +31,7 @@ public static partial class Sampler
         ArgumentNullException.ThrowIfNull(options.Device, "options.Device");
         var method = OdeInterop.Method(options);
         OdeInterop.CheckEps(options.Eps, "options.Eps");
+        Interop.CheckNoise(options.Noise, "options");
         var settings = new ScoreSde.FlowSettings(method, options.Eps, options.Denoise);
         var coreModel = Interop.ToModel(model, options.Prediction);
         Tensor xT;
@@ -45,7 +46,8 @@ public static partial class Sampler
         }
         else
         {
-            xT = ScoreSde.Sampler.prior(shape, options.Dtype, options.Device, Interop.NoiseFor(generator, options.Device));
+            xT = ScoreSde.Sampler.prior(shape, options.Dtype, options.Device,
+                                        Interop.NoiseFrom(options.Noise, options.NoiseSeed, generator, options.Device, "options"));
         }
         using (xT)
         {

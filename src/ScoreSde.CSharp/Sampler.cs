@@ -17,7 +17,9 @@ public static partial class Sampler
     /// <param name="shape">Sample shape, batch first.</param>
     /// <param name="options">Sampler options.</param>
     /// <param name="generator">Source of all randomness (the prior draw first, then every step's
-    /// noise). Without one, a private generator seeded from system entropy is used.</param>
+    /// noise; with <see cref="PcOptions.Noise"/> = PerSample or Fast it only seeds that source unless
+    /// <see cref="PcOptions.NoiseSeed"/> is given). Without one, a private generator seeded from system
+    /// entropy is used.</param>
     /// <returns>The samples and the number of model evaluations.</returns>
     public static SampleResult PredictorCorrector(VpSde sde, Func<Tensor, Tensor, Tensor> model, long[] shape,
                                                   PcOptions options, Generator? generator = null)
@@ -50,7 +52,7 @@ public static partial class Sampler
         var settings = new ScoreSde.PcSettings(predictor, corrector, ScoreSde.TimeGrid.Uniform, options.Steps, options.Eps,
                                                options.Denoise, null);
         var coreModel = Interop.ToModel(model, options.Prediction);
-        var noise = Interop.NoiseFor(generator, options.Device);
+        var noise = Interop.NoiseFrom(options.Noise, options.NoiseSeed, generator, options.Device, "options");
         using var xT = ScoreSde.Sampler.prior(shape, options.Dtype, options.Device, noise);
         var result = ScoreSde.Sampler.predictorCorrector(sde.Core, coreModel, settings, noise, xT);
         return new SampleResult(result.Samples, result.Nfe);

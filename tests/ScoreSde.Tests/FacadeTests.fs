@@ -64,6 +64,55 @@ let tests =
             Expect.sequenceEqual (run ()) (run ()) "reproducible"
         }
 
+        test "NoiseSource.PerSample: a sample does not depend on the batch it is drawn in" {
+            // PC (per-sample Langevin norms: the samples do not interact), probability flow and
+            // DPM-Solver: the first 2 samples of a batch of 2 and of a batch of 5 agree, with a given
+            // seed and with the seed drawn from same-seeded generators. The generator's stream would
+            // give different samples (the prior of the larger batch is a different draw).
+            let shape n = [| n; 4L |]
+            let runs : (string * (int64 -> Nullable<int64> -> NoiseSource -> Tensor)) list =
+                [ "PC", (fun n seed src ->
+                      use g = generator 21L
+                      let o = PcOptions(Steps = 30, Corrector = Corrector.Langevin, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                      (Sampler.PredictorCorrector(VpSde(), model, shape n, o, g)).Samples)
+                  "probability flow", (fun n seed src ->
+                      use g = generator 21L
+                      let o = OdeOptions(Solver = OdeSolver.Rk4, Steps = 20, PerSampleStepControl = true, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                      (Sampler.ProbabilityFlow(VpSde(), model, shape n, o, g)).Samples)
+                  "DPM-Solver", (fun n seed src ->
+                      use g = generator 21L
+                      let o = DpmSolverOptions(Steps = 10, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                      (Sampler.DpmSolver(VpSde(), model, shape n, o, g)).Samples) ]
+            for name, run in runs do
+                for seed in [ Nullable 77L; Nullable() ] do
+                    use small = run 2L seed NoiseSource.PerSample
+                    use big = run 5L seed NoiseSource.PerSample
+                    use head = big.narrow(0L, 0L, 2L)
+                    let a, b = values small, values head
+                    for i in 0 .. a.Length - 1 do
+                        close 1e-12 a.[i] b.[i] (sprintf "%s, seed %A: element %d of the first two samples" name seed i)
+                use gs = run 2L (Nullable()) NoiseSource.Generator
+                use gb = run 5L (Nullable()) NoiseSource.Generator
+                use gh = gb.narrow(0L, 0L, 2L)
+                Expect.isFalse (same gs gh) (sprintf "%s: the generator's stream depends on the batch size" name)
+        }
+
+        test "NoiseSource.Fast: reproducible from its seed or the generator, and a different stream" {
+            let run (seed: Nullable<int64>) (src: NoiseSource) (gseed: int64) =
+                use g = generator gseed
+                let o = PcOptions(Steps = 20, Corrector = Corrector.None, Noise = src, NoiseSeed = seed)
+                let r = Sampler.PredictorCorrector(VpSde(), model, [| 64L; 4L |], o, g)
+                let v = values r.Samples
+                r.Samples.Dispose()
+                v
+            Expect.sequenceEqual (run (Nullable 5L) NoiseSource.Fast 1L) (run (Nullable 5L) NoiseSource.Fast 2L) "a given seed fixes the run (whatever the generator)"
+            Expect.sequenceEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Fast 3L) "the seed drawn from a seeded generator"
+            Expect.notEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Fast 4L) "other generator seed, other run"
+            Expect.notEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Generator 3L) "not the generator's stream"
+            let v = run (Nullable 9L) NoiseSource.Fast 1L
+            Expect.isTrue (v |> Array.forall (fun x -> not (Double.IsNaN x || Double.IsInfinity x))) "finite samples"
+        }
+
         test "bad options are rejected naming the option" {
             let expectArg (name: string) (f: unit -> obj) =
                 try
@@ -79,6 +128,9 @@ let tests =
             expectArg "shape" (fun () -> run (PcOptions()) null)
             expectArg "options.Dtype" (fun () -> run (PcOptions(Dtype = torch.int32)) [| 2L; 4L |])
             expectArg "options.Predictor" (fun () -> run (PcOptions(Predictor = enum 42)) [| 2L; 4L |])
+            expectArg "options.Noise" (fun () -> run (PcOptions(Noise = enum 42)) [| 2L; 4L |])
+            expectArg "options.Noise" (fun () -> box (Sampler.ProbabilityFlow(VpSde(), model, [| 2L; 4L |], OdeOptions(Noise = enum 42))))
+            expectArg "options.Noise" (fun () -> box (Sampler.DpmSolver(VpSde(), model, [| 2L; 4L |], DpmSolverOptions(Noise = enum 42))))
             expectArg "model" (fun () -> box (Sampler.PredictorCorrector(VpSde(), null, [| 2L |], PcOptions())))
             expectArg "options" (fun () -> box (Sampler.PredictorCorrector(VpSde(), model, [| 2L |], null)))
         }
