@@ -242,6 +242,23 @@ let tests =
                 finally
                     torch.set_num_threads threads)
 
+        test "the fused kernels read and write contiguous views at their storage offset" {
+            for dtype in dtypes do
+                use g = generator 19L
+                use big = torch.randn([| 100L |], dtype = dtype, generator = g)
+                use x = big.narrow(0L, 7L, 40L)          // contiguous, offset 7
+                use y = big.narrow(0L, 60L, 40L)         // contiguous, offset 60
+                use dstStore = torch.zeros([| 50L |], dtype = dtype)
+                use dst = dstStore.narrow(0L, 5L, 40L)
+                let bs = values big
+                Expect.isTrue (Fused.tryLinear dst 2.0 x -0.5 y 0.0 null) "fused"
+                let d = values dstStore
+                for i in 0 .. 49 do
+                    let expected = if i >= 5 && i < 45 then 2.0 * bs.[7 + i - 5] - 0.5 * bs.[60 + i - 5] else 0.0
+                    close (if dtype = torch.float32 then 1e-5 else 1e-14) d.[i] expected (sprintf "%A element %d of the output's storage (seed 19)" dtype i)
+                Expect.equal (values big) bs "inputs unchanged"
+        }
+
         test "the fused kernels refuse what they cannot do in one pass, leaving every tensor untouched" {
             use g = generator 8L
             use x = torch.randn([| 6L; 4L |], generator = g)
