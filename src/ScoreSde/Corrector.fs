@@ -96,6 +96,30 @@ module Corrector =
         nz.mul_(nz).nan_to_num_(0.0, 0.0, 0.0) |> ignore
         nz
 
+    /// The norm-based Langevin update on CPU tensors without creating a tensor: the per-sample sums of
+    /// squares of the score source and the noise in one managed pass each (float64 accumulation), the
+    /// step sizes on the host, then x <- x + e_b k src + sqrt(2 e_b) z row by row in one pass
+    /// (`Fused`). False, having changed nothing, when the tensors are not eligible (another device,
+    /// not contiguous, x aliasing src).
+    let private fusedNormUpdate (x: Tensor) (src: Tensor) (k: float) (z: Tensor) (alphaI: float)
+                                (norm: LangevinNorm) (snr: float) (withNoise: bool) : bool =
+        match Fused.tryRowSumSquares src, Fused.tryRowSumSquares z with
+        | Some gs, Some zs when x.dim() >= 1L ->
+            // (snr |z| / |grad|)^2 with |grad| = |k| |src|; 0 / 0 and x / 0 (a vanishing score) give a zero step
+            let sizeOf (g: float) (n: float) =
+                let r = snr * n / (abs k * g)
+                if Double.IsNaN r || Double.IsInfinity r then 0.0 else r * r
+            let es =
+                match norm with
+                | LangevinNorm.PerSample -> Array.map2 (fun g n -> 2.0 * alphaI * sizeOf (sqrt g) (sqrt n)) gs zs
+                | LangevinNorm.BatchMean ->
+                    let e = 2.0 * alphaI * sizeOf (Array.averageBy sqrt gs) (Array.averageBy sqrt zs)
+                    Array.create gs.Length e
+            let bs = es |> Array.map (fun e -> e * k)
+            if withNoise then Fused.tryRowUpdate x bs src (es |> Array.map (fun e -> Math.Sqrt(2.0 * e))) z
+            else Fused.tryRowUpdate x bs src null null
+        | _ -> false
+
     /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
     type internal StepSize =
         | FromNorms of LangevinNorm * snr: float
@@ -114,13 +138,14 @@ module Corrector =
             Kernel.addScaled x src (e * k)
             if withNoise then Kernel.addScaled x z (Math.Sqrt(2.0 * e))
         | FromNorms(norm, snr) ->
-            use e = langevinStepSize norm snr k src z
-            Kernel.scale e (2.0 * alphaI)
-            Kernel.addProduct x src e k
-            if withNoise then
-                Kernel.scale e 2.0
-                e.sqrt_() |> ignore
-                Kernel.addProduct x z e 1.0
+            if not (fusedNormUpdate x src k z alphaI norm snr withNoise) then
+                use e = langevinStepSize norm snr k src z
+                Kernel.scale e (2.0 * alphaI)
+                Kernel.addProduct x src e k
+                if withNoise then
+                    Kernel.scale e 2.0
+                    e.sqrt_() |> ignore
+                    Kernel.addProduct x z e 1.0
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
     /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when

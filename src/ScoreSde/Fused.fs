@@ -158,3 +158,70 @@ module internal Fused =
                 else
                     forRanges (int n) (meanSampleF64 pm ps px py a b c)
                 true
+
+    // ---- per-sample (row-wise) kernels: a [B, ...] tensor as B rows of numel / B elements ----
+
+    let inline private sumSquaresRange<'T when 'T: unmanaged and 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType
+                                           and 'T: (static member op_Explicit: 'T -> float)>
+        (p: nativeint) (start: int) (count: int) : float =
+        // accumulated in float64 (more accurate than a float32 reduction)
+        let v = span<'T> p start count
+        let mutable acc = 0.0
+        for i in 0 .. count - 1 do
+            let d = float v.[i]
+            acc <- acc + d * d
+        acc
+
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private sumSquaresF32 p start count = sumSquaresRange<float32> p start count
+    [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
+    let private sumSquaresF64 p start count = sumSquaresRange<float> p start count
+
+    /// Per-row sums of squares (in float64) of t seen as [B, numel / B] rows; None when t is not an
+    /// eligible tensor (see the module's conditions) or has no batch dimension.
+    let tryRowSumSquares (t: Tensor) : float[] option =
+        let n = t.numel()
+        let dtype = t.dtype
+        if t.dim() < 1L || n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
+           || not (eligible dtype n t) then None
+        else
+            let rows = int t.shape.[0]
+            let len = int n / rows
+            let p = address t
+            let sums = Array.zeroCreate<float> rows
+            let row (b: int) =
+                sums.[b] <- if dtype = torch.float32 then sumSquaresF32 p (b * len) len else sumSquaresF64 p (b * len) len
+            if torch.get_num_threads() <= 1 || n < int64 (4 * Chunk) then
+                for b in 0 .. rows - 1 do row b
+            else
+                Parallel.For(0, rows, ParallelOptions(MaxDegreeOfParallelism = torch.get_num_threads()), Action<int>(row)) |> ignore
+            Some sums
+
+    /// x <- x + b_r y + c_r z row by row (b and c hold one coefficient per row; z may be null: no
+    /// third term), one pass; x must not be y or z. False, having done nothing, when not eligible.
+    let tryRowUpdate (x: Tensor) (b: float[]) (y: Tensor) (c: float[]) (z: Tensor) : bool =
+        let n = x.numel()
+        let dtype = x.dtype
+        let hasZ = not (isNull z)
+        if x.dim() < 1L || n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
+           || not (eligible dtype n x && eligible dtype n y && (not hasZ || eligible dtype n z)) then false
+        else
+            let rows = int x.shape.[0]
+            if b.Length <> rows || (hasZ && c.Length <> rows) then false
+            else
+                let bytes = n * (if dtype = torch.float32 then 4L else 8L)
+                let apart p q = p + nativeint bytes <= q || q + nativeint bytes <= p
+                let px, py = address x, address y
+                let pz = if hasZ then address z else 0n
+                if not (apart px py && (not hasZ || apart px pz)) then false
+                else
+                    let len = int n / rows
+                    let row (r: int) =
+                        let cr = if hasZ then c.[r] else 0.0
+                        if dtype = torch.float32 then lin3F32 px px py pz hasZ 1.0f (float32 b.[r]) (float32 cr) (r * len) len
+                        else lin3F64 px px py pz hasZ 1.0 b.[r] cr (r * len) len
+                    if torch.get_num_threads() <= 1 || n < int64 (4 * Chunk) then
+                        for r in 0 .. rows - 1 do row r
+                    else
+                        Parallel.For(0, rows, ParallelOptions(MaxDegreeOfParallelism = torch.get_num_threads()), Action<int>(row)) |> ignore
+                    true

@@ -259,6 +259,57 @@ let tests =
                 Expect.equal (values big) bs "inputs unchanged"
         }
 
+        testPropertyWithConfig { propConfig with maxTest = 30 } "the row-wise kernels equal per-sample sums of squares and x + b_r y + c_r z in float64"
+            (fun (Seed seed) (PositiveInt rows) (PositiveInt len) ->
+                let rows, len = int64 (rows % 9 + 1), int64 (len % 700 + 1)
+                for dtype in dtypes do
+                    use g = generator seed
+                    use x = torch.randn([| rows; len |], dtype = dtype, generator = g)
+                    use y = torch.randn([| rows; len |], dtype = dtype, generator = g)
+                    use z = torch.randn([| rows; len |], dtype = dtype, generator = g)
+                    let xs, ys, zs = values x, values y, values z
+                    let n = int len
+                    let what i = sprintf "%A, %d rows of %d, element %d (seed %d)" dtype rows len i seed
+                    match Fused.tryRowSumSquares y with
+                    | None -> failtest "eligible tensor refused"
+                    | Some sums ->
+                        for r in 0 .. int rows - 1 do
+                            let expected = Array.sub ys (r * n) n |> Array.sumBy (fun v -> v * v)
+                            closeRel 1e-12 sums.[r] expected (what r + " sum of squares")
+                    let b = Array.init (int rows) (fun r -> 0.3 * float r - 1.0)
+                    let c = Array.init (int rows) (fun r -> 0.1 + 0.05 * float r)
+                    Expect.isTrue (Fused.tryRowUpdate x b y c z) "fused"
+                    let v = values x
+                    for i in 0 .. v.Length - 1 do
+                        let r = i / n
+                        let expected = xs.[i] + b.[r] * ys.[i] + c.[r] * zs.[i]
+                        let tol = if dtype = torch.float32 then 4e-6 * (1.0 + abs xs.[i] + abs ys.[i] + abs zs.[i]) else 1e-14 * (1.0 + abs expected)
+                        if abs (v.[i] - expected) > tol then close tol v.[i] expected (what i)
+                    Expect.isFalse (Fused.tryRowUpdate x b x c z) "x aliasing y is refused")
+
+        test "the Langevin corrector gives the same step on a non-contiguous state (tensor-operation path)" {
+            for dtype in dtypes do
+                for corrector in [ Corrector.langevin 0.16 1; Corrector.Langevin { Snr = 0.2; Steps = 1; Norm = LangevinNorm.BatchMean } ] do
+                    let model = Model.noise (fun (x: Tensor) _ -> x * 0.7 - 0.2)
+                    use g0 = generator 20L
+                    use x0 = torch.randn([| 4L; 3L; 5L |], dtype = dtype, generator = g0)
+                    use tb = full [| 4L |] 0.4 dtype
+                    let step (x: Tensor) =
+                        use z = torch.empty_like(x0)
+                        use g = generator 21L
+                        Corrector.correctInPlace sde corrector model x tb z (Noise.fromGenerator g) 0.4 0.97 false |> ignore
+                    use fused = x0.clone()
+                    step fused
+                    use storage = x0.transpose(1L, 2L).contiguous()
+                    use strided = storage.transpose(1L, 2L)
+                    Expect.isFalse (strided.is_contiguous()) "layout under test"
+                    step strided
+                    let a, b = values fused, values strided
+                    let tol = if dtype = torch.float32 then 1e-5 else 1e-12
+                    for i in 0 .. a.Length - 1 do
+                        close (tol * (1.0 + abs a.[i])) b.[i] a.[i] (sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
+        }
+
         test "the fused kernels refuse what they cannot do in one pass, leaving every tensor untouched" {
             use g = generator 8L
             use x = torch.randn([| 6L; 4L |], generator = g)
@@ -334,15 +385,16 @@ let tests =
                 Expect.equal (created () - before) 100L (sprintf "%s: tensors created by 50 calls" name)
         }
 
-        test "sampler hot loops create no tensor per step beyond the model's (and Langevin's two norms)" {
+        test "sampler hot loops create no tensor per step beyond the model's (Langevin's norms included, on CPU)" {
             // Count tensors over a 40-step and a 120-step run: the difference over 80 steps is the per-step
             // count, free of the run's fixed set-up (state, noise and time buffers). The model creates one
             // tensor per call.
             let cases =
                 [ "EM, no corrector", Predictor.EulerMaruyama, Corrector.NoCorrector, ModelOutput.Noise, 1.0
                   "RD + annealed Langevin", Predictor.ReverseDiffusion, Corrector.annealedLangevin 0.16 1, ModelOutput.Noise, 2.0
-                  "AS + Langevin (per-sample norms)", Predictor.AncestralSampling, Corrector.langevin 0.16 1, ModelOutput.Score, 2.0 + 2.0
-                  "EM + Langevin, data model (scratch buffer)", Predictor.EulerMaruyama, Corrector.langevin 0.16 1, ModelOutput.Data, 2.0 + 2.0 ]
+                  "AS + Langevin (per-sample norms)", Predictor.AncestralSampling, Corrector.langevin 0.16 1, ModelOutput.Score, 2.0
+                  "EM + Langevin (batch-mean norms)", Predictor.EulerMaruyama, Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }, ModelOutput.Noise, 2.0
+                  "EM + Langevin, data model (scratch buffer)", Predictor.EulerMaruyama, Corrector.langevin 0.16 1, ModelOutput.Data, 2.0 ]
             for name, p, c, output, perStep in cases do
                 let count steps =
                     use g = generator 9L
