@@ -97,7 +97,7 @@ module Corrector =
         nz
 
     /// The norm-based Langevin update on CPU tensors without creating a tensor: the per-sample sums of
-    /// squares of the score source and the noise in one managed pass each (float64 accumulation), the
+    /// squares of the score source and the noise in one SIMD pass each (blockwise float64 totals), the
     /// step sizes on the host, then x <- x + e_b k src + sqrt(2 e_b) z row by row in one pass
     /// (`Fused`). False, having changed nothing, when the tensors are not eligible (another device,
     /// not contiguous, x aliasing src).

@@ -162,15 +162,27 @@ module internal Fused =
     // ---- per-sample (row-wise) kernels: a [B, ...] tensor as B rows of numel / B elements ----
 
     let inline private sumSquaresRange<'T when 'T: unmanaged and 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType
+                                           and 'T: (static member (*): 'T * 'T -> 'T) and 'T: (static member (+): 'T * 'T -> 'T)
                                            and 'T: (static member op_Explicit: 'T -> float)>
         (p: nativeint) (start: int) (count: int) : float =
-        // accumulated in float64 (more accurate than a float32 reduction)
+        // SIMD sums of squares in the element type over blocks of 32 vectors, each block's total added
+        // in float64: the float32 rounding stays that of a 32-term sum per lane.
         let v = span<'T> p start count
-        let mutable acc = 0.0
-        for i in 0 .. count - 1 do
-            let d = float v.[i]
-            acc <- acc + d * d
-        acc
+        let vv = vectors v
+        let mutable total = 0.0
+        let mutable i = 0
+        while i < vv.Length do
+            let stop = min vv.Length (i + 32)
+            let mutable acc = Vector<'T>.Zero
+            while i < stop do
+                let e = vv.[i]
+                acc <- acc + e * e
+                i <- i + 1
+            total <- total + float (Vector.Sum acc)
+        for j in vv.Length * Vector<'T>.Count .. count - 1 do
+            let d = float v.[j]
+            total <- total + d * d
+        total
 
     [<MethodImpl(MethodImplOptions.AggressiveOptimization)>]
     let private sumSquaresF32 p start count = sumSquaresRange<float32> p start count

@@ -43,6 +43,7 @@ type SamplerBenchmarks() =
     let mutable z : torch.Tensor = null
     let mutable stage : torch.Tensor = null
     let mutable acc : torch.Tensor = null
+    let mutable score : torch.Tensor = null
     let sde = SamplerCases.sde
     // A representative interval of the 100-step uniform grid.
     let t0, s0 = 0.5, 0.5 - (1.0 - 1e-3) / float SamplerCases.steps
@@ -69,10 +70,11 @@ type SamplerBenchmarks() =
         z.normal_(0.0, 1.0, g) |> ignore
         stage <- torch.empty_like(xT)
         acc <- torch.empty_like(xT)
+        score <- torch.randn(parseShape this.Shape, generator = g)
 
     [<GlobalCleanup>]
     member _.Cleanup() =
-        for v in [ xT; state; z; stage; acc ] do v.Dispose()
+        for v in [ xT; state; z; stage; acc; score ] do v.Dispose()
         g.Dispose()
 
     /// One evaluation of the analytic model (its share of every sampler step).
@@ -94,11 +96,13 @@ type SamplerBenchmarks() =
         let c = Predictor.coefficients sde Predictor.EulerMaruyama t0 s0
         Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd fastNoise
 
-    /// Reverse diffusion plus one Langevin step, kernels alone (score = -x).
+    /// Reverse diffusion plus one Langevin step, kernels alone: the predictor with score = -x folded
+    /// into its coefficients, the corrector on a fixed score buffer (a model's output is a tensor of its
+    /// own, which the corrector's one-pass path needs).
     [<Benchmark>]
     member _.RdLangevinKernel() =
         let c = Predictor.coefficients sde Predictor.ReverseDiffusion t0 s0
-        Corrector.langevinUpdate state state -1.0 z noise (Corrector.stepAlpha sde t0 s0)
+        Corrector.langevinUpdate state score 1.0 z noise (Corrector.stepAlpha sde t0 s0)
             (Corrector.StepSize.FromNorms(LangevinNorm.PerSample, 0.16)) true
         Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd noise
 

@@ -275,7 +275,9 @@ let tests =
                     | Some sums ->
                         for r in 0 .. int rows - 1 do
                             let expected = Array.sub ys (r * n) n |> Array.sumBy (fun v -> v * v)
-                            closeRel 1e-12 sums.[r] expected (what r + " sum of squares")
+                            // float32: squares summed in float32 over blocks of 32 per SIMD lane (each
+                            // block's total in float64): at most ~32 roundings of 6e-8 relative
+                            closeRel (if dtype = torch.float32 then 2e-6 else 1e-12) sums.[r] expected (what r + " sum of squares")
                     let b = Array.init (int rows) (fun r -> 0.3 * float r - 1.0)
                     let c = Array.init (int rows) (fun r -> 0.1 + 0.05 * float r)
                     Expect.isTrue (Fused.tryRowUpdate x b y c z) "fused"
