@@ -243,9 +243,7 @@ module DpmSolver =
 
         /// The prediction m(x, t) as a fresh tensor.
         member this.Predict(x: Tensor, t: float) : Tensor =
-            // Scalars are bound with `use` so that they outlive the native call (they have finalizers)
-            use ts = Tensors.scalar t
-            tb.fill_(ts) |> ignore
+            Tensors.fillHost tb t
             this.Nfe <- this.Nfe + 1
             if not dataPrediction then Model.noiseOf sde model x tb
             else
@@ -257,8 +255,7 @@ module DpmSolver =
         /// output converted with host coefficients, one pass on CPU tensors. No tensor is created
         /// besides the model's own (and dynamic thresholding's temporaries).
         member this.PredictInto(x: Tensor, t: float, dst: Tensor) =
-            use ts = Tensors.scalar t
-            tb.fill_(ts) |> ignore
+            Tensors.fillHost tb t
             this.Nfe <- this.Nfe + 1
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x tb

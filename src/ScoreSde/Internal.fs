@@ -123,6 +123,19 @@ module internal Tensors =
         use t64 = f.contiguous()
         t64.data<float>().ToArray()
 
+    /// t <- v everywhere, as the samplers refill their time buffers before every model call: written
+    /// straight into the memory of a contiguous float32 or float64 CPU tensor (no native call, no
+    /// Scalar), else through fill_ with the Scalar kept alive for the call.
+    let fillHost (t: Tensor) (v: float) =
+        let direct = t.device_type = DeviceType.CPU && t.is_contiguous() && not t.requires_grad
+        if direct && t.dtype = torch.float32 then
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float32>(t.bytes).Fill(float32 v)
+        elif direct && t.dtype = torch.float64 then
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes).Fill(v)
+        else
+            use s = scalar v
+            t.fill_(s) |> ignore
+
     /// Host copy of a small tensor as doubles, read straight from its memory when it is a contiguous
     /// float32 or float64 CPU tensor (the common case of a time argument: no tensor is created, no
     /// copy is made on the native side); anything else goes through `toHost`.

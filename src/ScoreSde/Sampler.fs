@@ -90,7 +90,7 @@ module Sampler =
         let predictorEvaluates = Predictor.evaluatesModel settings.Predictor
         for i in 0 .. n - 1 do
             let t, s = ts.[i], ts.[i + 1]
-            tb.fill_(t) |> ignore
+            Tensors.fillHost tb t
             let last = i = n - 1
             let alphaI = Corrector.stepAlpha sde t s
             nfe <- nfe + Corrector.correctWith sde settings.Corrector model x tb z scratch noise t alphaI
@@ -184,8 +184,7 @@ module Sampler =
         use acc = if solver = OdeSolver.Rk4 then torch.empty_like(x) else null
         // What the model created during a call is disposed with the scope.
         let evaluate (state: Tensor) (t: float) (update: Tensor -> unit) =
-            use value = Tensors.scalar t
-            tb.fill_(value) |> ignore
+            Tensors.fillHost tb t
             use scope = torch.NewDisposeScope()
             update (Model.eval model state tb)
         for i in 0 .. times.Length - 2 do

@@ -312,6 +312,18 @@ let tests =
                         close (tol * (1.0 + abs a.[i])) b.[i] a.[i] (sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
         }
 
+        test "time buffers are filled in place, only where they lie (contiguous, offset and strided views, any dtype)" {
+            for dtype in [ torch.float32; torch.float64; torch.float16 ] do
+                use store = torch.zeros([| 12L |], dtype = dtype)
+                use offset = store.narrow(0L, 2L, 4L)          // contiguous at offset 2
+                use strided = store.narrow(0L, 7L, 4L).view(2L, 2L).t()   // non-contiguous
+                Tensors.fillHost offset 0.375
+                Tensors.fillHost strided -1.5
+                let v = values store
+                let expected = [| 0.0; 0.0; 0.375; 0.375; 0.375; 0.375; 0.0; -1.5; -1.5; -1.5; -1.5; 0.0 |]
+                Expect.equal v expected (sprintf "%A: storage after the fills" dtype)
+        }
+
         test "the fused kernels refuse what they cannot do in one pass, leaving every tensor untouched" {
             use g = generator 8L
             use x = torch.randn([| 6L; 4L |], generator = g)
