@@ -71,6 +71,13 @@ internal static class Interop
             throw new ArgumentException($"shape must be a non-empty list of positive sizes, batch first (got [{string.Join(", ", shape)}]).", nameof(shape));
     }
 
+    /// <summary>Rejects a starting latent whose shape is not the sample shape, naming the option.</summary>
+    internal static void CheckLatentShape(Tensor latent, long[] shape, string name)
+    {
+        if (!latent.shape.SequenceEqual(shape))
+            throw new ArgumentException($"{name} has shape [{string.Join(", ", latent.shape)}] but shape is [{string.Join(", ", shape)}]; they must match.", name);
+    }
+
     /// <summary>Validates a data batch: a floating-point tensor with a non-empty batch dimension.</summary>
     internal static void CheckData(Tensor data, string name)
     {

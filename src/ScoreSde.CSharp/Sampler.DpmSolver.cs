@@ -31,8 +31,7 @@ public static partial class Sampler
         var coreModel = Interop.ToModel(model, options.Prediction);
         if (options.Latent is { } latent)
         {
-            if (!latent.shape.SequenceEqual(shape))
-                throw new ArgumentException($"options.Latent has shape [{string.Join(", ", latent.shape)}] but shape is [{string.Join(", ", shape)}]; they must match.", "options.Latent");
+            Interop.CheckLatentShape(latent, shape, "options.Latent");
             var r = ScoreSde.DpmSolver.sample(sde.Core, coreModel, settings, latent);
             return new SampleResult(r.Samples, r.Nfe);
         }

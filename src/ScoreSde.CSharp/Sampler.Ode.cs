@@ -39,8 +39,7 @@ public static partial class Sampler
         {
             if (!is_floating_point(latent))
                 throw new ArgumentException($"options.Latent must be a floating-point tensor (got {latent.dtype}).", "options.Latent");
-            if (!latent.shape.SequenceEqual(shape))
-                throw new ArgumentException($"options.Latent has shape [{string.Join(", ", latent.shape)}] but shape is [{string.Join(", ", shape)}]; they must match.", "options.Latent");
+            Interop.CheckLatentShape(latent, shape, "options.Latent");
             using var detached = latent.detach();
             xT = detached.to(options.Dtype, options.Device, copy: true);
         }

@@ -32,22 +32,40 @@ module internal Fused =
         t.device_type = DeviceType.CPU && t.dtype = dtype && t.numel() = n && t.is_contiguous()
         && not t.requires_grad
 
+    /// The byte size shared by `first` and every other tensor (nulls are skipped) when all are
+    /// eligible: contiguous float32 or float64 CPU tensors of first's dtype and size (at least one
+    /// element, at most Int32.MaxValue), outside autograd. None otherwise.
+    let private commonBytes (first: Tensor) (others: Tensor list) : int64 option =
+        let n = first.numel()
+        let dtype = first.dtype
+        let size = if dtype = torch.float32 then 4L elif dtype = torch.float64 then 8L else 0L
+        if size = 0L || n = 0L || n > int64 Int32.MaxValue
+           || not (eligible dtype n first && others |> List.forall (fun t -> isNull t || eligible dtype n t)) then None
+        else Some(n * size)
+
+    /// Two tensors of `bytes` bytes at p and q share no memory.
+    let private apart (bytes: int64) (p: nativeint) (q: nativeint) =
+        p + nativeint bytes <= q || q + nativeint bytes <= p
+
     /// An output may be an input itself (element i only depends on element i of each input), but
     /// must not overlap one at a shifted position.
     let private safeOutput (bytes: int64) (out: nativeint) (input: nativeint) =
-        out = input || out + nativeint bytes <= input || input + nativeint bytes <= out
+        out = input || apart bytes out input
 
-    // Runs body start count over [0, n), split in chunks over torch's intra-op thread count when the
-    // tensor is large enough for the split to pay.
-    let private forRanges (n: int) (body: int -> int -> unit) =
+    // Runs body 0 .. items - 1 on torch's intra-op thread count when the tensor (n elements) is large
+    // enough for the split to pay, else in order on this thread.
+    let private parallelFor (items: int) (n: int64) (body: int -> unit) =
         let threads = torch.get_num_threads()
-        if threads <= 1 || n < 4 * Chunk then body 0 n
+        if threads <= 1 || items <= 1 || n < int64 (4 * Chunk) then
+            for i in 0 .. items - 1 do body i
         else
-            let chunks = (n + Chunk - 1) / Chunk
-            let run (k: int) =
-                let start = k * Chunk
-                body start (min Chunk (n - start))
-            Parallel.For(0, chunks, ParallelOptions(MaxDegreeOfParallelism = threads), Action<int>(run)) |> ignore
+            Parallel.For(0, items, ParallelOptions(MaxDegreeOfParallelism = threads), Action<int>(body)) |> ignore
+
+    // Runs body start count over [0, n) in chunks of `Chunk` elements (see parallelFor).
+    let private forRanges (n: int) (body: int -> int -> unit) =
+        parallelFor ((n + Chunk - 1) / Chunk) (int64 n) (fun k ->
+            let start = k * Chunk
+            body start (min Chunk (n - start)))
 
     let inline private span<'T when 'T: unmanaged> (p: nativeint) (start: int) (count: int) =
         Span<'T>(NativePtr.toVoidPtr (NativePtr.add (NativePtr.ofNativeInt<'T> p) start), count)
@@ -118,45 +136,37 @@ module internal Fused =
 
     /// dst <- a x + b y + c z in one pass (z may be null: no third term). dst may be x, y or z itself.
     let tryLinear (dst: Tensor) (a: float) (x: Tensor) (b: float) (y: Tensor) (c: float) (z: Tensor) : bool =
-        let n = dst.numel()
-        let dtype = dst.dtype
-        let hasZ = not (isNull z)
-        if n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
-           || not (eligible dtype n dst && eligible dtype n x && eligible dtype n y && (not hasZ || eligible dtype n z)) then
-            false
-        else
-            let bytes = n * (if dtype = torch.float32 then 4L else 8L)
+        match commonBytes dst [ x; y; z ] with
+        | None -> false
+        | Some bytes ->
+            let hasZ = not (isNull z)
             let pd, px, py = address dst, address x, address y
             let pz = if hasZ then address z else 0n
             if not (safeOutput bytes pd px && safeOutput bytes pd py && (not hasZ || safeOutput bytes pd pz)) then false
             else
-                if dtype = torch.float32 then
-                    let a, b, c = float32 a, float32 b, float32 c
-                    forRanges (int n) (lin3F32 pd px py pz hasZ a b c)
+                let n = int (dst.numel())
+                if dst.dtype = torch.float32 then
+                    forRanges n (lin3F32 pd px py pz hasZ (float32 a) (float32 b) (float32 c))
                 else
-                    forRanges (int n) (lin3F64 pd px py pz hasZ a b c)
+                    forRanges n (lin3F64 pd px py pz hasZ a b c)
                 true
 
     /// mean <- a x + b y and sample <- c sample + mean in one pass: the mean and the sample of a
     /// stochastic step whose noise was already drawn into sample. mean and sample are the caller's
     /// fresh outputs (distinct from each other and from x and y); x and y are only read.
     let tryMeanAndSample (mean: Tensor) (sample: Tensor) (a: float) (x: Tensor) (b: float) (y: Tensor) (c: float) : bool =
-        let n = x.numel()
-        let dtype = x.dtype
-        if n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
-           || not (eligible dtype n mean && eligible dtype n sample && eligible dtype n x && eligible dtype n y) then
-            false
-        else
-            let bytes = n * (if dtype = torch.float32 then 4L else 8L)
+        match commonBytes x [ mean; sample; y ] with
+        | None -> false
+        | Some bytes ->
             let pm, ps, px, py = address mean, address sample, address x, address y
-            let apart p q = p + nativeint bytes <= q || q + nativeint bytes <= p
+            let apart = apart bytes
             if not (apart pm ps && apart pm px && apart pm py && apart ps px && apart ps py) then false
             else
-                if dtype = torch.float32 then
-                    let a, b, c = float32 a, float32 b, float32 c
-                    forRanges (int n) (meanSampleF32 pm ps px py a b c)
+                let n = int (x.numel())
+                if x.dtype = torch.float32 then
+                    forRanges n (meanSampleF32 pm ps px py (float32 a) (float32 b) (float32 c))
                 else
-                    forRanges (int n) (meanSampleF64 pm ps px py a b c)
+                    forRanges n (meanSampleF64 pm ps px py a b c)
                 true
 
     // ---- per-sample (row-wise) kernels: a [B, ...] tensor as B rows of numel / B elements ----
@@ -192,48 +202,37 @@ module internal Fused =
     /// Per-row sums of squares (in float64) of t seen as [B, numel / B] rows; None when t is not an
     /// eligible tensor (see the module's conditions) or has no batch dimension.
     let tryRowSumSquares (t: Tensor) : float[] option =
-        let n = t.numel()
-        let dtype = t.dtype
-        if t.dim() < 1L || n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
-           || not (eligible dtype n t) then None
-        else
-            let rows = int t.shape.[0]
+        match commonBytes t [] with
+        | Some _ when t.dim() >= 1L ->
+            let n = t.numel()
+            let rows = int (t.size(0))
             let len = int n / rows
             let p = address t
             let sums = Array.zeroCreate<float> rows
-            let row (b: int) =
-                sums.[b] <- if dtype = torch.float32 then sumSquaresF32 p (b * len) len else sumSquaresF64 p (b * len) len
-            if torch.get_num_threads() <= 1 || n < int64 (4 * Chunk) then
-                for b in 0 .. rows - 1 do row b
-            else
-                Parallel.For(0, rows, ParallelOptions(MaxDegreeOfParallelism = torch.get_num_threads()), Action<int>(row)) |> ignore
+            let isFloat32 = t.dtype = torch.float32
+            parallelFor rows n (fun r ->
+                sums.[r] <- if isFloat32 then sumSquaresF32 p (r * len) len else sumSquaresF64 p (r * len) len)
             Some sums
+        | _ -> None
 
     /// x <- x + b_r y + c_r z row by row (b and c hold one coefficient per row; z may be null: no
     /// third term), one pass; x must not be y or z. False, having done nothing, when not eligible.
     let tryRowUpdate (x: Tensor) (b: float[]) (y: Tensor) (c: float[]) (z: Tensor) : bool =
-        let n = x.numel()
-        let dtype = x.dtype
-        let hasZ = not (isNull z)
-        if x.dim() < 1L || n = 0L || n > int64 Int32.MaxValue || (dtype <> torch.float32 && dtype <> torch.float64)
-           || not (eligible dtype n x && eligible dtype n y && (not hasZ || eligible dtype n z)) then false
-        else
-            let rows = int x.shape.[0]
-            if b.Length <> rows || (hasZ && c.Length <> rows) then false
+        match commonBytes x [ y; z ] with
+        | Some bytes when x.dim() >= 1L ->
+            let hasZ = not (isNull z)
+            let n = x.numel()
+            let rows = int (x.size(0))
+            let px, py = address x, address y
+            let pz = if hasZ then address z else 0n
+            if b.Length <> rows || (hasZ && c.Length <> rows)
+               || not (apart bytes px py && (not hasZ || apart bytes px pz)) then false
             else
-                let bytes = n * (if dtype = torch.float32 then 4L else 8L)
-                let apart p q = p + nativeint bytes <= q || q + nativeint bytes <= p
-                let px, py = address x, address y
-                let pz = if hasZ then address z else 0n
-                if not (apart px py && (not hasZ || apart px pz)) then false
-                else
-                    let len = int n / rows
-                    let row (r: int) =
-                        let cr = if hasZ then c.[r] else 0.0
-                        if dtype = torch.float32 then lin3F32 px px py pz hasZ 1.0f (float32 b.[r]) (float32 cr) (r * len) len
-                        else lin3F64 px px py pz hasZ 1.0 b.[r] cr (r * len) len
-                    if torch.get_num_threads() <= 1 || n < int64 (4 * Chunk) then
-                        for r in 0 .. rows - 1 do row r
-                    else
-                        Parallel.For(0, rows, ParallelOptions(MaxDegreeOfParallelism = torch.get_num_threads()), Action<int>(row)) |> ignore
-                    true
+                let len = int n / rows
+                let isFloat32 = x.dtype = torch.float32
+                parallelFor rows n (fun r ->
+                    let cr = if hasZ then c.[r] else 0.0
+                    if isFloat32 then lin3F32 px px py pz hasZ 1.0f (float32 b.[r]) (float32 cr) (r * len) len
+                    else lin3F64 px px py pz hasZ 1.0 b.[r] cr (r * len) len)
+                true
+        | _ -> false

@@ -104,41 +104,33 @@ module internal Kernel =
             addScaled m x a
             m
 
-    /// A fresh sample mean + c z: z is drawn from the noise source into a new contiguous tensor shaped
-    /// like mean (exactly one draw of that shape, as torch.randn(shape) would make), then scaled and
-    /// shifted in place. mean is not modified.
-    let sampleAround (mean: Tensor) (c: float) (noise: Noise) : Tensor =
-        let s =
-            if mean.is_contiguous() then torch.empty_like(mean)
-            else torch.empty(mean.shape, dtype = mean.dtype, device = mean.device)
+    /// The mean a x + b out and the sample mean + c z of a step as two fresh tensors. z is drawn
+    /// straight into the sample tensor, a new contiguous tensor shaped like x (exactly one draw of that
+    /// shape, as torch.randn(shape) would make); then one fused pass writes both results (`Fused`, CPU
+    /// tensors it accepts, a and b nonzero), or else the mean is formed by `combine` and the sample is
+    /// scaled and shifted in place. Neither input is modified.
+    let meanAndSample (a: float) (x: Tensor) (b: float) (out: Tensor) (c: float) (noise: Noise) : StepResult =
+        let sample =
+            if x.is_contiguous() then torch.empty_like(x)
+            else torch.empty(x.shape, dtype = x.dtype, device = x.device)
+        let mutable mean : Tensor = null
         try
-            noise.Fill s
-            scale s c
-            s.add_(mean) |> ignore
-            s
+            noise.Fill sample
+            // (the device test only spares a mean buffer the kernel would refuse; Fused decides the rest)
+            if a <> 0.0 && b <> 0.0 && x.device_type = DeviceType.CPU then
+                mean <- torch.empty_like(sample)
+                if not (Fused.tryMeanAndSample mean sample a x b out c) then
+                    mean.Dispose()
+                    mean <- null
+            if isNull mean then
+                mean <- combine a x b out
+                scale sample c
+                sample.add_(mean) |> ignore
+            { Sample = sample; Mean = mean }
         with _ ->
-            s.Dispose()
+            sample.Dispose()
+            if not (isNull mean) then mean.Dispose()
             reraise ()
-
-    /// The mean a x + b out and the sample mean + c z of a step as two fresh tensors in one pass over
-    /// memory after the draw (`Fused`), when x and out are contiguous CPU tensors of one dtype and
-    /// shape; None otherwise (nothing drawn). z is drawn straight into the sample tensor: exactly one
-    /// draw of x's shape, as `sampleAround` makes.
-    let tryMeanAndSample (a: float) (x: Tensor) (b: float) (out: Tensor) (c: float) (noise: Noise) : StepResult option =
-        if x.device_type <> DeviceType.CPU || not (x.is_contiguous()) || not (out.is_contiguous())
-           || x.dtype <> out.dtype || x.numel() <> out.numel() || x.requires_grad || out.requires_grad
-           || (x.dtype <> torch.float32 && x.dtype <> torch.float64) then None
-        else
-            let mean = torch.empty_like(x)
-            let sample = torch.empty_like(x)
-            try
-                noise.Fill sample
-                if Fused.tryMeanAndSample mean sample a x b out c then Some { Sample = sample; Mean = mean }
-                else failwith "unreachable: Fused.tryMeanAndSample refused eligible tensors"
-            with _ ->
-                mean.Dispose()
-                sample.Dispose()
-                reraise ()
 
 [<RequireQualifiedAccess>]
 module Predictor =
@@ -204,23 +196,16 @@ module Predictor =
     /// length 1 apply to the whole batch). x and out are not modified.
     ///
     /// When every sample shares its step (the usual case), the coefficients are host scalars and the
-    /// step is four tensor operations creating exactly the two result tensors: mean = aout out + ax x
-    /// (scale, then add with alpha), then sample = std z + mean on a fresh noise draw (fill, scale,
-    /// add). Per-sample steps use [B, 1, ...] coefficient tensors instead.
+    /// step creates exactly the two result tensors (`Kernel.meanAndSample`: a noise draw into the
+    /// sample, then one fused pass on CPU tensors). Per-sample steps use [B, 1, ...] coefficient
+    /// tensors instead.
     let stepWithOutput (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (out: Tensor) (x: Tensor)
                        (ts: float[]) (ss: float[]) (noise: Noise) : StepResult =
         let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
         let c0 = cs.[0]
         if cs |> Array.forall (fun c -> c = c0) then
             let ax, aout, std = c0
-            match Kernel.tryMeanAndSample ax x aout out std noise with
-            | Some r -> r
-            | None ->
-                let mean = Kernel.combine ax x aout out
-                try { Sample = Kernel.sampleAround mean std noise; Mean = mean }
-                with _ ->
-                    mean.Dispose()
-                    reraise ()
+            Kernel.meanAndSample ax x aout out std noise
         else
             use scope = torch.NewDisposeScope()
             let coef (pick: float * float * float -> float) = Tensors.perSample (cs |> Array.map pick) x

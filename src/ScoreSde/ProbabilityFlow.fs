@@ -137,8 +137,8 @@ module ProbabilityFlow =
                     v.mul_(v) |> ignore
                     let nbv = nb / v
                     nb - nbv, nbv * VpSde.alpha sde tb
-            use one = Tensors.scalar 1.0
-            k.copy_(x).mul_(p).addcmul_(out, q, one) |> ignore
+            k.copy_(x).mul_(p) |> ignore
+            Kernel.addProduct k out q 1.0
 
     let private checkState (name: string) (x: Tensor) =
         Check.floating name x
