@@ -27,13 +27,19 @@ let bench (options: string list) =
     let quoted = options |> List.map (fun o -> if o.Contains ' ' || o.Contains '*' then "\"" + o + "\"" else o)
     run "dotnet" ("run --project tests/ScoreSde.Benchmarks -c Release -- " + String.Join(" ", quoted))
 
-let targets : (string * string * (unit -> unit)) list =
+let targets: (string * string * (unit -> unit)) list =
     [ "build", "restore and build the solution (Release)", (fun () -> run "dotnet" "build ScoreSde.sln -c Release")
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
       "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory, --no-paired)", (fun () -> bench [])
-      "quality", "accuracy versus evaluations of every sampler, into docs/ (~15 min)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
-      "quality-quick", "the quality benchmark on fewer samplers and budgets (a few minutes)", (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
-      "clean", "delete bin/ and obj/ under src/ and tests/", (fun () ->
+      "quality",
+      "accuracy versus evaluations of every sampler, into docs/ (~15 min)",
+      (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
+      "quality-quick",
+      "the quality benchmark on fewer samplers and budgets (a few minutes)",
+      (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release -- --quick")
+      "clean",
+      "delete bin/ and obj/ under src/ and tests/",
+      (fun () ->
           for dir in [ "src"; "tests" ] do
               for d in Directory.GetDirectories(Path.Combine(root, dir), "*", SearchOption.AllDirectories) do
                   let name = Path.GetFileName d
@@ -43,10 +49,13 @@ let targets : (string * string * (unit -> unit)) list =
 
 let usage () =
     printfn "usage: dotnet fsi build.fsx <target>..."
-    for name, doc, _ in targets do printfn "  %-14s %s" name doc
+    for name, doc, _ in targets do
+        printfn "  %-14s %s" name doc
 
 match fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray with
-| [] -> usage (); exit 2
+| [] ->
+    usage ()
+    exit 2
 | "bench" :: options -> bench options
 | names ->
     for name in names do

@@ -23,10 +23,10 @@ let sde = VpSde.create 0.1 20.0
 let mu, s = [| 1.5; -1.0 |], [| 0.5; 0.25 |]
 let exactScore (x: torch.Tensor) (t: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let tc = t.reshape(-1L, 1L)
+    let tc = t.reshape (-1L, 1L)
     let a = VpSde.alpha sde tc
-    let muT = torch.tensor(mu, dtype = x.dtype)
-    let s2 = torch.tensor(s |> Array.map (fun v -> v * v), dtype = x.dtype)
+    let muT = torch.tensor (mu, dtype = x.dtype)
+    let s2 = torch.tensor (s |> Array.map (fun v -> v * v), dtype = x.dtype)
     let var = a * a * s2 + (1.0 - a * a)
     (-(x - a * muT) / var).MoveToOuterDisposeScope()
 let model = Model.score exactScore
@@ -35,10 +35,13 @@ let model = Model.score exactScore
 //    (mean = A x + B score, plus NoiseStd z). Any (t -> s) rule of this form composes with the
 //    library's correctors and grids.
 let flowEuler =
-    Predictor.Custom("probability-flow Euler", fun sde t s ->
-        let b = VpSde.betaAt sde t
-        let dt = t - s
-        { A = 1.0 + 0.5 * b * dt; B = 0.5 * b * dt; NoiseStd = 0.0 })
+    Predictor.Custom(
+        "probability-flow Euler",
+        fun sde t s ->
+            let b = VpSde.betaAt sde t
+            let dt = t - s
+            { A = 1.0 + 0.5 * b * dt; B = 0.5 * b * dt; NoiseStd = 0.0 }
+    )
 
 // 4. Combine: the custom predictor with two Langevin corrector steps per time, on a grid that is
 //    uniform in log-SNR. The noise comes from a generator we seed. In 2 dimensions the per-sample
@@ -61,12 +64,13 @@ let samples = result.Samples
 let mean = samples.mean([| 0L |]).data<float>().ToArray()
 let std = samples.std(0L).data<float>().ToArray()
 printfn "custom sampler: %s + %s, %d model evaluations" (Predictor.name settings.Predictor) (Corrector.name settings.Corrector) result.Nfe
-for d in 0 .. 1 do
+for d in 0..1 do
     printfn "  dim %d: mean %.4f (data %.4f), std %.4f (data %.4f)" d mean.[d] mu.[d] std.[d] s.[d]
 
 // The script checks itself: the moments must match the data to Monte Carlo accuracy plus the
 // sampler's discretisation error.
-for d in 0 .. 1 do
+for d in 0..1 do
     if abs (mean.[d] - mu.[d]) > 0.03 || abs (std.[d] - s.[d]) > 0.03 then
         failwithf "dimension %d: moments (%.4f, %.4f) are off the data (%.4f, %.4f)" d mean.[d] std.[d] mu.[d] s.[d]
-if result.Nfe <> 200 * 3 then failwithf "expected 600 evaluations, got %d" result.Nfe
+if result.Nfe <> 200 * 3 then
+    failwithf "expected 600 evaluations, got %d" result.Nfe

@@ -22,11 +22,11 @@ let sde = VpSde.standard
 let mu, s = [| 1.5; -1.0 |], [| 0.5; 0.25 |]
 let noisePrediction (x: torch.Tensor) (t: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let tc = t.reshape(-1L, 1L)
+    let tc = t.reshape (-1L, 1L)
     let a = VpSde.alpha sde tc
     let sd = VpSde.sigma sde tc
-    let var = a * a * torch.tensor(s |> Array.map (fun v -> v * v), dtype = x.dtype) + sd * sd
-    (sd * (x - a * torch.tensor(mu, dtype = x.dtype)) / var).MoveToOuterDisposeScope()
+    let var = a * a * torch.tensor (s |> Array.map (fun v -> v * v), dtype = x.dtype) + sd * sd
+    (sd * (x - a * torch.tensor (mu, dtype = x.dtype)) / var).MoveToOuterDisposeScope()
 let model = Model.noise noisePrediction
 
 let exactFlow (xT: float) (d: int) =
@@ -45,9 +45,19 @@ let latent = xT.data<float>().ToArray()
 let runs =
     [ "DPM-Solver++3M, 15 evaluations", { DpmSolver.defaults with Steps = 15 }
       "DPM-Solver-3M, 15 evaluations", { DpmSolver.defaults with Steps = 15; Algorithm = DpmAlgorithm.DpmSolver }
-      "DPM-Solver-3S, 15 evaluations, quadratic grid", { DpmSolver.defaults with Steps = 15; Algorithm = DpmAlgorithm.DpmSolver; Method = DpmMethod.SingleStep; Grid = TimeGrid.Quadratic }
-      "DPM-Solver++2M, explicit grid", { DpmSolver.defaults with Order = 2; Grid = TimeGrid.Explicit [| 1.0; 0.6; 0.35; 0.2; 0.1; 0.05; 0.02; 0.008; 0.003; 0.001 |] }
-      "adaptive DPM-Solver++-23, rtol = atol = 1e-3", { DpmSolver.defaults with Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-3; Atol = 1e-3 } } ]
+      "DPM-Solver-3S, 15 evaluations, quadratic grid",
+      { DpmSolver.defaults with
+          Steps = 15
+          Algorithm = DpmAlgorithm.DpmSolver
+          Method = DpmMethod.SingleStep
+          Grid = TimeGrid.Quadratic }
+      "DPM-Solver++2M, explicit grid",
+      { DpmSolver.defaults with
+          Order = 2
+          Grid = TimeGrid.Explicit [| 1.0; 0.6; 0.35; 0.2; 0.1; 0.05; 0.02; 0.008; 0.003; 0.001 |] }
+      "adaptive DPM-Solver++-23, rtol = atol = 1e-3",
+      { DpmSolver.defaults with
+          Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-3; Atol = 1e-3 } } ]
 
 let mutable failures = 0
 for name, settings in runs do
@@ -68,4 +78,5 @@ for name, settings in runs do
     r.Samples.Dispose()
 
 xT.Dispose()
-if failures > 0 then exit 1
+if failures > 0 then
+    exit 1

@@ -21,9 +21,9 @@ let sde = VpSde.standard
 let mu, s = [| 0.5; -1.0 |], [| 0.3; 0.8 |]
 let exactScore (x: torch.Tensor) (t: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let a = VpSde.alpha sde (t.reshape(-1L, 1L))
-    let var = a * a * torch.tensor(s |> Array.map (fun v -> v * v), dtype = x.dtype) + (1.0 - a * a)
-    (-(x - a * torch.tensor(mu, dtype = x.dtype)) / var).MoveToOuterDisposeScope()
+    let a = VpSde.alpha sde (t.reshape (-1L, 1L))
+    let var = a * a * torch.tensor (s |> Array.map (fun v -> v * v), dtype = x.dtype) + (1.0 - a * a)
+    (-(x - a * torch.tensor (mu, dtype = x.dtype)) / var).MoveToOuterDisposeScope()
 let model = Model.score exactScore
 
 // 2. Data: four points, float64.
@@ -33,12 +33,13 @@ let data = torch.tensor([| 0.4; -0.9; 0.9; -0.2; 0.1; -2.0; 0.55; -1.1 |], dtype
 //    Dormand-Prince 5(4) (rtol = atol = 1e-5, one step size per sample) and the exact divergence.
 //    For continuous data the dequantisation offset is 0; for 8-bit images scaled to [-1, 1] it is 7.
 let settings = { Likelihood.defaults with DequantizationOffset = 0.0 }
-let noise = Noise.fromSeed 0L torch.CPU          // used only by the Hutchinson estimator below
+let noise = Noise.fromSeed 0L torch.CPU // used only by the Hutchinson estimator below
 let result = Likelihood.compute sde model settings noise data
 let logp = result.LogLikelihood.data<float>().ToArray()
 let bpd = result.BitsPerDim.data<float>().ToArray()
 printfn "exact divergence, %d model evaluations" result.Nfe
-for i in 0 .. 3 do printfn "  x[%d]: log p = %.5f nats, %.5f bits/dim" i logp.[i] bpd.[i]
+for i in 0..3 do
+    printfn "  x[%d]: log p = %.5f nats, %.5f bits/dim" i logp.[i] bpd.[i]
 
 // 4. Check against the closed form. The ODE transports the prior N(0, I) at t = 1 to t = eps along
 //    the exact flow, which for Gaussian data is linear in each dimension:
@@ -46,25 +47,30 @@ for i in 0 .. 3 do printfn "  x[%d]: log p = %.5f nats, %.5f bits/dim" i logp.[i
 //    The model's density at x is therefore log N(x_1; 0, I) + 1/2 sum log(v_1 / v_eps).
 let closedForm (x: float[]) =
     let marginal t d = let a = VpSde.alphaAt sde t in a * mu.[d], a * a * s.[d] * s.[d] + VpSde.varianceAt sde t
-    [ 0 .. 1 ] |> List.sumBy (fun d ->
+    [ 0..1 ]
+    |> List.sumBy (fun d ->
         let m0, v0 = marginal 1e-5 d
         let m1, v1 = marginal 1.0 d
         let x1 = m1 + sqrt (v1 / v0) * (x.[d] - m0)
         -0.5 * log (2.0 * Math.PI) - 0.5 * x1 * x1 + 0.5 * log (v1 / v0))
 let xs = data.data<float>().ToArray()
-for i in 0 .. 3 do
+for i in 0..3 do
     let expected = closedForm [| xs.[2 * i]; xs.[2 * i + 1] |]
-    if abs (logp.[i] - expected) > 1e-3 then failwithf "x[%d]: log p %.6f differs from the closed form %.6f" i logp.[i] expected
-    if abs (bpd.[i] - (-logp.[i] / (2.0 * log 2.0))) > 1e-12 then failwithf "x[%d]: bits/dim inconsistent" i
+    if abs (logp.[i] - expected) > 1e-3 then
+        failwithf "x[%d]: log p %.6f differs from the closed form %.6f" i logp.[i] expected
+    if abs (bpd.[i] - (-logp.[i] / (2.0 * log 2.0))) > 1e-12 then
+        failwithf "x[%d]: bits/dim inconsistent" i
 printfn "matches the closed-form density to 1e-3 nats"
 
 // 5. For high-dimensional data the exact trace costs one backward pass per dimension; Hutchinson's
 //    estimator costs one per probe and is unbiased. Replicate x[0] 400 times, one Gaussian probe each:
 //    the estimates scatter around the exact value.
 let replicated = data.narrow(0L, 0L, 1L).expand(400L, 2L).contiguous()
-let hutch = Likelihood.compute sde model { settings with Divergence = Divergence.Hutchinson(Probe.Gaussian, 1) } noise replicated
+let hutch =
+    Likelihood.compute sde model { settings with Divergence = Divergence.Hutchinson(Probe.Gaussian, 1) } noise replicated
 let estimates = hutch.LogLikelihood.data<float>().ToArray()
 let mean = Array.average estimates
 let sd = sqrt ((estimates |> Array.sumBy (fun v -> (v - mean) ** 2.0)) / float (estimates.Length - 1))
 printfn "Hutchinson (Gaussian probes): mean of 400 estimates %.4f +- %.4f (exact %.4f)" mean (sd / sqrt 400.0) logp.[0]
-if abs (mean - logp.[0]) > 4.5 * sd / sqrt 400.0 + 1e-3 then failwith "Hutchinson's mean is off the exact value"
+if abs (mean - logp.[0]) > 4.5 * sd / sqrt 400.0 + 1e-3 then
+    failwith "Hutchinson's mean is off the exact value"

@@ -36,7 +36,10 @@ let settings =
         Steps = 1500
         BatchSize = 256
         LearningRate = 1e-2
-        Observer = Some(fun step loss -> if step % 500 = 0 then printfn "step %4d  loss %.4f" step loss) }
+        Observer =
+            Some(fun step loss ->
+                if step % 500 = 0 then
+                    printfn "step %4d  loss %.4f" step loss) }
 let result = Training.train sde settings net train g
 printfn "trained %d steps in %.1f s (%.0f steps/s)" settings.Steps result.Seconds result.StepsPerSecond
 
@@ -57,11 +60,12 @@ if not (trained < 0.5 * prior) then
 let dir = Path.Combine(Path.GetTempPath(), sprintf "scoresde-doc-%d" (Environment.ProcessId))
 ModelFile.save dir result.Ema sde None (Text.Json.Nodes.JsonObject())
 let loaded = ModelFile.loadNative dir
-let x = torch.randn([| 8L; 2L |], generator = g)
-let t = torch.rand([| 8L |], generator = g)
+let x = torch.randn ([| 8L; 2L |], generator = g)
+let t = torch.rand ([| 8L |], generator = g)
 let same =
-    use _noGrad = torch.no_grad()
-    (result.Ema.forward(x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
+    use _noGrad = torch.no_grad ()
+    (result.Ema.forward (x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
 printfn "saved to %s and loaded back: %s" dir (if same then "identical outputs" else "DIFFERENT outputs")
 Directory.Delete(dir, true)
-if not same then exit 1
+if not same then
+    exit 1

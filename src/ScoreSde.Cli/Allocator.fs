@@ -23,8 +23,10 @@ module internal Allocator =
     let tune () =
         if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
             try
-                mallopt (M_MMAP_THRESHOLD, 32 * 1024 * 1024) = 1 && mallopt (M_TRIM_THRESHOLD, 256 * 1024 * 1024) = 1
+                mallopt (M_MMAP_THRESHOLD, 32 * 1024 * 1024) = 1
+                && mallopt (M_TRIM_THRESHOLD, 256 * 1024 * 1024) = 1
             with
             | :? DllNotFoundException
             | :? EntryPointNotFoundException -> false
-        else false
+        else
+            false

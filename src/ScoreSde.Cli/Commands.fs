@@ -16,19 +16,21 @@ type DataSource =
 
 /// Settings of `train` (and of the training part of `demo`).
 type TrainCommand =
-    { Source: DataSource
-      Steps: int
-      BatchSize: int
-      LearningRate: float
-      Seed: int64
-      Hidden: int
-      Layers: int
-      Weighting: LossWeighting
-      EmaDecay: float
-      /// Standardise the data per coordinate before training (None: only for data files).
-      Standardise: bool option
-      Out: string
-      LossPlot: string option }
+    {
+        Source: DataSource
+        Steps: int
+        BatchSize: int
+        LearningRate: float
+        Seed: int64
+        Hidden: int
+        Layers: int
+        Weighting: LossWeighting
+        EmaDecay: float
+        /// Standardise the data per coordinate before training (None: only for data files).
+        Standardise: bool option
+        Out: string
+        LossPlot: string option
+    }
 
 /// Settings of `sample`.
 type SampleCommand =
@@ -42,27 +44,24 @@ type SampleCommand =
 
 /// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
 type LikelihoodCommand =
-    { ModelPath: string
-      Data: string
-      Rtol: float
-      Atol: float
-      Eps: float
-      /// Hutchinson probes per point; None for the exact divergence.
-      Hutchinson: int option
-      Seed: int64
-      /// Points per ODE solve.
-      BatchSize: int
-      /// Per-point results (.csv or .npy): log-likelihood in nats and bits/dim.
-      Out: string option
-      TimeScale: float }
+    {
+        ModelPath: string
+        Data: string
+        Rtol: float
+        Atol: float
+        Eps: float
+        /// Hutchinson probes per point; None for the exact divergence.
+        Hutchinson: int option
+        Seed: int64
+        /// Points per ODE solve.
+        BatchSize: int
+        /// Per-point results (.csv or .npy): log-likelihood in nats and bits/dim.
+        Out: string option
+        TimeScale: float
+    }
 
 /// Settings of `demo`.
-type DemoCommand =
-    { Dataset: ToyDataset
-      TrainSteps: int
-      Count: int
-      Seed: int64
-      Out: string }
+type DemoCommand = { Dataset: ToyDataset; TrainSteps: int; Count: int; Seed: int64; Out: string }
 
 /// The commands, independent of how their settings were parsed.
 [<RequireQualifiedAccess>]
@@ -78,17 +77,17 @@ module Commands =
     type private PathRecorder(start: Tensor, count: int64) =
         let frames = ResizeArray<float[]>()
         let take (x: Tensor) =
-            use head = x.narrow(0L, 0L, min count x.shape.[0])
+            use head = x.narrow (0L, 0L, min count x.shape.[0])
             use d = head.detach().cpu().to_type(torch.float64).contiguous()
             frames.Add(d.data<float>().ToArray())
         do take start
         member _.Observe(x: Tensor) = take x
         /// One cloud per sample: its (x, y) positions over the steps.
-        member _.Paths : Cloud list =
+        member _.Paths: Cloud list =
             let k = if frames.Count = 0 then 0 else frames.[0].Length / 2
             [ for i in 0 .. k - 1 ->
-                { X = frames |> Seq.map (fun f -> f.[2 * i]) |> Seq.toArray
-                  Y = frames |> Seq.map (fun f -> f.[2 * i + 1]) |> Seq.toArray } ]
+                  { X = frames |> Seq.map (fun f -> f.[2 * i]) |> Seq.toArray
+                    Y = frames |> Seq.map (fun f -> f.[2 * i + 1]) |> Seq.toArray } ]
 
     /// Training data [N, D] in float32, and a description for metadata.
     let loadData (source: DataSource) (generator: torch.Generator) : Tensor * string =
@@ -122,7 +121,12 @@ module Commands =
         o.["batchSize"] <- JsonValue.Create c.BatchSize
         o.["learningRate"] <- JsonValue.Create c.LearningRate
         o.["seed"] <- JsonValue.Create c.Seed
-        o.["weighting"] <- JsonValue.Create(match c.Weighting with LossWeighting.Noise -> "noise" | LossWeighting.Likelihood -> "likelihood")
+        o.["weighting"] <-
+            JsonValue.Create(
+                match c.Weighting with
+                | LossWeighting.Noise -> "noise"
+                | LossWeighting.Likelihood -> "likelihood"
+            )
         o.["emaDecay"] <- JsonValue.Create c.EmaDecay
         o.["finalLoss"] <- JsonValue.Create(finalLoss r.Losses)
         o.["seconds"] <- JsonValue.Create r.Seconds
@@ -134,7 +138,8 @@ module Commands =
 
     let private ensureParent (path: string) =
         let dir = Path.GetDirectoryName(Path.GetFullPath path)
-        if not (String.IsNullOrEmpty dir) then Directory.CreateDirectory dir |> ignore
+        if not (String.IsNullOrEmpty dir) then
+            Directory.CreateDirectory dir |> ignore
 
     /// `train`: fit a score network to a dataset and save it in the library's format.
     let train (ui: Ui) (c: TrainCommand) : int =
@@ -145,23 +150,44 @@ module Commands =
         use g = new torch.Generator(uint64 c.Seed, torch.CPU)
         let raw, dataName = loadData c.Source g
         use raw = raw
-        let standardise = defaultArg c.Standardise (match c.Source with DataSource.File _ -> true | _ -> false)
+        let standardise =
+            defaultArg
+                c.Standardise
+                (match c.Source with
+                 | DataSource.File _ -> true
+                 | _ -> false)
         let st = if standardise then Some(Standardisation.fit raw) else None
-        use data = match st with Some s -> Standardisation.apply s raw | None -> raw.clone()
+        use data =
+            match st with
+            | Some s -> Standardisation.apply s raw
+            | None -> raw.clone ()
         let dim = int data.shape.[1]
         use net = new ScoreNet({ ScoreNet.defaultConfig dim with Hidden = c.Hidden; Layers = c.Layers }, g)
-        Ui.info ui (sprintf "training an MLP score network (%d parameters) on %d points of %s in %d dimensions"
-                        net.ParameterCount data.shape.[0] dataName dim)
+        Ui.info
+            ui
+            (sprintf
+                "training an MLP score network (%d parameters) on %d points of %s in %d dimensions"
+                net.ParameterCount
+                data.shape.[0]
+                dataName
+                dim)
         let r = trainWithProgress ui sde (trainSettings c) net data g
         use ema = r.Ema
         ModelFile.save c.Out ema sde st (trainingMetadata c dataName data.shape.[0] r)
-        c.LossPlot |> Option.iter (fun p ->
+        c.LossPlot
+        |> Option.iter (fun p ->
             ensureParent p
             Plots.save p 800 500 (Plots.lossPlot r.Losses 100))
         ui.Out.WriteLine(
-            sprintf "trained %d steps in %s s (%s steps/s, %s samples/s); final loss %s; model saved to %s"
-                c.Steps (inv r.Seconds "F1") (inv r.StepsPerSecond "F0") (inv (r.StepsPerSecond * float c.BatchSize) "F0")
-                (inv (finalLoss r.Losses) "F4") c.Out)
+            sprintf
+                "trained %d steps in %s s (%s steps/s, %s samples/s); final loss %s; model saved to %s"
+                c.Steps
+                (inv r.Seconds "F1")
+                (inv r.StepsPerSecond "F0")
+                (inv (r.StepsPerSecond * float c.BatchSize) "F0")
+                (inv (finalLoss r.Losses) "F4")
+                c.Out
+        )
         0
 
     /// The output kinds `sample` writes.
@@ -175,7 +201,10 @@ module Commands =
         let watch = Stopwatch.StartNew()
         let result =
             Ui.progress ui (sprintf "sampling: %s" s.Label) s.Steps (fun advance ->
-                let observer = Some(fun (_: int) (_: float) (x: Tensor) -> (recorder |> Option.iter (fun r -> r.Observe x)); advance ())
+                let observer =
+                    Some(fun (_: int) (_: float) (x: Tensor) ->
+                        (recorder |> Option.iter (fun r -> r.Observe x))
+                        advance ())
                 s.Run sde model noise xT observer)
         watch.Stop()
         result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
@@ -183,8 +212,16 @@ module Commands =
     /// Log-likelihoods of data points [N, D] (data space) in batches, with a progress bar: per-point
     /// log p in nats and bits/dim, the model evaluations and the seconds taken. A standardised model
     /// is evaluated on standardised points and corrected by the map's log-determinant.
-    let logLikelihoods (ui: Ui) (sde: VpSde) (model: Model) (st: Standardisation option) (settings: LikelihoodSettings)
-                       (noise: Noise) (batchSize: int) (points: Tensor) : float[] * float[] * int * float =
+    let logLikelihoods
+        (ui: Ui)
+        (sde: VpSde)
+        (model: Model)
+        (st: Standardisation option)
+        (settings: LikelihoodSettings)
+        (noise: Noise)
+        (batchSize: int)
+        (points: Tensor)
+        : float[] * float[] * int * float =
         let n = points.shape.[0]
         let dim = float points.shape.[1]
         let batches = int ((n + int64 batchSize - 1L) / int64 batchSize)
@@ -195,10 +232,16 @@ module Commands =
             for b in 0 .. batches - 1 do
                 use scope = torch.NewDisposeScope()
                 let start = int64 b * int64 batchSize
-                let chunk = points.narrow(0L, start, min (int64 batchSize) (n - start))
-                let x = match st with Some s -> Standardisation.apply s chunk | None -> chunk
+                let chunk = points.narrow (0L, start, min (int64 batchSize) (n - start))
+                let x =
+                    match st with
+                    | Some s -> Standardisation.apply s chunk
+                    | None -> chunk
                 use r = Likelihood.compute sde model settings noise x
-                let correction = match st with Some s -> Standardisation.logDetJacobian s | None -> 0.0
+                let correction =
+                    match st with
+                    | Some s -> Standardisation.logDetJacobian s
+                    | None -> 0.0
                 logp.AddRange(host r.LogLikelihood |> Array.map (fun v -> v + correction))
                 nfe <- nfe + r.Nfe
                 advance ())
@@ -222,51 +265,77 @@ module Commands =
 
     /// `likelihood`: bits/dim of a data file under a model, through the probability-flow ODE.
     let likelihood (ui: Ui) (c: LikelihoodCommand) : int =
-        c.Out |> Option.iter (fun o ->
+        c.Out
+        |> Option.iter (fun o ->
             let ext = Path.GetExtension(o).ToLowerInvariant()
             if ext <> ".csv" && ext <> ".npy" then
                 raise (ArgumentException(sprintf "--out must end in .csv or .npy (got '%s')." o, "--out")))
         use data = DataFile.load c.Data torch.float64
         let dim = data.shape.[1]
-        let tsOptions = { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = [| dim |] }
+        let tsOptions =
+            { Sde = VpSde.standard
+              TimeScale = c.TimeScale
+              Output = ModelOutput.Noise
+              SampleShape = [| dim |] }
         use loaded = ModelFile.load c.ModelPath tsOptions
         let info = loaded.Info
         if info.SampleShape <> [| dim |] then
-            raise (ArgumentException(
-                    sprintf "--data: the model takes points of shape [%s] but %s holds %d coordinates per point."
-                        (String.Join(", ", info.SampleShape)) c.Data dim, "--data"))
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--data: the model takes points of shape [%s] but %s holds %d coordinates per point."
+                        (String.Join(", ", info.SampleShape))
+                        c.Data
+                        dim,
+                    "--data"
+                )
+            )
         Ui.info ui (sprintf "model: %s" info.Description)
-        use points = data.to_type(info.Dtype)
+        use points = data.to_type (info.Dtype)
         let settings = likelihoodSettings c.Rtol c.Atol c.Eps c.Hutchinson
         let logp, bpd, nfe, seconds =
             logLikelihoods ui info.Sde loaded.Model info.Standardisation settings (Noise.fromSeed c.Seed torch.CPU) c.BatchSize points
-        c.Out |> Option.iter (fun o ->
+        c.Out
+        |> Option.iter (fun o ->
             ensureParent o
             let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
             let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
-            if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then Npy.write o table
-            else Csv.write o (Some [| "log_likelihood"; "bits_per_dim" |]) table)
+            if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
+                Npy.write o table
+            else
+                Csv.write o (Some [| "log_likelihood"; "bits_per_dim" |]) table)
         let m, se = meanAndError bpd
         let ml, _ = meanAndError logp
         ui.Out.WriteLine(
-            sprintf "%s bits/dim (+- %s standard error) over %d points of %s; mean log-likelihood %s nats; %d model evaluations, %s s"
-                (inv m "F4") (inv se "F4") logp.Length c.Data (inv ml "F4") nfe (inv seconds "F1"))
+            sprintf
+                "%s bits/dim (+- %s standard error) over %d points of %s; mean log-likelihood %s nats; %d model evaluations, %s s"
+                (inv m "F4")
+                (inv se "F4")
+                logp.Length
+                c.Data
+                (inv ml "F4")
+                nfe
+                (inv seconds "F1")
+        )
         0
 
     /// `sample`: draw samples from a saved or TorchScript model and write them to a file.
     let sample (ui: Ui) (c: SampleCommand) : int =
         let ext = Path.GetExtension(c.Out).ToLowerInvariant()
         if not (List.contains ext sampleExtensions) then
-            raise (ArgumentException(
-                    sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
-        let tsOptions =
-            { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = c.Shape }
+            raise (ArgumentException(sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
+        let tsOptions = { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = c.Shape }
         use loaded = ModelFile.load c.ModelPath tsOptions
         let info = loaded.Info
         if ext = ".png" && info.SampleShape <> [| 2L |] then
-            raise (ArgumentException(
-                    sprintf "--out: a .png scatter plot needs 2-D samples, but this model's samples have shape [%s]; write .csv or .npy."
-                        (String.Join(", ", info.SampleShape)), "--out"))
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--out: a .png scatter plot needs 2-D samples, but this model's samples have shape [%s]; write .csv or .npy."
+                        (String.Join(", ", info.SampleShape)),
+                    "--out"
+                )
+            )
         Ui.info ui (sprintf "model: %s" info.Description)
         let noise = Noise.fromSeed c.Seed torch.CPU
         use xT = Sampler.prior (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
@@ -275,18 +344,26 @@ module Commands =
         use samples =
             match info.Standardisation with
             | Some st -> Standardisation.invert st raw
-            | None -> raw.clone()
+            | None -> raw.clone ()
         if not (torch.isfinite(samples).all().item<bool>()) then
-            raise (InvalidOperationException(
-                    sprintf "the %s sampler produced NaN or infinite values; try more steps or another sampler." c.Sampler.Name))
+            raise (
+                InvalidOperationException(
+                    sprintf "the %s sampler produced NaN or infinite values; try more steps or another sampler." c.Sampler.Name
+                )
+            )
         ensureParent c.Out
         match ext with
         | ".png" ->
             let cloud = Plots.cloud samples
-            Plots.save c.Out 800 800 (Plots.scatterPlot (sprintf "%d samples: %s" c.Count c.Sampler.Label) (Some(Plots.limitsOf cloud)) cloud 1)
+            Plots.save
+                c.Out
+                800
+                800
+                (Plots.scatterPlot (sprintf "%d samples: %s" c.Count c.Sampler.Label) (Some(Plots.limitsOf cloud)) cloud 1)
         | _ -> DataFile.save c.Out samples
         ui.Out.WriteLine(
-            sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2"))
+            sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2")
+        )
         0
 
     /// `demo`: train on a built-in dataset, sample with every sampler, measure and plot.
@@ -301,13 +378,26 @@ module Commands =
         use data = ToyDataset.sample c.Dataset 20000 torch.float32 g
         use held = ToyDataset.sample c.Dataset c.Count torch.float32 gHeld
         let trainCommand =
-            { Source = DataSource.BuiltIn(c.Dataset, 20000); Steps = c.TrainSteps; BatchSize = Training.defaults.BatchSize
-              LearningRate = Training.defaults.LearningRate; Seed = c.Seed; Hidden = 128; Layers = 3
-              Weighting = LossWeighting.Noise; EmaDecay = Training.defaults.EmaDecay; Standardise = Some false
-              Out = Path.Combine(c.Out, "model"); LossPlot = None }
+            { Source = DataSource.BuiltIn(c.Dataset, 20000)
+              Steps = c.TrainSteps
+              BatchSize = Training.defaults.BatchSize
+              LearningRate = Training.defaults.LearningRate
+              Seed = c.Seed
+              Hidden = 128
+              Layers = 3
+              Weighting = LossWeighting.Noise
+              EmaDecay = Training.defaults.EmaDecay
+              Standardise = Some false
+              Out = Path.Combine(c.Out, "model")
+              LossPlot = None }
         use net = new ScoreNet(ScoreNet.defaultConfig 2, g)
-        Ui.info ui (sprintf "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters"
-                        name c.Count net.ParameterCount)
+        Ui.info
+            ui
+            (sprintf
+                "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters"
+                name
+                c.Count
+                net.ParameterCount)
         let r = trainWithProgress ui sde (trainSettings trainCommand) net data g
         use ema = r.Ema
         ModelFile.save trainCommand.Out ema sde None (trainingMetadata trainCommand name 20000L r)
@@ -317,13 +407,13 @@ module Commands =
         use xT = Sampler.prior [| int64 c.Count; 2L |] torch.float32 torch.CPU noise
         let runs =
             [ for entry in Samplers.all ->
-                let run = entry.Demo
-                let result, seconds, paths = runSampler ui run sde model xT (c.Seed + 2L) 6L
-                run, result, seconds, paths ]
+                  let run = entry.Demo
+                  let result, seconds, paths = runSampler ui run sde model xT (c.Seed + 2L) 6L
+                  run, result, seconds, paths ]
         // Held-out bits/dim through the probability-flow ODE (exact divergence, Dopri5 at 1e-5) on
         // the first points of the held-out set, and the data's exact bits/dim on the same points.
         let likelihoodPoints = min 1000L held.shape.[0]
-        use heldSubset = held.narrow(0L, 0L, likelihoodPoints)
+        use heldSubset = held.narrow (0L, 0L, likelihoodPoints)
         let _, bpd, likNfe, likSeconds =
             logLikelihoods ui sde model None (likelihoodSettings 1e-5 1e-5 1e-5 None) (Noise.fromSeed c.Seed torch.CPU) 1000 heldSubset
         let bpdText (v: float[]) = let m, se = meanAndError v in sprintf "%s +- %s" (inv m "F3") (inv se "F3")
@@ -332,23 +422,44 @@ module Commands =
             |> Option.map (fun lp -> use lp = lp in host lp |> Array.map (fun v -> -v / (2.0 * Math.Log 2.0)))
         let sw (x: Tensor) = Metrics.slicedWasserstein1 x held
         let finite (x: Tensor) = torch.isfinite(x).all().item<bool>()
-        use trainSubset = data.narrow(0L, 0L, min (int64 c.Count) data.shape.[0])
+        use trainSubset = data.narrow (0L, 0L, min (int64 c.Count) data.shape.[0])
         let rows =
             [ for run, result, seconds, _ in runs do
-                yield [ run.Label; string result.Nfe; inv seconds "F2"
-                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged"); "" ]
+                  yield
+                      [ run.Label
+                        string result.Nfe
+                        inv seconds "F2"
+                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged")
+                        "" ]
               yield [ "likelihood: ODE Dopri5, exact divergence"; string likNfe; inv likSeconds "F2"; ""; bpdText bpd ]
-              yield [ "reference: training data"; ""; ""; inv (sw trainSubset) "F4"
-                      (match exactBpd with Some v -> bpdText v + " (exact density)" | None -> "") ]
+              yield
+                  [ "reference: training data"
+                    ""
+                    ""
+                    inv (sw trainSubset) "F4"
+                    (match exactBpd with
+                     | Some v -> bpdText v + " (exact density)"
+                     | None -> "") ]
               yield [ "reference: prior N(0, I)"; ""; ""; inv (sw xT) "F4"; "" ] ]
-        Ui.table ui
-            (sprintf "%d samples: sliced Wasserstein-1 to %d held-out points (128 directions); bits/dim of %d held-out points"
-                c.Count c.Count likelihoodPoints)
-            [ "sampler"; "model evals"; "seconds"; "sliced W1"; "bits/dim" ] rows
-        Ui.table ui "training"
+        Ui.table
+            ui
+            (sprintf
+                "%d samples: sliced Wasserstein-1 to %d held-out points (128 directions); bits/dim of %d held-out points"
+                c.Count
+                c.Count
+                likelihoodPoints)
+            [ "sampler"; "model evals"; "seconds"; "sliced W1"; "bits/dim" ]
+            rows
+        Ui.table
+            ui
+            "training"
             [ "steps"; "batch"; "seconds"; "steps/s"; "samples/s"; "final loss" ]
-            [ [ string c.TrainSteps; string trainCommand.BatchSize; inv r.Seconds "F1"; inv r.StepsPerSecond "F0"
-                inv (r.StepsPerSecond * float trainCommand.BatchSize) "F0"; inv (finalLoss r.Losses) "F4" ] ]
+            [ [ string c.TrainSteps
+                string trainCommand.BatchSize
+                inv r.Seconds "F1"
+                inv r.StepsPerSecond "F0"
+                inv (r.StepsPerSecond * float trainCommand.BatchSize) "F0"
+                inv (finalLoss r.Losses) "F4" ] ]
         // Figures.
         let dataCloud = Plots.cloud held
         let limits = Some(Plots.limitsOf dataCloud)
@@ -362,14 +473,22 @@ module Commands =
             let title = sprintf "%s (%d evaluations)" run.Label result.Nfe
             Plots.save (out (sprintf "samples-%s.png" run.Name)) 700 700 (Plots.scatterPlot title limits (Plots.cloud result.Samples) 1)
         let trajectoryLimits = Some(Plots.limitsOf (Plots.cloud xT))
-        Plots.saveRow (out "trajectories.png") 500 500
+        Plots.saveRow
+            (out "trajectories.png")
+            500
+            500
             [ for run, _, _, paths in runs ->
-                Plots.trajectoryPlot (sprintf "%s: paths from the prior (black)" run.Name) trajectoryLimits dataCloud paths 1 ]
+                  Plots.trajectoryPlot (sprintf "%s: paths from the prior (black)" run.Name) trajectoryLimits dataCloud paths 1 ]
         Plots.save (out "loss.png") 800 500 (Plots.lossPlot r.Losses 100)
-        Plots.saveRow (out "overview.png") 360 360
+        Plots.saveRow
+            (out "overview.png")
+            360
+            360
             [ yield Plots.scatterPlot "data" limits dataCloud 0
-              for run, result, _, _ in runs -> Plots.scatterPlot (sprintf "%s, %d evals" run.Name result.Nfe) limits (Plots.cloud result.Samples) 1 ]
-        for _, result, _, _ in runs do result.Samples.Dispose()
+              for run, result, _, _ in runs ->
+                  Plots.scatterPlot (sprintf "%s, %d evals" run.Name result.Nfe) limits (Plots.cloud result.Samples) 1 ]
+        for _, result, _, _ in runs do
+            result.Samples.Dispose()
         Ui.info ui (sprintf "wrote %s and the model %s" (String.Join(", ", files |> Seq.map Path.GetFileName)) trainCommand.Out)
         ui.Out.WriteLine(sprintf "demo finished in %s s; figures in %s" (inv total.Elapsed.TotalSeconds "F1") c.Out)
         0

@@ -18,7 +18,11 @@ module Opt =
             | None -> ()
             | Some _ ->
                 // a token that does not convert is reported by the parser itself
-                let value = try Some(r.GetValueOrDefault<'T>()) with _ -> None
+                let value =
+                    try
+                        Some(r.GetValueOrDefault<'T>())
+                    with _ ->
+                        None
                 match value |> Option.bind check with
                 | Some problem -> r.AddError(sprintf "%s %s" option.Name problem)
                 | None -> ())
@@ -29,8 +33,7 @@ module Opt =
         Option<string>(name, Description = description) |> withDefault <| value
 
     /// A required string option.
-    let required (name: string) (description: string) =
-        Option<string>(name, Description = description, Required = true)
+    let required (name: string) (description: string) = Option<string>(name, Description = description, Required = true)
 
     /// An integer option that must be at least `least`.
     let intAtLeast (least: int) (name: string) (description: string) (value: int option) =
@@ -40,17 +43,29 @@ module Opt =
     /// An optional integer that must be at least `least` when given (absent: null).
     let intAtLeastOrNone (least: int) (name: string) (description: string) =
         let o = Option<Nullable<int>>(name, Description = description)
-        validate o (fun v -> if v.HasValue && v.Value < least then Some(sprintf "must be at least %d (got %d)" least v.Value) else None)
+        validate o (fun v ->
+            if v.HasValue && v.Value < least then
+                Some(sprintf "must be at least %d (got %d)" least v.Value)
+            else
+                None)
 
     /// A positive finite number.
     let positive (name: string) (description: string) (value: float option) =
         let o = Option<float>(name, Description = description) |> withDefault <| value
-        validate o (fun v -> if not (v > 0.0) || Double.IsInfinity v then Some(sprintf "must be a positive number (got %g)" v) else None)
+        validate o (fun v ->
+            if not (v > 0.0) || Double.IsInfinity v then
+                Some(sprintf "must be a positive number (got %g)" v)
+            else
+                None)
 
     /// An optional positive finite number (absent: null).
     let positiveOrNone (name: string) (description: string) =
         let o = Option<Nullable<float>>(name, Description = description)
-        validate o (fun v -> if v.HasValue && (not (v.Value > 0.0) || Double.IsInfinity v.Value) then Some(sprintf "must be a positive number (got %g)" v.Value) else None)
+        validate o (fun v ->
+            if v.HasValue && (not (v.Value > 0.0) || Double.IsInfinity v.Value) then
+                Some(sprintf "must be a positive number (got %g)" v.Value)
+            else
+                None)
 
     /// A number in [low, high).
     let inRange (low: float) (high: float) (name: string) (description: string) (value: float option) =
@@ -66,9 +81,13 @@ module Opt =
         let o = Option<string>(name, Description = description) |> withDefault <| value
         o.HelpName <- String.Join("|", choices)
         validate o (fun v ->
-            if isNull v || not (choices |> List.exists (fun c -> String.Equals(c, v, StringComparison.OrdinalIgnoreCase))) then
+            if
+                isNull v
+                || not (choices |> List.exists (fun c -> String.Equals(c, v, StringComparison.OrdinalIgnoreCase)))
+            then
                 Some(sprintf "must be one of %s (got '%s')" (String.Join(", ", choices)) v)
-            else None)
+            else
+                None)
 
     /// A flag.
     let flag (name: string) (description: string) = Option<bool>(name, Description = description)

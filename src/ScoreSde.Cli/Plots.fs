@@ -84,7 +84,8 @@ module Plots =
         let avg =
             Array.init losses.Length (fun i ->
                 acc <- acc + losses.[i]
-                if i >= w then acc <- acc - losses.[i - w]
+                if i >= w then
+                    acc <- acc - losses.[i - w]
                 acc / float (min (i + 1) w))
         let smooth = plot.Add.ScatterLine(xs, avg)
         smooth.Color <- colour 1
@@ -107,7 +108,8 @@ module Plots =
         use surface = SKSurface.Create info
         let canvas = surface.Canvas
         canvas.Clear(SKColors.White)
-        plots |> List.iteri (fun i plot ->
+        plots
+        |> List.iteri (fun i plot ->
             use p = plot
             // each plot renders on its own image (a plot clears the whole canvas it is given)
             use bitmap = SKBitmap.Decode(p.GetImageBytes(width, height, ImageFormat.Png))

@@ -18,13 +18,17 @@ let describe (e: exn) =
         |> Array.map (fun l -> if e :? ArgumentException then Regex.Replace(l, @"\s*\(Parameter '[^']*'\)", "") else l)
     let oneLine = String.Join(" ", lines)
     match e with
-    | :? ArgumentException | :? IOException | :? UnauthorizedAccessException | :? InvalidOperationException -> oneLine
+    | :? ArgumentException
+    | :? IOException
+    | :? UnauthorizedAccessException
+    | :? InvalidOperationException -> oneLine
     | :? ExternalException -> sprintf "libtorch: %s" oneLine
     | _ -> sprintf "%s: %s" (e.GetType().Name) oneLine
 
 /// Run a command body: any exception becomes one line on stderr and exit code 1.
 let private guard (ui: Ui) (body: unit -> int) : int =
-    try body ()
+    try
+        body ()
     with e ->
         ui.Err.WriteLine(sprintf "error: %s" (describe e))
         1
@@ -38,18 +42,22 @@ let private threads =
 let private outDir = Opt.text "--out" "Folder for the figures and the trained model" (Some "out")
 let private modelOption = Opt.required "--model" "A model directory written by 'train', or a TorchScript file"
 let private timeScale =
-    Opt.positive "--time-scale" "TorchScript models: multiply t by this before calling the model (999 for models trained on t * 999 labels)" (Some 1.0)
-let private shape =
-    Opt.text "--shape" "TorchScript models: shape of one sample, e.g. 2 or 3,32,32" (Some "2")
+    Opt.positive
+        "--time-scale"
+        "TorchScript models: multiply t by this before calling the model (999 for models trained on t * 999 labels)"
+        (Some 1.0)
+let private shape = Opt.text "--shape" "TorchScript models: shape of one sample, e.g. 2 or 3,32,32" (Some "2")
 
 let private parseShape (text: string) =
     let parts = text.Split(',', StringSplitOptions.TrimEntries)
     let dims =
-        parts |> Array.map (fun p ->
+        parts
+        |> Array.map (fun p ->
             match Int64.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture) with
             | true, v when v > 0L -> v
             | _ -> raise (ArgumentException(sprintf "--shape must be positive integers separated by commas (got '%s')." text, "--shape")))
-    if dims.Length = 0 then raise (ArgumentException("--shape must not be empty.", "--shape"))
+    if dims.Length = 0 then
+        raise (ArgumentException("--shape must not be empty.", "--shape"))
     dims
 
 let private datasetNames = ToyDataset.all |> List.map ToyDataset.name
@@ -57,15 +65,19 @@ let private datasetNames = ToyDataset.all |> List.map ToyDataset.name
 // ---- commands ----
 
 let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
-    let cmd = Command("demo", "Train on a built-in dataset, sample with every sampler, print a table and write figures (the default command)")
+    let cmd =
+        Command("demo", "Train on a built-in dataset, sample with every sampler, print a table and write figures (the default command)")
     let dataset = Opt.choice "--dataset" "Built-in dataset" datasetNames (Some "ring")
     let trainSteps = Opt.intAtLeast 1 "--train-steps" "Training steps" (Some 6000)
     let n = Opt.intAtLeast 2 "--n" "Samples per sampler (and held-out points)" (Some 10000)
     let seed = Opt.seed "Seed of the data, the network and the samplers"
-    for o in [ dataset :> Option; trainSteps; n; seed; outDir ] do cmd.Add o
+    for o in [ dataset :> Option; trainSteps; n; seed; outDir ] do
+        cmd.Add o
     cmd.SetAction(fun (pr: ParseResult) ->
-        pr |> act (fun ui ->
-            Commands.demo ui
+        pr
+        |> act (fun ui ->
+            Commands.demo
+                ui
                 { Dataset = (ToyDataset.tryParse (pr.GetValue dataset)).Value
                   TrainSteps = pr.GetValue trainSteps
                   Count = pr.GetValue n
@@ -86,24 +98,45 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
     let layers = Opt.intAtLeast 1 "--layers" "Number of hidden layers" (Some 3)
     let weighting = Opt.choice "--weighting" "Loss weighting" [ "noise"; "likelihood" ] (Some "noise")
     let ema = Opt.inRange 0.0 1.0 "--ema" "Decay of the weights' exponential moving average" (Some Training.defaults.EmaDecay)
-    let standardise = Opt.choice "--standardize" "Standardize each coordinate before training (auto: only for --data files)" [ "auto"; "yes"; "no" ] (Some "auto")
+    let standardise =
+        Opt.choice
+            "--standardize"
+            "Standardize each coordinate before training (auto: only for --data files)"
+            [ "auto"; "yes"; "no" ]
+            (Some "auto")
     let out = Opt.required "--out" "Model directory to write (config.json and weights.bin)"
     let plot = Opt.text "--plot" "Also write the training-loss curve to this .png file" None
-    for o in [ dataset :> Option; data; points; steps; batch; lr; seed; hidden; layers; weighting; ema; standardise; out; plot ] do
+    for o in
+        [ dataset :> Option
+          data
+          points
+          steps
+          batch
+          lr
+          seed
+          hidden
+          layers
+          weighting
+          ema
+          standardise
+          out
+          plot ] do
         cmd.Add o
     cmd.Validators.Add(fun r ->
         let has (o: Option) = not (isNull (r.GetResult o))
         match has dataset, has data with
         | true, true -> r.AddError "give either --dataset or --data, not both"
-        | false, false -> r.AddError (sprintf "give --dataset (%s) or --data FILE" (String.Join("|", datasetNames)))
+        | false, false -> r.AddError(sprintf "give --dataset (%s) or --data FILE" (String.Join("|", datasetNames)))
         | _ -> ())
     cmd.SetAction(fun (pr: ParseResult) ->
-        pr |> act (fun ui ->
+        pr
+        |> act (fun ui ->
             let source =
                 match pr.GetValue data with
                 | null -> DataSource.BuiltIn((ToyDataset.tryParse (pr.GetValue dataset)).Value, pr.GetValue points)
                 | file -> DataSource.File file
-            Commands.train ui
+            Commands.train
+                ui
                 { Source = source
                   Steps = pr.GetValue steps
                   BatchSize = pr.GetValue batch
@@ -111,9 +144,17 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
                   Seed = pr.GetValue seed
                   Hidden = pr.GetValue hidden
                   Layers = pr.GetValue layers
-                  Weighting = (if Opt.choiceValue pr weighting = "likelihood" then LossWeighting.Likelihood else LossWeighting.Noise)
+                  Weighting =
+                    (if Opt.choiceValue pr weighting = "likelihood" then
+                         LossWeighting.Likelihood
+                     else
+                         LossWeighting.Noise)
                   EmaDecay = pr.GetValue ema
-                  Standardise = (match Opt.choiceValue pr standardise with "yes" -> Some true | "no" -> Some false | _ -> None)
+                  Standardise =
+                    (match Opt.choiceValue pr standardise with
+                     | "yes" -> Some true
+                     | "no" -> Some false
+                     | _ -> None)
                   Out = pr.GetValue out
                   LossPlot = Option.ofObj (pr.GetValue plot) }))
     cmd
@@ -123,13 +164,27 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
     let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
-    for o in [ modelOption :> Option; Samplers.choice; Samplers.steps; Samplers.eps; Samplers.rtol; Samplers.atol; n; seed; out; timeScale; shape ] do
+    for o in
+        [ modelOption :> Option
+          Samplers.choice
+          Samplers.steps
+          Samplers.eps
+          Samplers.rtol
+          Samplers.atol
+          n
+          seed
+          out
+          timeScale
+          shape ] do
         cmd.Add o
     for entry in Samplers.all do
-        for o in entry.Options do cmd.Add o
+        for o in entry.Options do
+            cmd.Add o
     cmd.SetAction(fun (pr: ParseResult) ->
-        pr |> act (fun ui ->
-            Commands.sample ui
+        pr
+        |> act (fun ui ->
+            Commands.sample
+                ui
                 { ModelPath = pr.GetValue modelOption
                   Sampler = (Samplers.selected pr).FromCommandLine pr
                   Count = pr.GetValue n
@@ -140,20 +195,25 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     cmd
 
 let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
-    let cmd = Command("likelihood", "Bits/dim of data under a model, through the probability-flow ODE (Song et al. 2021, appendix D.2)")
+    let cmd =
+        Command("likelihood", "Bits/dim of data under a model, through the probability-flow ODE (Song et al. 2021, appendix D.2)")
     let data = Opt.required "--data" "Points to evaluate: a .csv or .npy file of N points by D coordinates"
     let rtol = Opt.positive "--rtol" "Relative tolerance of the adaptive ODE solver" (Some 1e-5)
     let atol = Opt.positive "--atol" "Absolute tolerance of the adaptive ODE solver" (Some 1e-5)
     let eps = Opt.inRange 1e-7 1.0 "--eps" "Time at which the data are taken (the integration starts there)" (Some 1e-5)
-    let hutchinson = Opt.intAtLeastOrNone 1 "--hutchinson" "Estimate the divergence with this many Rademacher probes per point (default: exact trace)"
+    let hutchinson =
+        Opt.intAtLeastOrNone 1 "--hutchinson" "Estimate the divergence with this many Rademacher probes per point (default: exact trace)"
     let seed = Opt.seed "Seed of the Hutchinson probes"
     let batch = Opt.intAtLeast 1 "--batch-size" "Points per ODE solve" (Some 1000)
     let out = Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
-    for o in [ modelOption :> Option; data; rtol; atol; eps; hutchinson; seed; batch; out; timeScale ] do cmd.Add o
+    for o in [ modelOption :> Option; data; rtol; atol; eps; hutchinson; seed; batch; out; timeScale ] do
+        cmd.Add o
     cmd.SetAction(fun (pr: ParseResult) ->
-        pr |> act (fun ui ->
+        pr
+        |> act (fun ui ->
             let k = pr.GetValue hutchinson
-            Commands.likelihood ui
+            Commands.likelihood
+                ui
                 { ModelPath = pr.GetValue modelOption
                   Data = pr.GetValue data
                   Rtol = pr.GetValue rtol
@@ -169,7 +229,11 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
 /// The root command and its subcommands.
 let rootCommand () =
     // A plain Command named after the executable (RootCommand takes the assembly's name, ScoreSde.Cli).
-    let root = Command("scoresde", "Train, sample and measure score-based generative models (VP-SDE, Song et al. 2021). Run without arguments for the demo.")
+    let root =
+        Command(
+            "scoresde",
+            "Train, sample and measure score-based generative models (VP-SDE, Song et al. 2021). Run without arguments for the demo."
+        )
     root.Add(Help.HelpOption(Recursive = true))
     root.Add(VersionOption())
     threads.Recursive <- true
@@ -202,14 +266,23 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
             |> Seq.distinct
             |> Seq.toList
         // "Required command was not provided" only adds noise next to the unknown word that caused it
-        let messages = if messages.Length > 1 then messages |> List.filter (fun m -> not (m.StartsWith "Required command")) else messages
+        let messages =
+            if messages.Length > 1 then
+                messages |> List.filter (fun m -> not (m.StartsWith "Required command"))
+            else
+                messages
         let command = pr.CommandResult.Command
-        let usage = if obj.ReferenceEquals(command, root) then "scoresde --help" else sprintf "scoresde %s --help" command.Name
+        let usage =
+            if obj.ReferenceEquals(command, root) then
+                "scoresde --help"
+            else
+                sprintf "scoresde %s --help" command.Name
         err.WriteLine(sprintf "error: %s (see '%s')" (String.Join("; ", messages)) usage)
         2
     else
         let config = InvocationConfiguration(Output = out, Error = err, EnableDefaultExceptionHandler = false)
-        try pr.Invoke config
+        try
+            pr.Invoke config
         with e ->
             err.WriteLine(sprintf "error: %s" (describe e))
             1
@@ -218,5 +291,6 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
 let main argv =
     // Process-wide malloc settings belong to the executable, not to `run` (which tests call in-process).
     // SCORESDE_MALLOC_DEFAULTS=1 keeps glibc's defaults (to measure the difference).
-    if Environment.GetEnvironmentVariable "SCORESDE_MALLOC_DEFAULTS" <> "1" then Allocator.tune () |> ignore
+    if Environment.GetEnvironmentVariable "SCORESDE_MALLOC_DEFAULTS" <> "1" then
+        Allocator.tune () |> ignore
     run Console.Out Console.Error argv

@@ -7,31 +7,36 @@ open ScoreSde
 
 /// A sampler configured and ready to run.
 type SamplerRun =
-    { /// Short name (as on the command line).
-      Name: string
-      /// What exactly runs, for tables and logs.
-      Label: string
-      /// Steps the observer will see (for the progress bar); 0 when not known in advance.
-      Steps: int
-      /// Run from the prior draw xT (not modified); the observer sees every step's state.
-      Run: VpSde -> Model -> Noise -> Tensor -> Observer option -> SampleResult }
+    {
+        /// Short name (as on the command line).
+        Name: string
+        /// What exactly runs, for tables and logs.
+        Label: string
+        /// Steps the observer will see (for the progress bar); 0 when not known in advance.
+        Steps: int
+        /// Run from the prior draw xT (not modified); the observer sees every step's state.
+        Run: VpSde -> Model -> Noise -> Tensor -> Observer option -> SampleResult
+    }
 
 /// A sampler the command line offers: its options on `sample` and its settings in `demo`.
 /// To add a sampler, write one such value and append it to `Samplers.all`.
 type SamplerEntry =
-    { Name: string
-      Summary: string
-      /// Options that only this sampler reads (shared ones are in `Samplers.steps` and `Samplers.eps`).
-      Options: Option list
-      /// Its settings from a parsed `sample` command line.
-      FromCommandLine: ParseResult -> SamplerRun
-      /// Its settings in `demo`.
-      Demo: SamplerRun }
+    {
+        Name: string
+        Summary: string
+        /// Options that only this sampler reads (shared ones are in `Samplers.steps` and `Samplers.eps`).
+        Options: Option list
+        /// Its settings from a parsed `sample` command line.
+        FromCommandLine: ParseResult -> SamplerRun
+        /// Its settings in `demo`.
+        Demo: SamplerRun
+    }
 
 [<RequireQualifiedAccess>]
 module Samplers =
     /// Shared by every sampler: the number of steps (each sampler has its own default).
-    let steps = Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100; dpm 20 evaluations)"
+    let steps =
+        Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100; dpm 20 evaluations)"
 
     /// Shared by every sampler: the time the sampler stops at.
     let eps = Opt.inRange 1e-6 1.0 "--eps" "Time at which sampling stops" (Some 1e-3)
@@ -49,7 +54,9 @@ module Samplers =
     /// Reject --steps for a method that chooses its own steps.
     let private noSteps (pr: ParseResult) (what: string) =
         if pr.GetValue(steps).HasValue then
-            raise (ArgumentException(sprintf "--steps does not apply to %s: it chooses its own steps from --rtol and --atol." what, "--steps"))
+            raise (
+                ArgumentException(sprintf "--steps does not apply to %s: it chooses its own steps from --rtol and --atol." what, "--steps")
+            )
 
     /// Reject --rtol/--atol for a fixed-step method.
     let private noTolerances (pr: ParseResult) (what: string) =
@@ -69,9 +76,11 @@ module Samplers =
     let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some 0.16)
     let private correctorSteps = Opt.intAtLeast 1 "--corrector-steps" "Corrector steps per time point" (Some 1)
     let private langevinNorm =
-        Opt.choice "--langevin-norm"
+        Opt.choice
+            "--langevin-norm"
             "How Langevin measures |z|/|score|: 'batch' averages over the batch (the paper's choice, right for low-dimensional data); 'sample' uses each sample's own norms"
-            [ "batch"; "sample" ] (Some "batch")
+            [ "batch"; "sample" ]
+            (Some "batch")
 
     /// The PC sampler with given pieces.
     let pcRun (p: Predictor) (c: Corrector) (stepCount: int) (epsValue: float) : SamplerRun =
@@ -83,8 +92,7 @@ module Samplers =
         { Name = "pc"
           Label = sprintf "PC: %s%s, %d steps" (Predictor.name p) correctorText stepCount
           Steps = stepCount
-          Run = fun sde model noise xT observer ->
-                  Sampler.predictorCorrector sde model { settings with Observer = observer } noise xT }
+          Run = fun sde model noise xT observer -> Sampler.predictorCorrector sde model { settings with Observer = observer } noise xT }
 
     let private pcFromCommandLine (pr: ParseResult) =
         let p = predictors |> List.find (fun (n, _) -> n = Opt.choiceValue pr predictor) |> snd
@@ -94,7 +102,11 @@ module Samplers =
             | "none" -> Corrector.NoCorrector
             | "annealed" -> Corrector.annealedLangevin (pr.GetValue snr) k
             | _ ->
-                let norm = if Opt.choiceValue pr langevinNorm = "sample" then LangevinNorm.PerSample else LangevinNorm.BatchMean
+                let norm =
+                    if Opt.choiceValue pr langevinNorm = "sample" then
+                        LangevinNorm.PerSample
+                    else
+                        LangevinNorm.BatchMean
                 Corrector.Langevin { Snr = pr.GetValue snr; Steps = k; Norm = norm }
         noTolerances pr "the PC sampler"
         pcRun p c (stepsOr pr 500) (pr.GetValue eps)
@@ -105,15 +117,17 @@ module Samplers =
           Summary = "predictor-corrector sampler of the reverse-time SDE (Song et al. 2021, Alg. 1)"
           Options = [ predictor; corrector; snr; correctorSteps; langevinNorm ]
           FromCommandLine = pcFromCommandLine
-          Demo =
-            pcRun Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }) 250 1e-3 }
+          Demo = pcRun Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }) 250 1e-3 }
 
     // ---- probability-flow ODE: adaptive Dormand-Prince or a fixed-step solver ----
 
     let private solvers = [ "rk4", OdeSolver.Rk4; "heun", OdeSolver.Heun; "euler", OdeSolver.Euler ]
     let private solver =
-        Opt.choice "--solver" "ODE solver: adaptive Dormand-Prince 5(4), or a fixed-step solver on --steps uniform steps"
-            ("dopri5" :: List.map fst solvers) (Some "dopri5")
+        Opt.choice
+            "--solver"
+            "ODE solver: adaptive Dormand-Prince 5(4), or a fixed-step solver on --steps uniform steps"
+            ("dopri5" :: List.map fst solvers)
+            (Some "dopri5")
 
     /// The fixed-step probability-flow sampler.
     let odeRun (s: OdeSolver) (stepCount: int) (epsValue: float) : SamplerRun =
@@ -133,41 +147,62 @@ module Samplers =
         { Name = "ode"
           Label = sprintf "ODE: Dopri5, rtol %g, atol %g" r a
           Steps = 0
-          Run = fun sde model _ xT observer ->
-                  // the adaptive observer sees one time per sample; with batch-global control they agree
-                  let watch =
-                      observer |> Option.map (fun f -> fun (i: int) (t: Tensor) (x: Tensor) ->
-                          use t0 = t.[0L]
-                          f i (t0.to_type(torch.float64).item<float>()) x)
-                  let settings = { ProbabilityFlow.defaults with Method = OdeMethod.Dopri5 { adaptive with Observer = watch }; Eps = epsValue }
-                  ProbabilityFlow.sample sde model settings xT }
+          Run =
+            fun sde model _ xT observer ->
+                // the adaptive observer sees one time per sample; with batch-global control they agree
+                let watch =
+                    observer
+                    |> Option.map (fun f ->
+                        fun (i: int) (t: Tensor) (x: Tensor) ->
+                            use t0 = t.[0L]
+                            f i (t0.to_type(torch.float64).item<float>()) x)
+                let settings =
+                    { ProbabilityFlow.defaults with
+                        Method = OdeMethod.Dopri5 { adaptive with Observer = watch }
+                        Eps = epsValue }
+                ProbabilityFlow.sample sde model settings xT }
 
     let ode =
         { Name = "ode"
           Summary = "deterministic sampler: the probability-flow ODE integrated from t = 1 to eps"
           Options = [ solver ]
-          FromCommandLine = fun pr ->
-            match Opt.choiceValue pr solver with
-            | "dopri5" ->
-                noSteps pr "--solver dopri5 (use --solver rk4|heun|euler for a fixed number of steps)"
-                adaptiveOdeRun (valueOr pr rtol 1e-5) (valueOr pr atol 1e-5) (pr.GetValue eps)
-            | name ->
-                noTolerances pr (sprintf "--solver %s" name)
-                odeRun (solvers |> List.find (fun (n, _) -> n = name) |> snd) (stepsOr pr 100) (pr.GetValue eps)
+          FromCommandLine =
+            fun pr ->
+                match Opt.choiceValue pr solver with
+                | "dopri5" ->
+                    noSteps pr "--solver dopri5 (use --solver rk4|heun|euler for a fixed number of steps)"
+                    adaptiveOdeRun (valueOr pr rtol 1e-5) (valueOr pr atol 1e-5) (pr.GetValue eps)
+                | name ->
+                    noTolerances pr (sprintf "--solver %s" name)
+                    odeRun (solvers |> List.find (fun (n, _) -> n = name) |> snd) (stepsOr pr 100) (pr.GetValue eps)
           Demo = adaptiveOdeRun 1e-5 1e-5 1e-3 }
 
     // ---- DPM-Solver ----
 
     let private algorithms = [ "dpm-solver", DpmAlgorithm.DpmSolver; "dpm-solver++", DpmAlgorithm.DpmSolverPlusPlus ]
     let private algorithm =
-        Opt.choice "--algorithm" "DPM: noise-prediction DPM-Solver (best for unguided models) or data-prediction DPM-Solver++"
-            (List.map fst algorithms) (Some "dpm-solver")
+        Opt.choice
+            "--algorithm"
+            "DPM: noise-prediction DPM-Solver (best for unguided models) or data-prediction DPM-Solver++"
+            (List.map fst algorithms)
+            (Some "dpm-solver")
     let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some "3")
-    let private dpmMethod = Opt.choice "--method" "DPM: multistep, single-step, or adaptive step size (orders 2 and 3)" [ "multistep"; "singlestep"; "adaptive" ] (Some "multistep")
+    let private dpmMethod =
+        Opt.choice
+            "--method"
+            "DPM: multistep, single-step, or adaptive step size (orders 2 and 3)"
+            [ "multistep"; "singlestep"; "adaptive" ]
+            (Some "multistep")
 
     /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
     let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k; Steps = stepCount; Eps = epsValue }
+        let settings =
+            { DpmSolver.defaults with
+                Algorithm = alg
+                Method = method
+                Order = k
+                Steps = stepCount
+                Eps = epsValue }
         let name = if alg = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
         let label, progressSteps =
             match method with
@@ -183,17 +218,23 @@ module Samplers =
         { Name = "dpm"
           Summary = "DPM-Solver: exponential integrators of the probability-flow ODE for 10 to 20 model evaluations (Lu et al. 2022)"
           Options = [ algorithm; order; dpmMethod ]
-          FromCommandLine = fun pr ->
-            let alg = algorithms |> List.find (fun (n, _) -> n = Opt.choiceValue pr algorithm) |> snd
-            let k = int (Opt.choiceValue pr order)
-            match Opt.choiceValue pr dpmMethod with
-            | "adaptive" ->
-                noSteps pr "--method adaptive"
-                let a = DpmSolver.adaptiveDefaults
-                dpmRun alg (DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }) k 0 (pr.GetValue eps)
-            | m ->
-                noTolerances pr (sprintf "--method %s" m)
-                dpmRun alg (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep) k (stepsOr pr 20) (pr.GetValue eps)
+          FromCommandLine =
+            fun pr ->
+                let alg = algorithms |> List.find (fun (n, _) -> n = Opt.choiceValue pr algorithm) |> snd
+                let k = int (Opt.choiceValue pr order)
+                match Opt.choiceValue pr dpmMethod with
+                | "adaptive" ->
+                    noSteps pr "--method adaptive"
+                    let a = DpmSolver.adaptiveDefaults
+                    dpmRun
+                        alg
+                        (DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol })
+                        k
+                        0
+                        (pr.GetValue eps)
+                | m ->
+                    noTolerances pr (sprintf "--method %s" m)
+                    dpmRun alg (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep) k (stepsOr pr 20) (pr.GetValue eps)
           Demo = dpmRun DpmAlgorithm.DpmSolver DpmMethod.MultiStep 3 20 1e-3 }
 
     /// Every sampler the command line offers, in the order `demo` runs them.

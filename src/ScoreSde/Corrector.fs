@@ -14,16 +14,16 @@ type LangevinNorm =
 
 /// Settings of the Langevin corrector.
 type LangevinSettings =
-    { /// Target signal-to-noise ratio r (paper: 0.16 for VP).
-      Snr: float
-      /// Corrector steps per time point.
-      Steps: int
-      Norm: LangevinNorm }
+    {
+        /// Target signal-to-noise ratio r (paper: 0.16 for VP).
+        Snr: float
+        /// Corrector steps per time point.
+        Steps: int
+        Norm: LangevinNorm
+    }
 
 /// Settings of annealed Langevin dynamics (NCSN).
-type AnnealedLangevinSettings =
-    { Snr: float
-      Steps: int }
+type AnnealedLangevinSettings = { Snr: float; Steps: int }
 
 /// Correctors: Langevin MCMC at a fixed time (Song et al. 2021, Sec. 4.2 and Alg. 5).
 [<RequireQualifiedAccess>]
@@ -37,12 +37,10 @@ type Corrector =
 [<RequireQualifiedAccess>]
 module Corrector =
     /// Langevin corrector with per-sample norms.
-    let langevin (snr: float) (steps: int) =
-        Corrector.Langevin { Snr = snr; Steps = steps; Norm = LangevinNorm.PerSample }
+    let langevin (snr: float) (steps: int) = Corrector.Langevin { Snr = snr; Steps = steps; Norm = LangevinNorm.PerSample }
 
     /// Annealed Langevin corrector.
-    let annealedLangevin (snr: float) (steps: int) =
-        Corrector.AnnealedLangevin { Snr = snr; Steps = steps }
+    let annealedLangevin (snr: float) (steps: int) = Corrector.AnnealedLangevin { Snr = snr; Steps = steps }
 
     /// Validate settings (snr positive and finite, steps at least 1).
     let validate (corrector: Corrector) =
@@ -75,8 +73,10 @@ module Corrector =
     // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it): one
     // reduction pass over the trailing dims, no reshaped copy.
     let private rowNorms (v: Tensor) =
-        if v.dim() = 1L then v.abs()
-        else torch.linalg.vector_norm(v, 2.0, Array.init (int (v.dim()) - 1) (fun i -> int64 (i + 1)), true)
+        if v.dim () = 1L then
+            v.abs ()
+        else
+            torch.linalg.vector_norm (v, 2.0, Array.init (int (v.dim ()) - 1) (fun i -> int64 (i + 1)), true)
 
     /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2 with
     /// grad = k src, zero where the score vanishes (the step size is undefined there). The two norm
@@ -88,10 +88,10 @@ module Corrector =
             | LangevinNorm.BatchMean ->
                 use g = rowNorms src
                 use n = rowNorms z
-                g.mean(), n.mean()
+                g.mean (), n.mean ()
         use _ng = ng
         // |z| / |grad| = nz / (|k| ng); 0 / 0 and x / 0 (a vanishing score) become a zero step.
-        nz.div_(ng) |> ignore
+        nz.div_ (ng) |> ignore
         Kernel.scale nz (snr / abs k)
         nz.mul_(nz).nan_to_num_(0.0, 0.0, 0.0) |> ignore
         nz
@@ -101,10 +101,18 @@ module Corrector =
     /// step sizes on the host, then x <- x + e_b k src + sqrt(2 e_b) z row by row in one pass
     /// (`Fused`). False, having changed nothing, when the tensors are not eligible (another device,
     /// not contiguous, x aliasing src).
-    let private fusedNormUpdate (x: Tensor) (src: Tensor) (k: float) (z: Tensor) (alphaI: float)
-                                (norm: LangevinNorm) (snr: float) (withNoise: bool) : bool =
+    let private fusedNormUpdate
+        (x: Tensor)
+        (src: Tensor)
+        (k: float)
+        (z: Tensor)
+        (alphaI: float)
+        (norm: LangevinNorm)
+        (snr: float)
+        (withNoise: bool)
+        : bool =
         match Fused.tryRowSumSquares src, Fused.tryRowSumSquares z with
-        | Some gs, Some zs when x.dim() >= 1L ->
+        | Some gs, Some zs when x.dim () >= 1L ->
             // (snr |z| / |grad|)^2 with |grad| = |k| |src|; 0 / 0 and x / 0 (a vanishing score) give a zero step
             let sizeOf (g: float) (n: float) =
                 let r = snr * n / (abs k * g)
@@ -116,8 +124,10 @@ module Corrector =
                     let e = 2.0 * alphaI * sizeOf (Array.averageBy sqrt gs) (Array.averageBy sqrt zs)
                     Array.create gs.Length e
             let bs = es |> Array.map (fun e -> e * k)
-            if withNoise then Fused.tryRowUpdate x bs src (es |> Array.map (fun e -> Math.Sqrt(2.0 * e))) z
-            else Fused.tryRowUpdate x bs src null null
+            if withNoise then
+                Fused.tryRowUpdate x bs src (es |> Array.map (fun e -> Math.Sqrt(2.0 * e))) z
+            else
+                Fused.tryRowUpdate x bs src null null
         | _ -> false
 
     /// How a Langevin step gets its size: from the norms (Langevin) or fixed on the host (annealed).
@@ -129,14 +139,23 @@ module Corrector =
     /// output or the scratch buffer): z is refilled from the noise source, then x <- x + e k src
     /// (+ sqrt(2 e) z when `withNoise`), e = 2 alphaI times the step size. Fixed step sizes are host
     /// scalars (no tensor created); norm-based ones create the two [B]-element norm results only.
-    let internal langevinUpdate (x: Tensor) (src: Tensor) (k: float) (z: Tensor) (noise: Noise) (alphaI: float)
-                                (stepSize: StepSize) (withNoise: bool) =
+    let internal langevinUpdate
+        (x: Tensor)
+        (src: Tensor)
+        (k: float)
+        (z: Tensor)
+        (noise: Noise)
+        (alphaI: float)
+        (stepSize: StepSize)
+        (withNoise: bool)
+        =
         noise.Fill z
         match stepSize with
         | Fixed e ->
             let e = 2.0 * alphaI * e
             Kernel.addScaled x src (e * k)
-            if withNoise then Kernel.addScaled x z (Math.Sqrt(2.0 * e))
+            if withNoise then
+                Kernel.addScaled x z (Math.Sqrt(2.0 * e))
         | FromNorms(norm, snr) ->
             if not (fusedNormUpdate x src k z alphaI norm snr withNoise) then
                 use e = langevinStepSize norm snr k src z
@@ -144,24 +163,36 @@ module Corrector =
                 Kernel.addProduct x src e k
                 if withNoise then
                     Kernel.scale e 2.0
-                    e.sqrt_() |> ignore
+                    e.sqrt_ () |> ignore
                     Kernel.addProduct x z e 1.0
 
     /// One corrector step at time t, in place on x, reusing z as noise buffer, with alpha_i = alphaI.
     /// `withNoise = false` leaves x at the step's mean. `scratch` (shaped like x) holds the score when
     /// the model's output is not proportional to it (data predictions); noise and score models use their
     /// output directly with the factor folded into host scalars, so no tensor of x's size is created.
-    let private langevinStep (sde: VpSde) (model: Model) (x: Tensor) (tBatch: Tensor) (z: Tensor) (scratch: Lazy<Tensor>)
-                             (noise: Noise) (t: float) (alphaI: float) (stepSize: StepSize) (withNoise: bool) =
+    let private langevinStep
+        (sde: VpSde)
+        (model: Model)
+        (x: Tensor)
+        (tBatch: Tensor)
+        (z: Tensor)
+        (scratch: Lazy<Tensor>)
+        (noise: Noise)
+        (t: float)
+        (alphaI: float)
+        (stepSize: StepSize)
+        (withNoise: bool)
+        =
         let ka, kb = Model.scoreCoefficientsAt sde model.Output t
         // Created (once) outside the step's dispose scope, which must not own it.
         let g = if ka = 0.0 then null else scratch.Force()
         use scope = torch.NewDisposeScope()
         let out = Model.eval model x tBatch
         // grad = ka x + kb out = k src
-        if ka = 0.0 then langevinUpdate x out kb z noise alphaI stepSize withNoise
+        if ka = 0.0 then
+            langevinUpdate x out kb z noise alphaI stepSize withNoise
         else
-            g.copy_(x) |> ignore
+            g.copy_ (x) |> ignore
             Kernel.axpby g ka out kb
             langevinUpdate x g 1.0 z noise alphaI stepSize withNoise
 
@@ -173,8 +204,16 @@ module Corrector =
     /// When the batch shares its time and alpha_i, the score's factors are host scalars: the noise is
     /// drawn into the tensor that becomes the sample, the mean is one fused addcmul, and besides the
     /// two results only the two [B]-element norms (and, for data predictions, the score) are created.
-    let langevinWithOutput (sde: VpSde) (settings: LangevinSettings) (output: ModelOutput) (out: Tensor) (x: Tensor)
-                           (ts: float[]) (alphas: float[]) (noise: Noise) : StepResult =
+    let langevinWithOutput
+        (sde: VpSde)
+        (settings: LangevinSettings)
+        (output: ModelOutput)
+        (out: Tensor)
+        (x: Tensor)
+        (ts: float[])
+        (alphas: float[])
+        (noise: Noise)
+        : StepResult =
         Check.positive "snr" settings.Snr
         if Tensors.allEqual ts && Tensors.allEqual alphas then
             let ka, kb = Model.scoreCoefficientsAt sde output ts.[0]
@@ -187,9 +226,9 @@ module Corrector =
                 Kernel.scale e (2.0 * alphas.[0])
                 let mean =
                     use sk = Tensors.scalar k
-                    torch.addcmul(x, src, e, sk)
+                    torch.addcmul (x, src, e, sk)
                 Kernel.scale e 2.0
-                e.sqrt_() |> ignore
+                e.sqrt_ () |> ignore
                 sample.mul_(e).add_(mean) |> ignore
                 { Sample = sample; Mean = mean }
             with _ ->
@@ -201,7 +240,9 @@ module Corrector =
             let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
             let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
             let z = Noise.drawLike noise x
-            let e = langevinStepSize settings.Norm settings.Snr 1.0 grad z * perSample (alphas |> Array.map (fun a -> 2.0 * a))
+            let e =
+                langevinStepSize settings.Norm settings.Snr 1.0 grad z
+                * perSample (alphas |> Array.map (fun a -> 2.0 * a))
             let mean = x + e * grad
             let sample = mean + (e + e).sqrt() * z
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
@@ -209,11 +250,21 @@ module Corrector =
     /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`
     /// (shaped like x, only touched for data-prediction models) as working memory. Nothing of x's size
     /// is allocated; Langevin's per-sample norms create two [B]-element tensors per step.
-    let internal correctWith (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
-                             (z: Tensor) (scratch: Lazy<Tensor>) (noise: Noise) (t: float) (alphaI: float)
-                             (lastWithoutNoise: bool) : int =
+    let internal correctWith
+        (sde: VpSde)
+        (corrector: Corrector)
+        (model: Model)
+        (x: Tensor)
+        (tBatch: Tensor)
+        (z: Tensor)
+        (scratch: Lazy<Tensor>)
+        (noise: Noise)
+        (t: float)
+        (alphaI: float)
+        (lastWithoutNoise: bool)
+        : int =
         let run steps stepSize =
-            for k in 1 .. steps do
+            for k in 1..steps do
                 langevinStep sde model x tBatch z scratch noise t alphaI stepSize (not (lastWithoutNoise && k = steps))
             steps
         match corrector with
@@ -224,9 +275,21 @@ module Corrector =
     /// Run the corrector at time t for its configured number of steps, in place on x. `lastWithoutNoise`
     /// leaves x at the mean of the final step (used when the sampler's last update is a corrector).
     /// Returns the number of model evaluations.
-    let correctInPlace (sde: VpSde) (corrector: Corrector) (model: Model) (x: Tensor) (tBatch: Tensor)
-                       (z: Tensor) (noise: Noise) (t: float) (alphaI: float) (lastWithoutNoise: bool) : int =
-        let scratch = lazy (torch.empty_like(x))
-        try correctWith sde corrector model x tBatch z scratch noise t alphaI lastWithoutNoise
+    let correctInPlace
+        (sde: VpSde)
+        (corrector: Corrector)
+        (model: Model)
+        (x: Tensor)
+        (tBatch: Tensor)
+        (z: Tensor)
+        (noise: Noise)
+        (t: float)
+        (alphaI: float)
+        (lastWithoutNoise: bool)
+        : int =
+        let scratch = lazy (torch.empty_like (x))
+        try
+            correctWith sde corrector model x tBatch z scratch noise t alphaI lastWithoutNoise
         finally
-            if scratch.IsValueCreated then scratch.Value.Dispose()
+            if scratch.IsValueCreated then
+                scratch.Value.Dispose()

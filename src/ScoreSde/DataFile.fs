@@ -9,23 +9,26 @@ open TorchSharp
 
 /// A numeric array read from or written to a file: row-major (C order) values and a shape.
 type HostArray =
-    { Shape: int64[]
-      /// The values in C order (last index fastest), as doubles.
-      Values: float[]
-      /// The element type in the file: torch.float32 or torch.float64.
-      Dtype: torch.ScalarType }
+    {
+        Shape: int64[]
+        /// The values in C order (last index fastest), as doubles.
+        Values: float[]
+        /// The element type in the file: torch.float32 or torch.float64.
+        Dtype: torch.ScalarType
+    }
 
 /// Errors in a file's contents: an ArgumentException naming the `path` parameter, the file and what
 /// is wrong with it.
 module internal FileError =
-    let fail (path: string) (problem: string) : 'a =
-        raise (ArgumentException(sprintf "%s: %s" path problem, "path"))
+    let fail (path: string) (problem: string) : 'a = raise (ArgumentException(sprintf "%s: %s" path problem, "path"))
 
     let requireFile (path: string) =
         if String.IsNullOrWhiteSpace path then
             raise (ArgumentException("path must name a file (got an empty string).", "path"))
-        if Directory.Exists path then fail path "is a directory, not a file"
-        if not (File.Exists path) then fail path "no such file"
+        if Directory.Exists path then
+            fail path "is a directory, not a file"
+        if not (File.Exists path) then
+            fail path "no such file"
 
 /// NumPy `.npy` files (format versions 1.0, 2.0 and 3.0): little-endian float32 ('<f4') or float64
 /// ('<f8') arrays of any rank, C or Fortran order on reading; C order on writing.
@@ -42,7 +45,12 @@ module Npy =
         let descr = descrPattern.Match header
         let order = orderPattern.Match header
         let shape = shapePattern.Match header
-        if not (header.TrimStart().StartsWith "{") || not descr.Success || not order.Success || not shape.Success then
+        if
+            not (header.TrimStart().StartsWith "{")
+            || not descr.Success
+            || not order.Success
+            || not shape.Success
+        then
             FileError.fail path (sprintf "malformed .npy header %s (expected 'descr', 'fortran_order' and 'shape' keys)" (header.Trim()))
         let dims =
             shape.Groups.[1].Value.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
@@ -67,7 +75,8 @@ module Npy =
         let headerLength, headerStart =
             match major with
             | 1uy -> int (BitConverter.ToUInt16(bytes, 8)), 10
-            | 2uy | 3uy when bytes.Length >= 12 -> int (BitConverter.ToUInt32(bytes, 8)), 12
+            | 2uy
+            | 3uy when bytes.Length >= 12 -> int (BitConverter.ToUInt32(bytes, 8)), 12
             | _ -> FileError.fail path (sprintf "unsupported .npy format version %d.%d" major bytes.[7])
         if headerLength < 0 || headerStart + headerLength > bytes.Length then
             FileError.fail path "truncated .npy header"
@@ -78,14 +87,22 @@ module Npy =
         let dataStart = headerStart + headerLength
         let expected = int64 dataStart + count * int64 size
         if int64 bytes.Length <> expected then
-            FileError.fail path
-                (sprintf "holds %d bytes of data but its header declares shape (%s) of %s, which needs %d"
-                    (bytes.Length - dataStart) (String.Join(", ", shape)) (if size = 4 then "float32" else "float64") (count * int64 size))
+            FileError.fail
+                path
+                (sprintf
+                    "holds %d bytes of data but its header declares shape (%s) of %s, which needs %d"
+                    (bytes.Length - dataStart)
+                    (String.Join(", ", shape))
+                    (if size = 4 then "float32" else "float64")
+                    (count * int64 size))
         let raw =
-            if size = 4 then Array.init (int count) (fun i -> float (BitConverter.ToSingle(bytes, dataStart + 4 * i)))
-            else Array.init (int count) (fun i -> BitConverter.ToDouble(bytes, dataStart + 8 * i))
+            if size = 4 then
+                Array.init (int count) (fun i -> float (BitConverter.ToSingle(bytes, dataStart + 4 * i)))
+            else
+                Array.init (int count) (fun i -> BitConverter.ToDouble(bytes, dataStart + 8 * i))
         let values =
-            if not fortran || shape.Length < 2 then raw
+            if not fortran || shape.Length < 2 then
+                raw
             else
                 // Fortran order: the first index is fastest. Reorder to C order.
                 let dims = shape |> Array.map int
@@ -93,9 +110,11 @@ module Npy =
                 let cStrides = Array.zeroCreate rank
                 let fStrides = Array.zeroCreate rank
                 cStrides.[rank - 1] <- 1
-                for k in rank - 2 .. -1 .. 0 do cStrides.[k] <- cStrides.[k + 1] * dims.[k + 1]
+                for k in rank - 2 .. -1 .. 0 do
+                    cStrides.[k] <- cStrides.[k + 1] * dims.[k + 1]
                 fStrides.[0] <- 1
-                for k in 1 .. rank - 1 do fStrides.[k] <- fStrides.[k - 1] * dims.[k - 1]
+                for k in 1 .. rank - 1 do
+                    fStrides.[k] <- fStrides.[k - 1] * dims.[k - 1]
                 Array.init (int count) (fun c ->
                     let mutable rest = c
                     let mutable f = 0
@@ -135,9 +154,11 @@ module Npy =
         if v1 then w.Write(uint16 header.Length) else w.Write(uint32 header.Length)
         w.Write(Encoding.Latin1.GetBytes header)
         if size = 4 then
-            for v in array.Values do w.Write(float32 v)
+            for v in array.Values do
+                w.Write(float32 v)
         else
-            for v in array.Values do w.Write(v)
+            for v in array.Values do
+                w.Write(v)
 
 /// Comma-separated text files of numbers: one point per line, the same number of columns on every
 /// line; an optional first line of column names; blank lines and lines starting with '#' skipped.
@@ -161,20 +182,18 @@ module Csv =
                 let fields = text.Split(',')
                 let parsed = fields |> Array.map tryNumber
                 if rows.Count = 0 && columns < 0 && parsed |> Array.forall Option.isNone then
-                    columns <- fields.Length   // a header line of column names
+                    columns <- fields.Length // a header line of column names
                 else
                     match parsed |> Array.tryFindIndex Option.isNone with
-                    | Some k ->
-                        FileError.fail path (sprintf "line %d, column %d: '%s' is not a number" lineNo (k + 1) (fields.[k].Trim()))
+                    | Some k -> FileError.fail path (sprintf "line %d, column %d: '%s' is not a number" lineNo (k + 1) (fields.[k].Trim()))
                     | None ->
                         if columns >= 0 && fields.Length <> columns then
                             FileError.fail path (sprintf "line %d has %d columns but earlier lines have %d" lineNo fields.Length columns)
                         columns <- fields.Length
                         rows.Add(parsed |> Array.map Option.get)
-        if rows.Count = 0 then FileError.fail path "holds no rows of numbers"
-        { Shape = [| int64 rows.Count; int64 columns |]
-          Values = Array.concat rows
-          Dtype = torch.float64 }
+        if rows.Count = 0 then
+            FileError.fail path "holds no rows of numbers"
+        { Shape = [| int64 rows.Count; int64 columns |]; Values = Array.concat rows; Dtype = torch.float64 }
 
     /// Write a [rows, columns] array (or a 1-D array as one column) with round-trip precision,
     /// optionally under a header line of column names.
@@ -188,15 +207,18 @@ module Csv =
         if int64 array.Values.Length <> rows * cols then
             Check.fail "array.Values" array.Values.Length (sprintf "%d values for shape %A" (rows * cols) array.Shape)
         let format (v: float) =
-            if array.Dtype = torch.float32 then (float32 v).ToString("R", CultureInfo.InvariantCulture)
-            else v.ToString("R", CultureInfo.InvariantCulture)
+            if array.Dtype = torch.float32 then
+                (float32 v).ToString("R", CultureInfo.InvariantCulture)
+            else
+                v.ToString("R", CultureInfo.InvariantCulture)
         use w = new StreamWriter(path, false, UTF8Encoding(false))
         header |> Option.iter (fun h -> w.WriteLine(String.Join(",", h)))
         let sb = StringBuilder()
         for r in 0L .. rows - 1L do
             sb.Clear() |> ignore
             for c in 0L .. cols - 1L do
-                if c > 0L then sb.Append(',') |> ignore
+                if c > 0L then
+                    sb.Append(',') |> ignore
                 sb.Append(format array.Values.[int (r * cols + c)]) |> ignore
             w.WriteLine(sb.ToString())
 
@@ -222,9 +244,9 @@ module DataFile =
     /// A host array as a tensor of the given dtype (CPU).
     let toTensor (array: HostArray) (dtype: torch.ScalarType) : Tensor =
         Native.ensureLoaded ()
-        use t = torch.tensor(array.Values, dtype = torch.float64)
-        use r = t.reshape(array.Shape)
-        r.to_type(dtype)
+        use t = torch.tensor (array.Values, dtype = torch.float64)
+        use r = t.reshape (array.Shape)
+        r.to_type (dtype)
 
     /// A tensor's values as a host array (its dtype kept when float32 or float64).
     let ofTensor (x: Tensor) : HostArray =
@@ -243,11 +265,21 @@ module DataFile =
             match a.Shape with
             | [| n |] -> { a with Shape = [| n; 1L |] }
             | [| _; _ |] -> a
-            | s -> FileError.fail path (sprintf "holds an array of shape (%s); expected a 2-D array of N points by D coordinates" (String.Join(", ", s)))
+            | s ->
+                FileError.fail
+                    path
+                    (sprintf "holds an array of shape (%s); expected a 2-D array of N points by D coordinates" (String.Join(", ", s)))
         if a.Shape.[0] < 1L || a.Shape.[1] < 1L then
             FileError.fail path (sprintf "holds an empty array of shape (%d, %d)" a.Shape.[0] a.Shape.[1])
         match a.Values |> Array.tryFindIndex (fun v -> Double.IsNaN v || Double.IsInfinity v) with
-        | Some i -> FileError.fail path (sprintf "row %d, column %d is %g; data must be finite" (int64 i / a.Shape.[1] + 1L) (int64 i % a.Shape.[1] + 1L) a.Values.[i])
+        | Some i ->
+            FileError.fail
+                path
+                (sprintf
+                    "row %d, column %d is %g; data must be finite"
+                    (int64 i / a.Shape.[1] + 1L)
+                    (int64 i % a.Shape.[1] + 1L)
+                    a.Values.[i])
         | None -> ()
         toTensor a dtype
 
@@ -260,6 +292,8 @@ module DataFile =
         | ".npy" -> Npy.write path a
         | _ ->
             let a =
-                if a.Shape.Length <= 2 then a
-                else { a with Shape = [| a.Shape.[0]; (a.Shape |> Array.skip 1 |> Array.fold (*) 1L) |] }
+                if a.Shape.Length <= 2 then
+                    a
+                else
+                    { a with Shape = [| a.Shape.[0]; (a.Shape |> Array.skip 1 |> Array.fold (*) 1L) |] }
             Csv.write path None a

@@ -5,12 +5,14 @@ open TorchSharp
 
 /// The configuration of diffusers' `ScoreSdeVpScheduler`.
 type DiffusersVpConfig =
-    { /// Number of training timesteps (stored, unused by the mathematics, as in diffusers).
-      NumTrainTimesteps: int
-      BetaMin: float
-      BetaMax: float
-      /// End of the sampling interval: timesteps run from 1 down to this value.
-      SamplingEps: float }
+    {
+        /// Number of training timesteps (stored, unused by the mathematics, as in diffusers).
+        NumTrainTimesteps: int
+        BetaMin: float
+        BetaMax: float
+        /// End of the sampling interval: timesteps run from 1 down to this value.
+        SamplingEps: float
+    }
 
 /// The semantics of diffusers' `ScoreSdeVpScheduler`, quirks included, expressed with the core's
 /// predictor and corrector steps. The C# `ScoreSdeVpScheduler` is a thin shell over this module.
@@ -35,23 +37,25 @@ module DiffusersVp =
     let timesteps (config: DiffusersVpConfig) (n: int) (device: torch.Device) : Tensor =
         Native.ensureLoaded ()
         Check.positiveInt "numInferenceSteps" n
-        torch.linspace(1.0, config.SamplingEps, int64 n, dtype = torch.float32, device = device)
+        torch.linspace (1.0, config.SamplingEps, int64 n, dtype = torch.float32, device = device)
 
     let private checkStepInputs (out: Tensor) (x: Tensor) (t: Tensor) =
         Check.floating "x" x
         Check.notNull "score" out
         Check.notNull "t" t
         Check.sameShape "score" out x "x"
-        if x.dim() = 0L then Check.fail "x" x.shape "a tensor with a batch dimension"
-        let n = t.numel()
-        if not (n = 1L || n = x.size(0)) then
-            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" (x.size(0)))
+        if x.dim () = 0L then
+            Check.fail "x" x.shape "a tensor with a batch dimension"
+        let n = t.numel ()
+        if not (n = 1L || n = x.size (0)) then
+            Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" (x.size (0)))
         // Read t once on the host (straight from memory for a CPU tensor): the step's coefficients are
         // host scalars, per sample only when the times differ.
         let ts = Tensors.readHost t
         for i in 0 .. ts.Length - 1 do
             let v = ts.[i]
-            if Double.IsNaN v || v <= 0.0 || v > 1.0 then Check.fail (sprintf "t[%d]" i) v "in (0, 1]"
+            if Double.IsNaN v || v <= 0.0 || v > 1.0 then
+                Check.fail (sprintf "t[%d]" i) v "in (0, 1]"
         ts
 
     /// step_pred(score, x, t): one Euler-Maruyama step of the reverse SDE, exactly as diffusers does it:
@@ -62,21 +66,42 @@ module DiffusersVp =
     let stepPred (config: DiffusersVpConfig) (numTimesteps: int) (modelOutput: Tensor) (x: Tensor) (t: Tensor) (noise: Noise) : StepResult =
         let ts = checkStepInputs modelOutput x t
         let dt = 1.0 / float numTimesteps
-        Predictor.stepWithOutput (sde config) Predictor.EulerMaruyama ModelOutput.Noise modelOutput x
-            ts (ts |> Array.map (fun v -> v - dt)) noise
+        Predictor.stepWithOutput
+            (sde config)
+            Predictor.EulerMaruyama
+            ModelOutput.Noise
+            modelOutput
+            x
+            ts
+            (ts |> Array.map (fun v -> v - dt))
+            noise
 
     /// A Langevin corrector step (Song et al. 2021, Alg. 5) at time t with target signal-to-noise ratio
     /// `snr`, treating `modelOutput` as a noise prediction like `stepPred`; alpha_i is taken from the
     /// interval [t - dt, t] with the same dt = 1 / numTimesteps. Returns (sample, mean).
-    let stepCorrect (config: DiffusersVpConfig) (numTimesteps: int) (modelOutput: Tensor) (x: Tensor) (t: Tensor)
-                    (snr: float) (noise: Noise) : StepResult =
+    let stepCorrect
+        (config: DiffusersVpConfig)
+        (numTimesteps: int)
+        (modelOutput: Tensor)
+        (x: Tensor)
+        (t: Tensor)
+        (snr: float)
+        (noise: Noise)
+        : StepResult =
         let ts = checkStepInputs modelOutput x t
         Check.positive "snr" snr
         let sde = sde config
         let dt = 1.0 / float numTimesteps
         let alphas = ts |> Array.map (fun v -> Corrector.stepAlpha sde v (max (v - dt) 0.0))
-        Corrector.langevinWithOutput sde { Snr = snr; Steps = 1; Norm = LangevinNorm.PerSample } ModelOutput.Noise
-            modelOutput x ts alphas noise
+        Corrector.langevinWithOutput
+            sde
+            { Snr = snr; Steps = 1; Norm = LangevinNorm.PerSample }
+            ModelOutput.Noise
+            modelOutput
+            x
+            ts
+            alphas
+            noise
 
     /// add_noise: the forward marginal x_t = alpha_t x_0 + sigma_t noise.
     let addNoise (config: DiffusersVpConfig) (original: Tensor) (noise: Tensor) (t: Tensor) : Tensor =

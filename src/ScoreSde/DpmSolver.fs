@@ -29,14 +29,16 @@ type Thresholding =
 /// elements, maximum over the batch). A step is accepted when E <= 1, and the next step in lambda is
 /// h <- min(Safety h E^(-1/k), lambda_eps - lambda_s).
 type DpmAdaptiveSettings =
-    { Rtol: float
-      Atol: float
-      /// First step, in lambda.
-      InitialStep: float
-      /// Safety factor theta in (0, 1].
-      Safety: float
-      /// A run that would need more model evaluations than this stops with an error.
-      MaxEvaluations: int }
+    {
+        Rtol: float
+        Atol: float
+        /// First step, in lambda.
+        InitialStep: float
+        /// Safety factor theta in (0, 1].
+        Safety: float
+        /// A run that would need more model evaluations than this stops with an error.
+        MaxEvaluations: int
+    }
 
 /// How the DPM solvers step.
 [<RequireQualifiedAccess>]
@@ -50,25 +52,27 @@ type DpmMethod =
 
 /// Settings of the DPM solvers.
 type DpmSolverSettings =
-    { Algorithm: DpmAlgorithm
-      Method: DpmMethod
-      /// 1, 2 or 3 (2 or 3 for the adaptive method).
-      Order: int
-      /// Time grid from T down to Eps. An explicit grid fixes the solver's evaluations itself: one per
-      /// interval (plus one for Denoise).
-      Grid: TimeGrid
-      /// The number of model evaluations, met exactly (fixed-step methods).
-      Steps: int
-      Eps: float
-      /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step: split
-      /// the budget as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps);
-      /// when false and the order divides the budget, every step has the full order.
-      LowerOrderFinal: bool
-      /// Spend the last evaluation on Tweedie's denoising step x_0 = E[x_0 | x_eps] (counts in Steps).
-      Denoise: bool
-      /// DPM-Solver++ only.
-      Thresholding: Thresholding
-      Observer: Observer option }
+    {
+        Algorithm: DpmAlgorithm
+        Method: DpmMethod
+        /// 1, 2 or 3 (2 or 3 for the adaptive method).
+        Order: int
+        /// Time grid from T down to Eps. An explicit grid fixes the solver's evaluations itself: one per
+        /// interval (plus one for Denoise).
+        Grid: TimeGrid
+        /// The number of model evaluations, met exactly (fixed-step methods).
+        Steps: int
+        Eps: float
+        /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step: split
+        /// the budget as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps);
+        /// when false and the order divides the budget, every step has the full order.
+        LowerOrderFinal: bool
+        /// Spend the last evaluation on Tweedie's denoising step x_0 = E[x_0 | x_eps] (counts in Steps).
+        Denoise: bool
+        /// DPM-Solver++ only.
+        Thresholding: Thresholding
+        Observer: Observer option
+    }
 
 /// DPM-Solver and DPM-Solver++: exponential integrators of the probability-flow ODE in the half
 /// log-SNR lambda = log(alpha / sigma). In terms of h = lambda_t - lambda_s (t < s) every step reads
@@ -80,12 +84,7 @@ type DpmSolverSettings =
 module DpmSolver =
     /// The paper's adaptive settings (tolerances for data in [-1, 1]): rtol 0.05, atol 0.0078,
     /// first step 0.05 in lambda, safety 0.9, at most 10,000 evaluations.
-    let adaptiveDefaults =
-        { Rtol = 0.05
-          Atol = 0.0078
-          InitialStep = 0.05
-          Safety = 0.9
-          MaxEvaluations = 10000 }
+    let adaptiveDefaults = { Rtol = 0.05; Atol = 0.0078; InitialStep = 0.05; Safety = 0.9; MaxEvaluations = 10000 }
 
     /// Defaults: DPM-Solver++ multistep order 3 (the second paper's recommendation), 20 evaluations on
     /// the logSNR grid to eps = 1e-3, lower orders in the final steps, no denoising, no thresholding.
@@ -105,14 +104,16 @@ module DpmSolver =
     /// i.e. phi_k(H) = sum_(j >= 1) H^j / (j + k - 1)!. A power series for small |H| avoids the
     /// cancellation of the recurrence.
     let phi (k: int) (h: float) : float =
-        if k < 1 || k > 3 then Check.fail "k" k "1, 2 or 3"
+        if k < 1 || k > 3 then
+            Check.fail "k" k "1, 2 or 3"
         if abs h < 1e-2 then
             // terms H^j / (j + k - 1)! for j = 1..8: truncation error below 1e-2^9 / 9! ~ 1e-24
             let mutable term = 1.0
             let mutable sum = 0.0
             let mutable fact = 1.0
-            for i in 1 .. k - 1 do fact <- fact * float i
-            for j in 1 .. 8 do
+            for i in 1 .. k - 1 do
+                fact <- fact * float i
+            for j in 1..8 do
                 term <- term * h
                 fact <- fact * float (j + k - 1)
                 sum <- sum + term / fact
@@ -129,7 +130,8 @@ module DpmSolver =
     /// when 1 mod 3 and [3; ...; 3; 2] when 2 mod 3; order 2 takes [2; ...; 2] plus a final 1 when the
     /// budget is odd; order 1 takes budget first-order steps.
     let singleStepOrders (order: int) (budget: int) : int[] =
-        if order < 1 || order > 3 then Check.fail "order" order "1, 2 or 3"
+        if order < 1 || order > 3 then
+            Check.fail "order" order "1, 2 or 3"
         Check.positiveInt "budget" budget
         match order with
         | 1 -> Array.create budget 1
@@ -145,32 +147,51 @@ module DpmSolver =
     /// and with `lowerOrderFinal` also at most n - i (the last step first order, the one before at most
     /// second).
     let multiStepOrders (order: int) (steps: int) (lowerOrderFinal: bool) : int[] =
-        if order < 1 || order > 3 then Check.fail "order" order "1, 2 or 3"
+        if order < 1 || order > 3 then
+            Check.fail "order" order "1, 2 or 3"
         Check.positiveInt "steps" steps
         Array.init steps (fun i -> min order (min (i + 1) (if lowerOrderFinal then steps - i else order)))
 
-    let private isExplicit (grid: TimeGrid) = match grid with TimeGrid.Explicit _ -> true | _ -> false
+    let private isExplicit (grid: TimeGrid) =
+        match grid with
+        | TimeGrid.Explicit _ -> true
+        | _ -> false
 
     /// Validate settings against the SDE; every failure names the setting and its value.
     let validate (sde: VpSde) (settings: DpmSolverSettings) =
         match settings.Method with
         | DpmMethod.Adaptive a ->
             if settings.Order <> 2 && settings.Order <> 3 then
-                raise (ArgumentOutOfRangeException("order", settings.Order, sprintf "order must be 2 or 3 for the adaptive DPM-Solver (got %d)." settings.Order))
+                raise (
+                    ArgumentOutOfRangeException(
+                        "order",
+                        settings.Order,
+                        sprintf "order must be 2 or 3 for the adaptive DPM-Solver (got %d)." settings.Order
+                    )
+                )
             Check.finite "rtol" a.Rtol
-            if a.Rtol < 0.0 then Check.fail "rtol" a.Rtol "zero or more"
+            if a.Rtol < 0.0 then
+                Check.fail "rtol" a.Rtol "zero or more"
             Check.finite "atol" a.Atol
-            if a.Atol < 0.0 then Check.fail "atol" a.Atol "zero or more"
-            if a.Rtol = 0.0 && a.Atol = 0.0 then Check.fail "atol" a.Atol "positive when rtol is 0"
+            if a.Atol < 0.0 then
+                Check.fail "atol" a.Atol "zero or more"
+            if a.Rtol = 0.0 && a.Atol = 0.0 then
+                Check.fail "atol" a.Atol "positive when rtol is 0"
             Check.positive "initialStep" a.InitialStep
             Check.positive "safety" a.Safety
-            if a.Safety > 1.0 then Check.fail "safety" a.Safety "in (0, 1]"
+            if a.Safety > 1.0 then
+                Check.fail "safety" a.Safety "in (0, 1]"
             Check.positiveInt "maxEvaluations" a.MaxEvaluations
             if isExplicit settings.Grid then
-                Check.fail "grid" settings.Grid "a generated grid (the adaptive method chooses its own steps; an explicit grid contradicts it)"
+                Check.fail
+                    "grid"
+                    settings.Grid
+                    "a generated grid (the adaptive method chooses its own steps; an explicit grid contradicts it)"
             Check.finite "eps" settings.Eps
-            if settings.Eps <= 0.0 || settings.Eps >= sde.T then Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
-        | DpmMethod.SingleStep | DpmMethod.MultiStep ->
+            if settings.Eps <= 0.0 || settings.Eps >= sde.T then
+                Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
+        | DpmMethod.SingleStep
+        | DpmMethod.MultiStep ->
             if settings.Order < 1 || settings.Order > 3 then
                 raise (ArgumentOutOfRangeException("order", settings.Order, sprintf "order must be 1, 2 or 3 (got %d)." settings.Order))
             match settings.Grid with
@@ -183,11 +204,15 @@ module DpmSolver =
         match settings.Thresholding with
         | Thresholding.NoThresholding -> ()
         | _ when settings.Algorithm <> DpmAlgorithm.DpmSolverPlusPlus ->
-            Check.fail "thresholding" settings.Thresholding "NoThresholding with DPM-Solver (it corrects the data prediction of DPM-Solver++)"
+            Check.fail
+                "thresholding"
+                settings.Thresholding
+                "NoThresholding with DPM-Solver (it corrects the data prediction of DPM-Solver++)"
         | Thresholding.Static b -> Check.positive "thresholding.bound" b
         | Thresholding.Dynamic(q, m) ->
             Check.finite "thresholding.quantile" q
-            if q <= 0.0 || q > 1.0 then Check.fail "thresholding.quantile" q "in (0, 1]"
+            if q <= 0.0 || q > 1.0 then
+                Check.fail "thresholding.quantile" q "in (0, 1]"
             Check.positive "thresholding.maxValue" m
 
     /// The solver's time points from T down to eps (without the denoising step): the step grid of a
@@ -205,7 +230,8 @@ module DpmSolver =
             let orders =
                 if not settings.LowerOrderFinal && solverSteps % settings.Order = 0 then
                     Array.create (solverSteps / settings.Order) settings.Order
-                else singleStepOrders settings.Order solverSteps
+                else
+                    singleStepOrders settings.Order solverSteps
             let times =
                 match settings.Grid with
                 | TimeGrid.LogSnr -> grid orders.Length
@@ -218,7 +244,7 @@ module DpmSolver =
     /// Per-run state: the model converted to the algorithm's prediction, a reusable time buffer and the
     /// evaluation count.
     type private Run(sde: VpSde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, x: Tensor) =
-        let tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        let tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
         let dataPrediction = algorithm = DpmAlgorithm.DpmSolverPlusPlus
         member val Nfe = 0 with get, set
 
@@ -229,23 +255,24 @@ module DpmSolver =
             | Thresholding.Static b ->
                 use lo = Tensors.scalar -b
                 use hi = Tensors.scalar b
-                d.clamp_(lo, hi) |> ignore
+                d.clamp_ (lo, hi) |> ignore
             | Thresholding.Dynamic(q, maxValue) ->
                 use scope = torch.NewDisposeScope()
                 let flat = d.abs().reshape([| d.shape.[0]; -1L |])
-                let qs = flat.quantile(torch.tensor(q, dtype = flat.dtype, device = flat.device), 1L, true)
+                let qs = flat.quantile (torch.tensor (q, dtype = flat.dtype, device = flat.device), 1L, true)
                 use mv = Tensors.scalar maxValue
-                let s = qs.clamp_min(mv)
-                let shape = Array.init (int (d.dim())) (fun i -> if i = 0 then d.shape.[0] else 1L)
-                let s = s.reshape(shape)
-                let lo = s.neg()
-                d.copy_(torch.minimum(torch.maximum(d, lo), s).mul_(mv).div_(s)) |> ignore
+                let s = qs.clamp_min (mv)
+                let shape = Array.init (int (d.dim ())) (fun i -> if i = 0 then d.shape.[0] else 1L)
+                let s = s.reshape (shape)
+                let lo = s.neg ()
+                d.copy_ (torch.minimum(torch.maximum (d, lo), s).mul_(mv).div_(s)) |> ignore
 
         /// The prediction m(x, t) as a fresh tensor.
         member this.Predict(x: Tensor, t: float) : Tensor =
             Tensors.fillHost tb t
             this.Nfe <- this.Nfe + 1
-            if not dataPrediction then Model.noiseOf sde model x tb
+            if not dataPrediction then
+                Model.noiseOf sde model x tb
             else
                 let d = Model.dataOf sde model x tb
                 this.Threshold d
@@ -260,15 +287,19 @@ module DpmSolver =
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x tb
             let a, b =
-                if dataPrediction then Model.dataCoefficientsAt sde model.Output t
-                else Model.noiseCoefficientsAt sde model.Output t
+                if dataPrediction then
+                    Model.dataCoefficientsAt sde model.Output t
+                else
+                    Model.noiseCoefficientsAt sde model.Output t
             if a = 0.0 then
-                dst.copy_(out) |> ignore
-                if b <> 1.0 then Kernel.scale dst b
+                dst.copy_ (out) |> ignore
+                if b <> 1.0 then
+                    Kernel.scale dst b
             elif not (Fused.tryLinear dst a x b out 0.0 null) then
-                dst.copy_(x) |> ignore
+                dst.copy_ (x) |> ignore
                 Kernel.axpby dst a out b
-            if dataPrediction then this.Threshold dst
+            if dataPrediction then
+                this.Threshold dst
 
         /// (r, c, H) of the step from s to t: x_t = r x_s - c [phi_1(H) m_s + ...].
         member _.Coefficients(s: float, t: float, ls: float, lt: float) =
@@ -288,17 +319,19 @@ module DpmSolver =
         let addEach (rest: (float * Tensor) list) =
             for c, m in rest do
                 use cs = Tensors.scalar c
-                target.add_(m, cs) |> ignore
+                target.add_ (m, cs) |> ignore
         let fused, rest =
             match terms with
             | [] -> false, []
             | [ c0, m0 ] -> Fused.tryLinear target r x c0 m0 0.0 null, []
             | (c0, m0) :: (c1, m1) :: rest -> Fused.tryLinear target r x c0 m0 c1 m1, rest
-        if fused then addEach rest
+        if fused then
+            addEach rest
         else
-            if not (Object.ReferenceEquals(target, x)) then target.copy_(x) |> ignore
+            if not (Object.ReferenceEquals(target, x)) then
+                target.copy_ (x) |> ignore
             use rs = Tensors.scalar r
-            target.mul_(rs) |> ignore
+            target.mul_ (rs) |> ignore
             addEach terms
 
     let private lambdaOf (sde: VpSde) t = VpSde.lambdaAt sde t
@@ -317,8 +350,19 @@ module DpmSolver =
     /// x. ms is the prediction at (x, s) (owned by the caller); u is a scratch buffer. When `lower` is
     /// given it receives the order k - 1 solution that shares the evaluations (orders 2 and 3 only; for
     /// order 3 it is DPM-Solver-2 with r1 = 1/3).
-    let private singleStep (run: Run) (sde: VpSde) (order: int) (r1: float) (r2: float) (x: Tensor) (ms: Tensor)
-                           (u: Tensor) (s: float) (t: float) (lower: Tensor option) =
+    let private singleStep
+        (run: Run)
+        (sde: VpSde)
+        (order: int)
+        (r1: float)
+        (r2: float)
+        (x: Tensor)
+        (ms: Tensor)
+        (u: Tensor)
+        (s: float)
+        (t: float)
+        (lower: Tensor option)
+        =
         let ls, lt = lambdaOf sde s, lambdaOf sde t
         let h = lt - ls
         let r, c, hh = run.Coefficients(s, t, ls, lt)
@@ -345,7 +389,8 @@ module DpmSolver =
             let k2 = cb * (r2 / r1) * phi 2 hb
             combineInto u x rb [ -cb * phi 1 hb + k2, ms; -k2, m1 ]
             use m2 = run.Predict(u, s2)
-            lower |> Option.iter (fun lo ->
+            lower
+            |> Option.iter (fun lo ->
                 let k = c * p1 / (2.0 * r1)
                 combineInto lo x r [ -c * p1 + k, ms; -k, m1 ])
             // x_t = r x - c [phi_1(H) m_s + phi_2(H) / r2 (m_2 - m_s)]
@@ -386,7 +431,7 @@ module DpmSolver =
             // A ring of preallocated prediction buffers, one per order: step i writes slot i mod n, and
             // the j-th newest prediction is slot (i - j) mod n. Nothing is allocated per step.
             let n = settings.Order
-            let slots = Array.init n (fun _ -> torch.empty_like(x))
+            let slots = Array.init n (fun _ -> torch.empty_like (x))
             try
                 for i in 0 .. orders.Length - 1 do
                     run.PredictInto(x, ts.[i], slots.[i % n])
@@ -400,9 +445,10 @@ module DpmSolver =
                     combineInto x x r [ for j in 0 .. k - 1 -> -c * w.[j], newest j ]
                     settings.Observer |> Option.iter (fun f -> f i ts.[i + 1] x)
             finally
-                for m in slots do m.Dispose()
+                for m in slots do
+                    m.Dispose()
         | _ ->
-            use u = torch.empty_like(x)
+            use u = torch.empty_like (x)
             for i in 0 .. orders.Length - 1 do
                 let s, t = ts.[i], ts.[i + 1]
                 use ms = run.Predict(x, s)
@@ -418,37 +464,48 @@ module DpmSolver =
         let mutable s = sde.T
         let mutable ls = lambdaOf sde s
         let mutable h = a.InitialStep
-        use u = torch.empty_like(x)
-        use lower = torch.empty_like(x)
-        use higher = torch.empty_like(x)
-        use xPrev = x.clone()
-        let mutable ms : Tensor = null
+        use u = torch.empty_like (x)
+        use lower = torch.empty_like (x)
+        use higher = torch.empty_like (x)
+        use xPrev = x.clone ()
+        let mutable ms: Tensor = null
         let mutable accepted = 0
         try
             while ls < lEnd do
                 let last = h >= lEnd - ls
                 let lt = if last then lEnd else ls + h
                 let t = if last then settings.Eps else VpSde.timeOfLambda sde lt
-                if isNull ms then ms <- run.Predict(x, s)
+                if isNull ms then
+                    ms <- run.Predict(x, s)
                 if run.Nfe + order - 1 > a.MaxEvaluations then
-                    raise (InvalidOperationException(
-                            sprintf "The adaptive DPM-Solver needs more than maxEvaluations = %d model evaluations (reached t = %g of eps = %g); loosen rtol/atol or raise maxEvaluations."
-                                a.MaxEvaluations s settings.Eps))
-                higher.copy_(x) |> ignore
+                    raise (
+                        InvalidOperationException(
+                            sprintf
+                                "The adaptive DPM-Solver needs more than maxEvaluations = %d model evaluations (reached t = %g of eps = %g); loosen rtol/atol or raise maxEvaluations."
+                                a.MaxEvaluations
+                                s
+                                settings.Eps
+                        )
+                    )
+                higher.copy_ (x) |> ignore
                 singleStep run sde order r1 r2 higher ms u s t (Some lower)
                 let err =
                     use scope = torch.NewDisposeScope()
                     use rtol = Tensors.scalar a.Rtol
                     use atol = Tensors.scalar a.Atol
-                    let delta = torch.maximum(lower.abs(), xPrev.abs()).mul_(rtol).clamp_min_(atol)
+                    let delta = torch.maximum(lower.abs (), xPrev.abs ()).mul_(rtol).clamp_min_(atol)
                     let e = (higher - lower).div_(delta).reshape([| x.shape.[0]; -1L |])
                     let rms = e.square().mean([| 1L |]).sqrt()
                     (rms.max().to_type(torch.float64)).item<float>()
                 if Double.IsNaN err || Double.IsInfinity err then
-                    raise (InvalidOperationException(sprintf "The adaptive DPM-Solver's error estimate is %g at t = %g: the model returned non-finite values." err s))
+                    raise (
+                        InvalidOperationException(
+                            sprintf "The adaptive DPM-Solver's error estimate is %g at t = %g: the model returned non-finite values." err s
+                        )
+                    )
                 if err <= 1.0 then
-                    x.copy_(higher) |> ignore
-                    xPrev.copy_(lower) |> ignore
+                    x.copy_ (higher) |> ignore
+                    xPrev.copy_ (lower) |> ignore
                     ms.Dispose()
                     ms <- null
                     s <- t
@@ -458,7 +515,8 @@ module DpmSolver =
                 let grow = if err = 0.0 then Double.PositiveInfinity else a.Safety * h * Math.Pow(err, -1.0 / float order)
                 h <- min grow (lEnd - ls)
         finally
-            if not (isNull ms) then ms.Dispose()
+            if not (isNull ms) then
+                ms.Dispose()
         settings.Eps
 
     /// Sample with DPM-Solver or DPM-Solver++ from the starting state xT (not modified), e.g. a
@@ -468,10 +526,11 @@ module DpmSolver =
     let sample (sde: VpSde) (model: Model) (settings: DpmSolverSettings) (xT: Tensor) : SampleResult =
         Native.ensureLoaded ()
         Check.floating "xT" xT
-        if xT.dim() < 1L || xT.shape.[0] < 1L then Check.fail "xT" xT.shape "a tensor with a batch dimension"
+        if xT.dim () < 1L || xT.shape.[0] < 1L then
+            Check.fail "xT" xT.shape "a tensor with a batch dimension"
         validate sde settings
-        use _noGrad = torch.no_grad()
-        let x = xT.clone()
+        use _noGrad = torch.no_grad ()
+        let x = xT.clone ()
         try
             use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, x)
             let tEnd =
@@ -481,7 +540,7 @@ module DpmSolver =
             if settings.Denoise then
                 use tb = Tensors.fullTime x.shape.[0] tEnd x.dtype x.device
                 use d = Model.dataOf sde model x tb
-                x.copy_(d) |> ignore
+                x.copy_ (d) |> ignore
                 run.Nfe <- run.Nfe + 1
             { Samples = x; Nfe = run.Nfe }
         with _ ->

@@ -31,7 +31,7 @@ module internal FastNormal =
     /// x.[i]: the layer edges (x.[0] = area / f(R) for the base strip, x.[1] = R, x.[256] = 0);
     /// ratio.[i] = x.[i + 1] / x.[i], the fast-path acceptance bound of layer i.
     let private x, ratio =
-        let x = Array.zeroCreate<float> (layers + 1)
+        let x = Array.zeroCreate<float>(layers + 1)
         let mutable f = Math.Exp(-0.5 * r * r)
         x.[0] <- area / f
         x.[1] <- r
@@ -115,17 +115,19 @@ module internal FastNormal =
     /// Fill a contiguous float32 or float64 CPU tensor with N(0, 1) draws: fill number `fillIndex` of
     /// the source seeded with `seed`; blocks run in parallel on up to `threads` threads.
     let fill (seed: int64) (fillIndex: int64) (threads: int) (t: torch.Tensor) =
-        let n = t.numel()
+        let n = t.numel ()
         if n > 0L then
             let isFloat32 = t.dtype = torch.float32
             let size = if isFloat32 then 4L else 8L
-            let basePtr = NativePtr.toNativeInt (NativePtr.ofVoidPtr<byte> (Unsafe.AsPointer(&MemoryMarshal.GetReference(t.bytes))))
+            let basePtr = NativePtr.toNativeInt (NativePtr.ofVoidPtr<byte>(Unsafe.AsPointer(&MemoryMarshal.GetReference(t.bytes))))
             let blocks = (n + int64 BlockSize - 1L) / int64 BlockSize
             let run (b: int64) =
                 let start = b * int64 BlockSize
                 let count = int (min (int64 BlockSize) (n - start))
                 fillBlock (basePtr + nativeint (start * size)) isFloat32 count (blockSeed seed fillIndex b)
             if blocks = 1L || threads <= 1 then
-                for b in 0L .. blocks - 1L do run b
+                for b in 0L .. blocks - 1L do
+                    run b
             else
-                Parallel.For(0L, blocks, ParallelOptions(MaxDegreeOfParallelism = threads), Action<int64>(run)) |> ignore
+                Parallel.For(0L, blocks, ParallelOptions(MaxDegreeOfParallelism = threads), Action<int64>(run))
+                |> ignore

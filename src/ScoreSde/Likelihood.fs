@@ -22,25 +22,30 @@ type Divergence =
 
 /// Settings of the likelihood computation.
 type LikelihoodSettings =
-    { /// ODE method for the augmented state [x, delta log p] (adaptive, or fixed-step).
-      Method: OdeMethod
-      Divergence: Divergence
-      /// Integration starts at t = Eps (the data are taken as x(Eps)); 1e-5 by default.
-      Eps: float
-      /// Added to the bits per dimension: log2 of the dequantisation bin count (e.g. 7 for 8-bit data
-      /// scaled to [-1, 1]), 0 for continuous data.
-      DequantizationOffset: float }
+    {
+        /// ODE method for the augmented state [x, delta log p] (adaptive, or fixed-step).
+        Method: OdeMethod
+        Divergence: Divergence
+        /// Integration starts at t = Eps (the data are taken as x(Eps)); 1e-5 by default.
+        Eps: float
+        /// Added to the bits per dimension: log2 of the dequantisation bin count (e.g. 7 for 8-bit data
+        /// scaled to [-1, 1]), 0 for continuous data.
+        DequantizationOffset: float
+    }
 
 /// Log-likelihoods of a batch and what it took to compute them.
 type LikelihoodResult =
-    { /// log p(x) per sample, in nats ([B], x's dtype).
-      LogLikelihood: Tensor
-      /// -log p(x) / (D ln 2) + DequantizationOffset per sample ([B]).
-      BitsPerDim: Tensor
-      /// The latent x(T) the ODE maps each sample to (shaped like x).
-      Latent: Tensor
-      /// Model evaluations (each one batched; the backward passes of the divergence are not counted).
-      Nfe: int }
+    {
+        /// log p(x) per sample, in nats ([B], x's dtype).
+        LogLikelihood: Tensor
+        /// -log p(x) / (D ln 2) + DequantizationOffset per sample ([B]).
+        BitsPerDim: Tensor
+        /// The latent x(T) the ODE maps each sample to (shaped like x).
+        Latent: Tensor
+        /// Model evaluations (each one batched; the backward passes of the divergence are not counted).
+        Nfe: int
+    }
+
     interface IDisposable with
         member r.Dispose() =
             r.LogLikelihood.Dispose()
@@ -72,7 +77,15 @@ module Likelihood =
 
     /// Probe vectors [B, K, D] for a batch of B samples of D elements: K per sample, from `noise`
     /// (dimension 0 is the batch, so per-sample noise sources give batch-size-independent probes).
-    let probes (probe: Probe) (count: int) (noise: Noise) (batch: int64) (dim: int64) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
+    let probes
+        (probe: Probe)
+        (count: int)
+        (noise: Noise)
+        (batch: int64)
+        (dim: int64)
+        (dtype: torch.ScalarType)
+        (device: torch.Device)
+        : Tensor =
         Check.positiveInt "probes" count
         let z = Noise.draw noise [| batch; int64 count; dim |] dtype device
         match probe with
@@ -81,28 +94,31 @@ module Likelihood =
             // Scalars bound with `use` stay alive through the native calls (they have finalizers)
             use scZero = Tensors.scalar 0.0
             use scOne = Tensors.scalar 1.0
-            use s = z.sign()
-            use zero = s.eq(scZero)
+            use s = z.sign ()
+            use zero = s.eq (scZero)
             z.Dispose()
-            s.masked_fill(zero, scOne)
+            s.masked_fill (zero, scOne)
 
     /// The probability-flow drift at (x, t) and its divergence per sample ([B]), both detached.
     /// `probes` is [B, K, D] for Hutchinson (None for the exact trace). Enables gradients around the
     /// model call, whatever the caller's mode.
     let driftAndDivergence (sde: VpSde) (model: Model) (probes: Tensor option) (x: Tensor) (t: Tensor) : Tensor * Tensor =
         use scope = torch.NewDisposeScope()
-        use _grad = torch.enable_grad(true)
+        use _grad = torch.enable_grad (true)
         let batch = x.shape.[0]
-        let dim = x.numel() / batch
+        let dim = x.numel () / batch
         let xg = x.detach().requires_grad_(true)
         let out = Model.eval model xg t
         if not out.requires_grad then
-            raise (InvalidOperationException(
-                    "The model's output does not depend on x through autograd (requires_grad is false), so its divergence cannot be computed. The likelihood needs a differentiable model; do not detach or run it under no_grad."))
+            raise (
+                InvalidOperationException(
+                    "The model's output does not depend on x through autograd (requires_grad is false), so its divergence cannot be computed. The likelihood needs a differentiable model; do not detach or run it under no_grad."
+                )
+            )
         let score = ProbabilityFlow.scoreFromOutput sde model.Output xg out t
         let f = VpSde.probabilityFlowDrift sde score xg t
         let vjp (v: Tensor) =
-            let g = torch.autograd.grad([| f |], [| xg |], [| v |], retain_graph = true)
+            let g = torch.autograd.grad ([| f |], [| xg |], [| v |], retain_graph = true)
             g.[0].reshape([| batch; dim |])
         let div =
             match probes with
@@ -110,24 +126,24 @@ module Likelihood =
                 // trace of J: sum_i (e_i^T J)_i, one vector-Jacobian product per dimension
                 use one = Tensors.scalar 1.0
                 use zero = Tensors.scalar 0.0
-                let acc = torch.zeros([| batch |], dtype = x.dtype, device = x.device)
-                let e = torch.zeros([| batch; dim |], dtype = x.dtype, device = x.device)
+                let acc = torch.zeros ([| batch |], dtype = x.dtype, device = x.device)
+                let e = torch.zeros ([| batch; dim |], dtype = x.dtype, device = x.device)
                 for i in 0L .. dim - 1L do
                     use inner = torch.NewDisposeScope()
-                    use col = e.select(1L, i)
-                    col.fill_(one) |> ignore
-                    let row = vjp (e.reshape(x.shape))
-                    acc.add_(row.select(1L, i)) |> ignore
-                    col.fill_(zero) |> ignore
+                    use col = e.select (1L, i)
+                    col.fill_ (one) |> ignore
+                    let row = vjp (e.reshape (x.shape))
+                    acc.add_ (row.select (1L, i)) |> ignore
+                    col.fill_ (zero) |> ignore
                 acc
             | Some p ->
                 let k = p.shape.[1]
-                let acc = torch.zeros([| batch |], dtype = x.dtype, device = x.device)
+                let acc = torch.zeros ([| batch |], dtype = x.dtype, device = x.device)
                 for j in 0L .. k - 1L do
                     use inner = torch.NewDisposeScope()
-                    let v = p.select(1L, j)
-                    let vj = vjp (v.reshape(x.shape))
-                    acc.add_((vj * v).sum(1L)) |> ignore
+                    let v = p.select (1L, j)
+                    let vj = vjp (v.reshape (x.shape))
+                    acc.add_ ((vj * v).sum(1L)) |> ignore
                 acc / float k
         f.detach().MoveToOuterDisposeScope(), div.detach().MoveToOuterDisposeScope()
 
@@ -137,40 +153,42 @@ module Likelihood =
         Native.ensureLoaded ()
         validate settings
         Check.floating "x" x
-        if x.dim() < 1L || x.shape.[0] < 1L then Check.fail "x" x.shape "a tensor with a batch dimension"
-        if settings.Eps <= 0.0 || settings.Eps >= sde.T then Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
+        if x.dim () < 1L || x.shape.[0] < 1L then
+            Check.fail "x" x.shape "a tensor with a batch dimension"
+        if settings.Eps <= 0.0 || settings.Eps >= sde.T then
+            Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
         let batch = x.shape.[0]
-        let dim = x.numel() / batch
+        let dim = x.numel () / batch
         let shape = x.shape
-        use _noGrad = torch.no_grad()
+        use _noGrad = torch.no_grad ()
         use probeTensor =
             match settings.Divergence with
             | Divergence.Exact -> null
             | Divergence.Hutchinson(p, k) -> probes p k noise batch dim x.dtype x.device
         let probeOpt = if isNull probeTensor then None else Some probeTensor
         // augmented state [B, D + 1] = [x flattened, delta log p]
-        let augmented : TimeField =
+        let augmented: TimeField =
             fun z t ->
                 use scope = torch.NewDisposeScope()
                 let xs = z.narrow(1L, 0L, dim).reshape(shape)
                 let f, div = driftAndDivergence sde model probeOpt xs t
-                torch.cat([| f.reshape([| batch; dim |]); div.unsqueeze(1L) |], 1L).MoveToOuterDisposeScope()
+                torch.cat([| f.reshape ([| batch; dim |]); div.unsqueeze (1L) |], 1L).MoveToOuterDisposeScope()
         use z0 =
-            use detached = x.detach()
-            use flat = detached.reshape([| batch; dim |])
-            use zero = torch.zeros([| batch; 1L |], dtype = x.dtype, device = x.device)
-            torch.cat([| flat; zero |], 1L)
+            use detached = x.detach ()
+            use flat = detached.reshape ([| batch; dim |])
+            use zero = torch.zeros ([| batch; 1L |], dtype = x.dtype, device = x.device)
+            torch.cat ([| flat; zero |], 1L)
         let zT, nfe = OdeMethod.integrate sde settings.Method augmented z0 settings.Eps false
         use _zT = zT
         let latent =
-            use head = zT.narrow(1L, 0L, dim)
-            use shaped = head.reshape(shape)
-            shaped.clone()
-        use delta = zT.select(1L, dim)
+            use head = zT.narrow (1L, 0L, dim)
+            use shaped = head.reshape (shape)
+            shaped.clone ()
+        use delta = zT.select (1L, dim)
         use prior = VpSde.priorLogp latent
         let logp = prior + delta
         let bpd =
-            use nll = logp.neg()
+            use nll = logp.neg ()
             use scaled = nll / (float dim * Math.Log 2.0)
             scaled + settings.DequantizationOffset
         { LogLikelihood = logp; BitsPerDim = bpd; Latent = latent; Nfe = nfe }

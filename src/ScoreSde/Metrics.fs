@@ -12,8 +12,10 @@ module Metrics =
     let wasserstein1D (a: float[]) (b: float[]) : float =
         Check.notNull "a" a
         Check.notNull "b" b
-        if a.Length = 0 then Check.fail "a" a "a non-empty sample"
-        if b.Length = 0 then Check.fail "b" b "a non-empty sample"
+        if a.Length = 0 then
+            Check.fail "a" a "a non-empty sample"
+        if b.Length = 0 then
+            Check.fail "b" b "a non-empty sample"
         let a = Array.sort a
         let b = Array.sort b
         let n, m = int64 a.Length, int64 b.Length
@@ -26,8 +28,10 @@ module Metrics =
             let next = if ci <= cj then float (i + 1L) / float n else float (j + 1L) / float m
             total <- total + (next - u) * abs (a.[int i] - b.[int j])
             u <- next
-            if ci <= cj then i <- i + 1L
-            if cj <= ci then j <- j + 1L
+            if ci <= cj then
+                i <- i + 1L
+            if cj <= ci then
+                j <- j + 1L
         total
 
     /// `count` unit directions in `dim` dimensions (normalised Gaussian draws from a generator seeded
@@ -38,16 +42,17 @@ module Metrics =
         Check.positiveInt "count" count
         use scope = torch.NewDisposeScope()
         use g = new torch.Generator(uint64 seed, torch.CPU)
-        let v = torch.randn([| int64 dim; int64 count |], dtype = torch.float64, generator = g)
-        let norms = torch.linalg.vector_norm(v, 2.0, [| 0L |], true)
+        let v = torch.randn ([| int64 dim; int64 count |], dtype = torch.float64, generator = g)
+        let norms = torch.linalg.vector_norm (v, 2.0, [| 0L |], true)
         (v / norms).MoveToOuterDisposeScope()
 
     let private checkCloud (param: string) (x: Tensor) =
         Check.floating param x
-        if x.dim() <> 2L || x.shape.[0] < 1L then
+        if x.dim () <> 2L || x.shape.[0] < 1L then
             Check.fail param x.shape "a [N, D] tensor of N >= 1 points"
         use finite = torch.isfinite(x).all()
-        if not (finite.item<bool>()) then Check.fail param x.shape "free of NaN and infinite values"
+        if not (finite.item<bool>()) then
+            Check.fail param x.shape "free of NaN and infinite values"
 
     /// Sliced Wasserstein-1 distance between point clouds x [N, D] and y [M, D]: the mean over
     /// `count` fixed random unit directions (from `seed`) of the 1-D Wasserstein-1 distance between

@@ -15,9 +15,7 @@ type ModelOutput =
 
 /// A score-based model: a function of (x, t), t holding one value per batch element, and what its
 /// output means. The model must not modify x in place (samplers pass their state buffer).
-type Model =
-    { Forward: Tensor -> Tensor -> Tensor
-      Output: ModelOutput }
+type Model = { Forward: Tensor -> Tensor -> Tensor; Output: ModelOutput }
 
 [<RequireQualifiedAccess>]
 module Model =
@@ -36,8 +34,11 @@ module Model =
         if isNull out then
             raise (InvalidOperationException("The model returned null; it must return a tensor shaped like x."))
         if not (Check.shapesEqual out x) then
-            raise (InvalidOperationException(
-                    sprintf "The model returned shape %A for input shape %A; it must return a tensor shaped like x." out.shape x.shape))
+            raise (
+                InvalidOperationException(
+                    sprintf "The model returned shape %A for input shape %A; it must return a tensor shaped like x." out.shape x.shape
+                )
+            )
         out
 
     /// Host coefficients (a, b) with score = a x + b out, for a time shared by the whole batch.
@@ -77,10 +78,10 @@ module Model =
             // out * b, then + a x in place: one result tensor. The Scalars are bound for the duration
             // of the native calls (an inline Scalar can be finalised while the call still uses it).
             use sb = Tensors.scalar b
-            let r = out.mul(sb)
+            let r = out.mul (sb)
             if a <> 0.0 then
                 use sa = Tensors.scalar a
-                r.add_(x, sa) |> ignore
+                r.add_ (x, sa) |> ignore
             r
         else
             let cs = ts |> Array.map coefficients
@@ -94,16 +95,13 @@ module Model =
         (combine x out t coefficients).MoveToOuterDisposeScope()
 
     /// The score at (x, t) (t 0-d or one value per batch element), converted from the model's output.
-    let scoreOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
-        convert x t model (scoreCoefficientsAt sde model.Output)
+    let scoreOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (scoreCoefficientsAt sde model.Output)
 
     /// The noise prediction at (x, t).
-    let noiseOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
-        convert x t model (noiseCoefficientsAt sde model.Output)
+    let noiseOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (noiseCoefficientsAt sde model.Output)
 
     /// The data prediction x_0 at (x, t).
-    let dataOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
-        convert x t model (dataCoefficientsAt sde model.Output)
+    let dataOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (dataCoefficientsAt sde model.Output)
 
     /// Drift of the reverse-time SDE at (x, t) from a model: f(x, t) - g(t)^2 s(x, t) (t 0-d or one
     /// value per batch element). Its diffusion is g(t), as in the forward SDE.

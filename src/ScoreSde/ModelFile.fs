@@ -9,20 +9,22 @@ open TorchSharp
 
 /// What a saved or imported model is: how to call it and what its samples look like.
 type ModelInfo =
-    { Sde: VpSde
-      /// The network is called with t * TimeScale (1 for networks trained on t in [0, 1]; 999 for
-      /// networks trained on the paper code's discrete labels t * 999).
-      TimeScale: float
-      /// What the network's output means.
-      Output: ModelOutput
-      /// Shape of one sample, without the batch dimension (e.g. [| 2 |]).
-      SampleShape: int64[]
-      /// dtype the network expects.
-      Dtype: torch.ScalarType
-      /// Map between data space and the model's space (None: the identity).
-      Standardisation: Standardisation option
-      /// Human-readable description of the network.
-      Description: string }
+    {
+        Sde: VpSde
+        /// The network is called with t * TimeScale (1 for networks trained on t in [0, 1]; 999 for
+        /// networks trained on the paper code's discrete labels t * 999).
+        TimeScale: float
+        /// What the network's output means.
+        Output: ModelOutput
+        /// Shape of one sample, without the batch dimension (e.g. [| 2 |]).
+        SampleShape: int64[]
+        /// dtype the network expects.
+        Dtype: torch.ScalarType
+        /// Map between data space and the model's space (None: the identity).
+        Standardisation: Standardisation option
+        /// Human-readable description of the network.
+        Description: string
+    }
 
 /// A model ready to sample with: the `Model` (time scale applied), its description, and the
 /// network that owns the native memory (disposed with this value).
@@ -36,11 +38,13 @@ type LoadedModel =
 
 /// Options for importing a TorchScript file (written by PyTorch's `torch.jit.save`).
 type TorchScriptOptions =
-    { Sde: VpSde
-      TimeScale: float
-      Output: ModelOutput
-      /// Shape of one sample without the batch dimension.
-      SampleShape: int64[] }
+    {
+        Sde: VpSde
+        TimeScale: float
+        Output: ModelOutput
+        /// Shape of one sample without the batch dimension.
+        SampleShape: int64[]
+    }
 
 /// Saving and loading models. The library's own format is a directory holding `config.json`
 /// (architecture, SDE, time scale, standardisation, training metadata) and `weights.bin`
@@ -63,22 +67,25 @@ module ModelFile =
     /// The output kind named "noise", "score" or "data".
     let tryParseOutput (text: string) =
         match (if isNull text then "" else text.Trim().ToLowerInvariant()) with
-        | "noise" | "eps" -> Some ModelOutput.Noise
+        | "noise"
+        | "eps" -> Some ModelOutput.Noise
         | "score" -> Some ModelOutput.Score
-        | "data" | "x0" -> Some ModelOutput.Data
+        | "data"
+        | "x0" -> Some ModelOutput.Data
         | _ -> None
 
     let private dtypeName (d: torch.ScalarType) = if d = torch.float64 then "float64" else "float32"
 
     /// The model with the time scale applied to t before the network sees it.
     let private scaled (forward: Tensor -> Tensor -> Tensor) (timeScale: float) (output: ModelOutput) : Model =
-        if timeScale = 1.0 then { Forward = forward; Output = output }
+        if timeScale = 1.0 then
+            { Forward = forward; Output = output }
         else
             { Forward =
                 (fun x t ->
                     // bound, so that it outlives the native call (TorchSharp Scalars have finalizers)
                     use scale = Tensors.scalar timeScale
-                    use ts = t.mul(scale)
+                    use ts = t.mul (scale)
                     forward x ts)
               Output = output }
 
@@ -87,37 +94,46 @@ module ModelFile =
     /// "training" in config.json.
     let save (dir: string) (net: ScoreNet) (sde: VpSde) (standardisation: Standardisation option) (training: JsonObject) =
         Check.notNull "net" net
-        if String.IsNullOrWhiteSpace dir then Check.fail "dir" dir "a directory path"
-        if File.Exists dir then Check.fail "dir" dir "a directory path, not an existing file"
+        if String.IsNullOrWhiteSpace dir then
+            Check.fail "dir" dir "a directory path"
+        if File.Exists dir then
+            Check.fail "dir" dir "a directory path, not an existing file"
         Directory.CreateDirectory dir |> ignore
         let c = net.Config
         let floats (v: float[]) = JsonArray(v |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
         let config =
             JsonObject(
                 [ Collections.Generic.KeyValuePair("format", JsonValue.Create formatName :> JsonNode)
-                  Collections.Generic.KeyValuePair("version", JsonValue.Create 1 :> JsonNode) ])
+                  Collections.Generic.KeyValuePair("version", JsonValue.Create 1 :> JsonNode) ]
+            )
         config.["network"] <-
             JsonObject(
-                dict [ "type", JsonValue.Create "mlp" :> JsonNode
-                       "dim", JsonValue.Create c.Dim
-                       "hidden", JsonValue.Create c.Hidden
-                       "layers", JsonValue.Create c.Layers
-                       "embedding", JsonValue.Create c.Embedding
-                       "maxFrequency", JsonValue.Create c.MaxFrequency ])
+                dict
+                    [ "type", JsonValue.Create "mlp" :> JsonNode
+                      "dim", JsonValue.Create c.Dim
+                      "hidden", JsonValue.Create c.Hidden
+                      "layers", JsonValue.Create c.Layers
+                      "embedding", JsonValue.Create c.Embedding
+                      "maxFrequency", JsonValue.Create c.MaxFrequency ]
+            )
         config.["dtype"] <- JsonValue.Create(dtypeName net.Dtype)
         config.["output"] <- JsonValue.Create "noise"
         config.["timeScale"] <- JsonValue.Create 1.0
         config.["sde"] <-
-            JsonObject(dict [ "type", JsonValue.Create "vp" :> JsonNode
-                              "betaMin", JsonValue.Create sde.BetaMin
-                              "betaMax", JsonValue.Create sde.BetaMax ])
+            JsonObject(
+                dict
+                    [ "type", JsonValue.Create "vp" :> JsonNode
+                      "betaMin", JsonValue.Create sde.BetaMin
+                      "betaMax", JsonValue.Create sde.BetaMax ]
+            )
         match standardisation with
         | Some st -> config.["standardisation"] <- JsonObject(dict [ "shift", floats st.Shift :> JsonNode; "scale", floats st.Scale ])
         | None -> ()
-        if not (isNull training) then config.["training"] <- training.DeepClone()
+        if not (isNull training) then
+            config.["training"] <- training.DeepClone()
         let options = JsonSerializerOptions(WriteIndented = true)
         File.WriteAllText(Path.Combine(dir, configFile), config.ToJsonString options)
-        net.save(Path.Combine(dir, weightsFile)) |> ignore
+        net.save (Path.Combine(dir, weightsFile)) |> ignore
 
     // ---- reading config.json with clear errors ----
 
@@ -128,13 +144,21 @@ module ModelFile =
 
     let private get<'T> (path: string) (node: JsonNode) (name: string) : 'T =
         let v = field path node name
-        try v.GetValue<'T>()
-        with _ -> FileError.fail path (sprintf "'%s' must be a %s (got %s)" name (typeof<'T>.Name) (v.ToJsonString()))
+        try
+            v.GetValue<'T>()
+        with _ ->
+            FileError.fail path (sprintf "'%s' must be a %s (got %s)" name (typeof<'T>.Name) (v.ToJsonString()))
 
     let private floatArray (path: string) (node: JsonNode) (name: string) : float[] =
         match field path node name with
         | :? JsonArray as a ->
-            a |> Seq.map (fun v -> try v.GetValue<float>() with _ -> FileError.fail path (sprintf "'%s' must hold numbers" name)) |> Seq.toArray
+            a
+            |> Seq.map (fun v ->
+                try
+                    v.GetValue<float>()
+                with _ ->
+                    FileError.fail path (sprintf "'%s' must hold numbers" name))
+            |> Seq.toArray
         | v -> FileError.fail path (sprintf "'%s' must be an array of numbers (got %s)" name (v.ToJsonString()))
 
     /// Read a model directory's config.json: the architecture and the model information.
@@ -142,16 +166,22 @@ module ModelFile =
         let path = Path.Combine(dir, configFile)
         FileError.requireFile path
         let root =
-            try JsonNode.Parse(File.ReadAllText path)
-            with :? JsonException as e -> FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
-        if isNull root || not (root :? JsonObject) then FileError.fail path "must hold a JSON object"
+            try
+                JsonNode.Parse(File.ReadAllText path)
+            with :? JsonException as e ->
+                FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
+        if isNull root || not (root :? JsonObject) then
+            FileError.fail path "must hold a JSON object"
         let format = get<string> path root "format"
-        if format <> formatName then FileError.fail path (sprintf "'format' is '%s', expected '%s'" format formatName)
+        if format <> formatName then
+            FileError.fail path (sprintf "'format' is '%s', expected '%s'" format formatName)
         let version = get<int> path root "version"
-        if version <> 1 then FileError.fail path (sprintf "format version %d is not supported (this library reads version 1)" version)
+        if version <> 1 then
+            FileError.fail path (sprintf "format version %d is not supported (this library reads version 1)" version)
         let network = field path root "network"
         let kind = get<string> path network "type"
-        if kind <> "mlp" then FileError.fail path (sprintf "network type '%s' is not supported (expected 'mlp')" kind)
+        if kind <> "mlp" then
+            FileError.fail path (sprintf "network type '%s' is not supported (expected 'mlp')" kind)
         let config =
             { Dim = get<int> path network "dim"
               Hidden = get<int> path network "hidden"
@@ -160,10 +190,13 @@ module ModelFile =
               MaxFrequency = get<float> path network "maxFrequency" }
         let sdeNode = field path root "sde"
         let sdeKind = get<string> path sdeNode "type"
-        if sdeKind <> "vp" then FileError.fail path (sprintf "SDE type '%s' is not supported (expected 'vp')" sdeKind)
+        if sdeKind <> "vp" then
+            FileError.fail path (sprintf "SDE type '%s' is not supported (expected 'vp')" sdeKind)
         let sde =
-            try VpSde.create (get<float> path sdeNode "betaMin") (get<float> path sdeNode "betaMax")
-            with :? ArgumentException as e -> FileError.fail path e.Message
+            try
+                VpSde.create (get<float> path sdeNode "betaMin") (get<float> path sdeNode "betaMax")
+            with :? ArgumentException as e ->
+                FileError.fail path e.Message
         let dtype =
             match get<string> path root "dtype" with
             | "float32" -> torch.float32
@@ -175,7 +208,7 @@ module ModelFile =
             | Some v -> v
             | None -> FileError.fail path (sprintf "'output' must be noise, score or data (got %s)" o)
         let standardisation =
-            match root.AsObject().TryGetPropertyValue("standardisation") : bool * JsonNode with
+            match root.AsObject().TryGetPropertyValue("standardisation"): bool * JsonNode with
             | true, node when not (isNull node) ->
                 let st = { Shift = floatArray path node "shift"; Scale = floatArray path node "scale" }
                 if st.Shift.Length <> config.Dim || st.Scale.Length <> config.Dim then
@@ -188,7 +221,7 @@ module ModelFile =
         if not (timeScale > 0.0) || Double.IsInfinity timeScale then
             FileError.fail path (sprintf "'timeScale' must be positive (got %g)" timeScale)
         let training =
-            match root.AsObject().TryGetPropertyValue("training") : bool * JsonNode with
+            match root.AsObject().TryGetPropertyValue("training"): bool * JsonNode with
             | true, (:? JsonObject as t) -> t
             | _ -> JsonObject()
         let info =
@@ -205,19 +238,23 @@ module ModelFile =
     /// Load a model directory written by `save`.
     let loadNative (dir: string) : LoadedModel =
         Native.ensureLoaded ()
-        if not (Directory.Exists dir) then Check.fail "path" dir "an existing model directory"
+        if not (Directory.Exists dir) then
+            Check.fail "path" dir "an existing model directory"
         let config, info, _ = readConfig dir
         let weights = Path.Combine(dir, weightsFile)
         FileError.requireFile weights
         let net =
-            try ScoreNet.Empty(config, info.Dtype)
-            with :? ArgumentException as e -> FileError.fail (Path.Combine(dir, configFile)) e.Message
-        try net.load(weights) |> ignore
+            try
+                ScoreNet.Empty(config, info.Dtype)
+            with :? ArgumentException as e ->
+                FileError.fail (Path.Combine(dir, configFile)) e.Message
+        try
+            net.load (weights) |> ignore
         with e ->
             net.Dispose()
             FileError.fail weights (sprintf "does not hold this network's weights (%s)" (e.Message.Split('\n').[0]))
-        net.eval()
-        { Model = scaled (fun x t -> net.forward(x, t)) info.TimeScale info.Output
+        net.eval ()
+        { Model = scaled (fun x t -> net.forward (x, t)) info.TimeScale info.Output
           Info = { info with Description = sprintf "%s, %d parameters" info.Description net.ParameterCount }
           Network = net }
 
@@ -226,24 +263,38 @@ module ModelFile =
     let probe (loaded: LoadedModel) =
         Check.notNull "loaded" loaded
         use scope = torch.NewDisposeScope()
-        use _noGrad = torch.no_grad()
+        use _noGrad = torch.no_grad ()
         let shape = Array.append [| 2L |] loaded.Info.SampleShape
-        let x = torch.zeros(shape, dtype = loaded.Info.Dtype)
+        let x = torch.zeros (shape, dtype = loaded.Info.Dtype)
         use half = Tensors.scalar 0.5
-        let t = torch.full([| 2L |], half, dtype = loaded.Info.Dtype)
+        let t = torch.full ([| 2L |], half, dtype = loaded.Info.Dtype)
         let describe (s: int64[]) = "[" + String.Join(", ", s) + "]"
         let out =
-            try loaded.Model.Forward x t
+            try
+                loaded.Model.Forward x t
             with e ->
                 let lines = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries)
                 let first = if lines.Length > 0 then lines.[0].Trim() else e.GetType().Name
-                raise (ArgumentException(
-                        sprintf "the model cannot be called as forward(x, t) with x %s %s and t [2]: %s"
-                            (describe shape) (dtypeName loaded.Info.Dtype) first, "model"))
+                raise (
+                    ArgumentException(
+                        sprintf
+                            "the model cannot be called as forward(x, t) with x %s %s and t [2]: %s"
+                            (describe shape)
+                            (dtypeName loaded.Info.Dtype)
+                            first,
+                        "model"
+                    )
+                )
         if isNull out || out.shape <> shape then
-            raise (ArgumentException(
-                    sprintf "the model must return a tensor shaped like x %s; it returned %s"
-                        (describe shape) (if isNull out then "null" else describe out.shape), "model"))
+            raise (
+                ArgumentException(
+                    sprintf
+                        "the model must return a tensor shaped like x %s; it returned %s"
+                        (describe shape)
+                        (if isNull out then "null" else describe out.shape),
+                    "model"
+                )
+            )
 
     /// Import a TorchScript file whose forward maps (x, t) to a tensor shaped like x, and check it
     /// with `probe`.
@@ -253,14 +304,15 @@ module ModelFile =
         Check.positive "TimeScale" options.TimeScale
         Check.shape "SampleShape" options.SampleShape
         let m =
-            try torch.jit.load<Tensor, Tensor, Tensor>(path)
+            try
+                torch.jit.load<Tensor, Tensor, Tensor>(path)
             with
             | :? ExternalException
             | :? InvalidOperationException as e ->
                 FileError.fail path (sprintf "not a TorchScript file that TorchSharp can load (%s)" ((e.Message.Split('\n').[0]).Trim()))
-        m.eval()
+        m.eval ()
         let loaded =
-            { Model = scaled (fun x t -> m.forward(x, t)) options.TimeScale options.Output
+            { Model = scaled (fun x t -> m.forward (x, t)) options.TimeScale options.Output
               Info =
                 { Sde = options.Sde
                   TimeScale = options.TimeScale
@@ -270,7 +322,8 @@ module ModelFile =
                   Standardisation = None
                   Description = sprintf "TorchScript %s" (Path.GetFileName path) }
               Network = m }
-        try probe loaded
+        try
+            probe loaded
         with _ ->
             m.Dispose()
             reraise ()
@@ -279,7 +332,8 @@ module ModelFile =
     /// Load a model: a directory in the library's format, or a TorchScript file (imported with
     /// `torchScript`'s options).
     let load (path: string) (torchScript: TorchScriptOptions) : LoadedModel =
-        if String.IsNullOrWhiteSpace path then Check.fail "path" path "a model directory or TorchScript file"
+        if String.IsNullOrWhiteSpace path then
+            Check.fail "path" path "a model directory or TorchScript file"
         if Directory.Exists path then loadNative path
         elif File.Exists path then loadTorchScript path torchScript
         else FileError.fail path "no such model directory or TorchScript file"

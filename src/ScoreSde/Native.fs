@@ -25,14 +25,15 @@ module Native =
           AppContext.BaseDirectory ]
 
     let private load =
-        lazy (
-            if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
-                candidateDirectories ()
-                |> List.tryFind (fun d -> File.Exists(Path.Combine(d, "libtorch.so")))
-                |> Option.iter (fun dir ->
-                    for lib in libraries do
-                        let path = Path.Combine(dir, lib)
-                        if File.Exists path then NativeLibrary.Load path |> ignore))
+        lazy
+            (if RuntimeInformation.IsOSPlatform OSPlatform.Linux then
+                 candidateDirectories ()
+                 |> List.tryFind (fun d -> File.Exists(Path.Combine(d, "libtorch.so")))
+                 |> Option.iter (fun dir ->
+                     for lib in libraries do
+                         let path = Path.Combine(dir, lib)
+                         if File.Exists path then
+                             NativeLibrary.Load path |> ignore))
 
     /// Load TorchSharp's bundled libtorch by full path (Linux; a no-op elsewhere and after the first
     /// call). Call it before the first TorchSharp call in a script; the library's entry points call

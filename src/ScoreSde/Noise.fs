@@ -7,9 +7,11 @@ open TorchSharp
 /// A source of standard normal noise. `Fill` overwrites a tensor in place with N(0, 1) draws.
 /// Randomness only ever comes from a generator the caller supplied or a seed the caller chose.
 type Noise =
-    { Fill: Tensor -> unit
-      /// Human-readable description (for logs and errors).
-      Description: string }
+    {
+        Fill: Tensor -> unit
+        /// Human-readable description (for logs and errors).
+        Description: string
+    }
 
 [<RequireQualifiedAccess>]
 module Noise =
@@ -23,11 +25,11 @@ module Noise =
         let gdev = generator.device
         let fill (t: Tensor) =
             if t.device.``type`` = gdev.``type`` && (gdev.``type`` = DeviceType.CPU || t.device.index = gdev.index) then
-                t.normal_(0.0, 1.0, generator) |> ignore
+                t.normal_ (0.0, 1.0, generator) |> ignore
             else
-                use tmp = torch.empty(t.shape, dtype = t.dtype, device = gdev)
-                tmp.normal_(0.0, 1.0, generator) |> ignore
-                t.copy_(tmp) |> ignore
+                use tmp = torch.empty (t.shape, dtype = t.dtype, device = gdev)
+                tmp.normal_ (0.0, 1.0, generator) |> ignore
+                t.copy_ (tmp) |> ignore
         { Fill = fill; Description = "generator" }
 
     /// Noise from a fresh generator seeded with `seed` on `device` (the stream PyTorch's
@@ -44,8 +46,7 @@ module Noise =
         z ^^^ (z >>> 31)
 
     /// Seed of sample `index`'s stream under `perSample seed`.
-    let sampleSeed (seed: int64) (index: int) : uint64 =
-        mix (uint64 seed + 0x9e3779b97f4a7c15UL * (uint64 index + 1UL))
+    let sampleSeed (seed: int64) (index: int) : uint64 = mix (uint64 seed + 0x9e3779b97f4a7c15UL * (uint64 index + 1UL))
 
     /// Batch-size-independent noise: sample i of every batch draws from its own stream, seeded by
     /// (seed, i). Sample i then gets the same noise whatever the batch size, so a batch of 1 reproduces
@@ -54,7 +55,7 @@ module Noise =
         Native.ensureLoaded ()
         let generators = Dictionary<int * string, torch.Generator>()
         let fill (t: Tensor) =
-            let batch = if t.dim() = 0L then 1 else int t.shape.[0]
+            let batch = if t.dim () = 0L then 1 else int t.shape.[0]
             let dev = t.device
             for i in 0 .. batch - 1 do
                 let key = (i, dev.ToString())
@@ -65,10 +66,11 @@ module Noise =
                         let g = new torch.Generator(sampleSeed seed i, dev)
                         generators.[key] <- g
                         g
-                if t.dim() = 0L then t.normal_(0.0, 1.0, g) |> ignore
+                if t.dim () = 0L then
+                    t.normal_ (0.0, 1.0, g) |> ignore
                 else
-                    use row = t.select(0L, int64 i)
-                    row.normal_(0.0, 1.0, g) |> ignore
+                    use row = t.select (0L, int64 i)
+                    row.normal_ (0.0, 1.0, g) |> ignore
         { Fill = fill; Description = sprintf "per-sample seed %d" seed }
 
     /// A faster source of N(0, 1) noise for the core samplers, offered as an option: it does NOT give
@@ -87,19 +89,23 @@ module Noise =
         let fill (t: Tensor) =
             let k = fills.Value
             fills.Value <- k + 1L
-            let threads = max 1 (torch.get_num_threads())
-            if t.device_type = DeviceType.CPU && t.is_contiguous() && (t.dtype = torch.float32 || t.dtype = torch.float64) then
+            let threads = max 1 (torch.get_num_threads ())
+            if
+                t.device_type = DeviceType.CPU
+                && t.is_contiguous ()
+                && (t.dtype = torch.float32 || t.dtype = torch.float64)
+            then
                 FastNormal.fill seed k threads t
             else
                 let hostType = if t.dtype = torch.float64 then torch.float64 else torch.float32
-                use tmp = torch.empty(t.shape, dtype = hostType, device = torch.CPU)
+                use tmp = torch.empty (t.shape, dtype = hostType, device = torch.CPU)
                 FastNormal.fill seed k threads tmp
-                t.copy_(tmp) |> ignore
+                t.copy_ (tmp) |> ignore
         { Fill = fill; Description = sprintf "fast seed %d" seed }
 
     /// A fresh tensor of standard normal draws with the given shape, dtype and device.
     let draw (noise: Noise) (shape: int64[]) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
-        let t = torch.empty(shape, dtype = dtype, device = device)
+        let t = torch.empty (shape, dtype = dtype, device = device)
         noise.Fill t
         t
 

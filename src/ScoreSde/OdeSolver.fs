@@ -46,7 +46,7 @@ module OdeSolver =
         // x + c k with the Scalar c kept alive for the native call
         let axpy (x: Tensor) (c: float) (k: Tensor) =
             use sc = Tensors.scalar c
-            x.add(k, sc)
+            x.add (k, sc)
         let result =
             match solver with
             | OdeSolver.Euler ->
@@ -69,7 +69,7 @@ module OdeSolver =
     /// Integrate x' = f(x, t) through the time points in order (increasing or decreasing); returns
     /// the final state (a fresh tensor; x is not modified) and the number of evaluations of f.
     let integrate (solver: OdeSolver) (f: VectorField) (x: Tensor) (times: float[]) : Tensor * int =
-        let mutable state = x.clone()
+        let mutable state = x.clone ()
         for i in 0 .. times.Length - 2 do
             let next = step solver f state times.[i] times.[i + 1]
             state.Dispose()

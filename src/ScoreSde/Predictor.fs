@@ -34,24 +34,25 @@ module internal Kernel =
     /// x <- x * a, in place.
     let scale (x: Tensor) (a: float) =
         use sa = Tensors.scalar a
-        x.mul_(sa) |> ignore
+        x.mul_ (sa) |> ignore
 
     /// x <- x + alpha y, in place (one pass).
     let addScaled (x: Tensor) (y: Tensor) (alpha: float) =
         use s = Tensors.scalar alpha
-        x.add_(y, s) |> ignore
+        x.add_ (y, s) |> ignore
 
     /// x <- x + value t1 t2 (element-wise, t2 broadcast), in place (one pass).
     let addProduct (x: Tensor) (t1: Tensor) (t2: Tensor) (value: float) =
         use s = Tensors.scalar value
-        x.addcmul_(t1, t2, s) |> ignore
+        x.addcmul_ (t1, t2, s) |> ignore
 
     /// x <- a x + b out, in place. Safe when out is x itself (element-wise full alias).
     let axpby (x: Tensor) (a: float) (out: Tensor) (b: float) =
         if b = 0.0 then
-            if a <> 1.0 then scale x a
+            if a <> 1.0 then
+                scale x a
         elif a = 0.0 then
-            x.copy_(out) |> ignore
+            x.copy_ (out) |> ignore
             scale x b
         elif a = 1.0 then
             addScaled x out b
@@ -63,7 +64,8 @@ module internal Kernel =
     /// may be the same tensor, but neither may be x.
     let addTwo (x: Tensor) (a: float) (y: Tensor) (b: float) (z: Tensor) (c: float) =
         if not (Fused.tryLinear x a x b y c z) then
-            if a <> 1.0 then scale x a
+            if a <> 1.0 then
+                scale x a
             addScaled x y b
             addScaled x z c
 
@@ -71,7 +73,8 @@ module internal Kernel =
     /// is skipped when c = 0): one pass after the draw on CPU tensors (`Fused`), else axpby then an
     /// add. Safe when out is x itself.
     let axpbyNoise (x: Tensor) (a: float) (out: Tensor) (b: float) (z: Tensor) (c: float) (noise: Noise) =
-        if c = 0.0 then axpby x a out b
+        if c = 0.0 then
+            axpby x a out b
         else
             noise.Fill z
             if a = 0.0 || b = 0.0 || not (Fused.tryLinear x a x b out c z) then
@@ -90,17 +93,17 @@ module internal Kernel =
     let combine (a: float) (x: Tensor) (b: float) (out: Tensor) : Tensor =
         if b = 0.0 then
             use sa = Tensors.scalar a
-            x.mul(sa)
+            x.mul (sa)
         elif a = 0.0 then
             use sb = Tensors.scalar b
-            out.mul(sb)
+            out.mul (sb)
         elif a = 1.0 then
             use sb = Tensors.scalar b
-            x.add(out, sb)
+            x.add (out, sb)
         else
             let m =
                 use sb = Tensors.scalar b
-                out.mul(sb)
+                out.mul (sb)
             addScaled m x a
             m
 
@@ -111,25 +114,28 @@ module internal Kernel =
     /// scaled and shifted in place. Neither input is modified.
     let meanAndSample (a: float) (x: Tensor) (b: float) (out: Tensor) (c: float) (noise: Noise) : StepResult =
         let sample =
-            if x.is_contiguous() then torch.empty_like(x)
-            else torch.empty(x.shape, dtype = x.dtype, device = x.device)
-        let mutable mean : Tensor = null
+            if x.is_contiguous () then
+                torch.empty_like (x)
+            else
+                torch.empty (x.shape, dtype = x.dtype, device = x.device)
+        let mutable mean: Tensor = null
         try
             noise.Fill sample
             // (the device test only spares a mean buffer the kernel would refuse; Fused decides the rest)
             if a <> 0.0 && b <> 0.0 && x.device_type = DeviceType.CPU then
-                mean <- torch.empty_like(sample)
+                mean <- torch.empty_like (sample)
                 if not (Fused.tryMeanAndSample mean sample a x b out c) then
                     mean.Dispose()
                     mean <- null
             if isNull mean then
                 mean <- combine a x b out
                 scale sample c
-                sample.add_(mean) |> ignore
+                sample.add_ (mean) |> ignore
             { Sample = sample; Mean = mean }
         with _ ->
             sample.Dispose()
-            if not (isNull mean) then mean.Dispose()
+            if not (isNull mean) then
+                mean.Dispose()
             reraise ()
 
 [<RequireQualifiedAccess>]
@@ -180,15 +186,25 @@ module Predictor =
     /// One predictor step from t down to s, in place on x (the sampler's own buffer), reusing z as
     /// the noise buffer. `withNoise = false` returns the mean (the final denoising step).
     /// Returns the number of model evaluations (0 or 1).
-    let stepInPlace (sde: VpSde) (predictor: Predictor) (model: Model) (x: Tensor) (tBatch: Tensor)
-                    (z: Tensor) (noise: Noise) (t: float) (s: float) (withNoise: bool) : int =
-        if not (evaluatesModel predictor) then 0
+    let stepInPlace
+        (sde: VpSde)
+        (predictor: Predictor)
+        (model: Model)
+        (x: Tensor)
+        (tBatch: Tensor)
+        (z: Tensor)
+        (noise: Noise)
+        (t: float)
+        (s: float)
+        (withNoise: bool)
+        : int =
+        if not (evaluatesModel predictor) then
+            0
         else
             let ax, aout, std = outputCoefficients sde predictor model.Output t s
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x tBatch
-            if withNoise then Kernel.axpbyNoise x ax out aout z std noise
-            else Kernel.axpby x ax out aout
+            if withNoise then Kernel.axpbyNoise x ax out aout z std noise else Kernel.axpby x ax out aout
             1
 
     /// One predictor step on fresh tensors from a model output that was already computed (manual
@@ -199,8 +215,16 @@ module Predictor =
     /// step creates exactly the two result tensors (`Kernel.meanAndSample`: a noise draw into the
     /// sample, then one fused pass on CPU tensors). Per-sample steps use [B, 1, ...] coefficient
     /// tensors instead.
-    let stepWithOutput (sde: VpSde) (predictor: Predictor) (output: ModelOutput) (out: Tensor) (x: Tensor)
-                       (ts: float[]) (ss: float[]) (noise: Noise) : StepResult =
+    let stepWithOutput
+        (sde: VpSde)
+        (predictor: Predictor)
+        (output: ModelOutput)
+        (out: Tensor)
+        (x: Tensor)
+        (ts: float[])
+        (ss: float[])
+        (noise: Noise)
+        : StepResult =
         let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
         let c0 = cs.[0]
         if cs |> Array.forall (fun c -> c = c0) then
@@ -211,7 +235,7 @@ module Predictor =
             let coef (pick: float * float * float -> float) = Tensors.perSample (cs |> Array.map pick) x
             let mean = x * coef (fun (a, _, _) -> a)
             Kernel.addProduct mean out (coef (fun (_, b, _) -> b)) 1.0
-            let sample = torch.empty(x.shape, dtype = x.dtype, device = x.device)
+            let sample = torch.empty (x.shape, dtype = x.dtype, device = x.device)
             noise.Fill sample
             sample.mul_(coef (fun (_, _, c) -> c)).add_(mean) |> ignore
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
@@ -220,14 +244,14 @@ module Predictor =
     /// evaluated at (x, t) unless the predictor does not need it.
     let step (sde: VpSde) (predictor: Predictor) (model: Model) (x: Tensor) (t: float) (s: float) (noise: Noise) : StepResult =
         use scope = torch.NewDisposeScope()
-        let mean = x.clone()
+        let mean = x.clone ()
         if evaluatesModel predictor then
             let ax, aout, _ = outputCoefficients sde predictor model.Output t s
             let tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
             let out = Model.eval model x tb
             Kernel.axpby mean ax out aout
         let c = coefficients sde predictor t s
-        let sample = mean.clone()
-        let z = torch.empty_like(x)
+        let sample = mean.clone ()
+        let z = torch.empty_like (x)
         Kernel.addNoise sample z c.NoiseStd noise
         { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }

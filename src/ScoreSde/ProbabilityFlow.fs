@@ -15,16 +15,16 @@ type OdeMethod =
 
 /// Settings of the probability-flow ODE sampler.
 type FlowSettings =
-    { Method: OdeMethod
-      /// The sampler integrates from T down to Eps.
-      Eps: float
-      /// Finish with Tweedie's denoising step at eps (one more model evaluation).
-      Denoise: bool }
+    {
+        Method: OdeMethod
+        /// The sampler integrates from T down to Eps.
+        Eps: float
+        /// Finish with Tweedie's denoising step at eps (one more model evaluation).
+        Denoise: bool
+    }
 
 /// A latent and the number of model evaluations it took to compute it.
-type EncodeResult =
-    { Latent: Tensor
-      Nfe: int }
+type EncodeResult = { Latent: Tensor; Nfe: int }
 
 [<RequireQualifiedAccess>]
 module OdeMethod =
@@ -52,8 +52,8 @@ module OdeMethod =
     /// A batch-shared-time view of a per-sample-time field (for the fixed-step solvers).
     let sharedTime (field: TimeField) : VectorField =
         fun x t ->
-            use value = Tensors.scalar t     // bound, so it outlives the native call (Scalars have finalizers)
-            use tb = torch.full([| x.shape.[0] |], value, dtype = x.dtype, device = x.device)
+            use value = Tensors.scalar t // bound, so it outlives the native call (Scalars have finalizers)
+            use tb = torch.full ([| x.shape.[0] |], value, dtype = x.dtype, device = x.device)
             field x tb
 
     /// Integrate x' = field(x, t) between sde.T and eps: downwards (T -> eps) when `downwards`,
@@ -65,11 +65,12 @@ module OdeMethod =
         | OdeMethod.FixedStep(solver, grid, steps) ->
             let ts = TimeGrid.points sde grid steps eps
             let ts = if downwards then ts else Array.rev ts
-            use _noGrad = torch.no_grad()
+            use _noGrad = torch.no_grad ()
             OdeSolver.integrate solver (sharedTime field) x ts
         | OdeMethod.Dopri5 settings ->
             Check.finite "eps" eps
-            if eps <= 0.0 || eps >= sde.T then Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
+            if eps <= 0.0 || eps >= sde.T then
+                Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
             let t0, t1 = if downwards then sde.T, eps else eps, sde.T
             let r = AdaptiveOde.integrate settings field x t0 t1
             r.State, r.Nfe
@@ -93,18 +94,18 @@ module ProbabilityFlow =
     /// coefficients computed on the tensors' device (no host round trip). Differentiable in x.
     let scoreFromOutput (sde: VpSde) (output: ModelOutput) (x: Tensor) (out: Tensor) (t: Tensor) : Tensor =
         match output with
-        | ModelOutput.Score -> out.alias()
+        | ModelOutput.Score -> out.alias ()
         | ModelOutput.Noise ->
             use tb = Tensors.broadcastTime "t" t x
             use sigma = VpSde.sigma sde tb
-            use neg = out.neg()
+            use neg = out.neg ()
             neg / sigma
         | ModelOutput.Data ->
             use scope = torch.NewDisposeScope()
             let tb = Tensors.broadcastTime "t" t x
             let sigma = VpSde.sigma sde tb
             let a = VpSde.alpha sde tb
-            ((a * out - x) / sigma.square()).MoveToOuterDisposeScope()
+            ((a * out - x) / sigma.square ()).MoveToOuterDisposeScope()
 
     /// The probability-flow drift at (x, t), t one time per batch element (a [B] tensor in x's dtype).
     /// Differentiable in x when gradients are enabled (the likelihood's divergence uses this).
@@ -127,14 +128,14 @@ module ProbabilityFlow =
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x t
             let tb = Tensors.broadcastTime "t" t x
-            let nb = Tensors.mulScalar (VpSde.beta sde tb) -0.5          // -beta / 2
+            let nb = Tensors.mulScalar (VpSde.beta sde tb) -0.5 // -beta / 2
             let p, q =
                 match model.Output with
-                | ModelOutput.Score -> nb, nb                              // ka = 0, kb = 1
+                | ModelOutput.Score -> nb, nb // ka = 0, kb = 1
                 | ModelOutput.Noise -> nb, (nb / VpSde.sigma sde tb).neg_() // ka = 0, kb = -1 / sigma
-                | ModelOutput.Data ->                                      // ka = -1 / sigma^2, kb = alpha / sigma^2
+                | ModelOutput.Data -> // ka = -1 / sigma^2, kb = alpha / sigma^2
                     let v = VpSde.sigma sde tb
-                    v.mul_(v) |> ignore
+                    v.mul_ (v) |> ignore
                     let nbv = nb / v
                     nb - nbv, nbv * VpSde.alpha sde tb
             k.copy_(x).mul_(p) |> ignore
@@ -142,11 +143,13 @@ module ProbabilityFlow =
 
     let private checkState (name: string) (x: Tensor) =
         Check.floating name x
-        if x.dim() < 1L || x.shape.[0] < 1L then Check.fail name x.shape "a tensor with a batch dimension"
+        if x.dim () < 1L || x.shape.[0] < 1L then
+            Check.fail name x.shape "a tensor with a batch dimension"
 
     let private checkEps (sde: VpSde) (eps: float) =
         Check.finite "eps" eps
-        if eps <= 0.0 || eps >= sde.T then Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
+        if eps <= 0.0 || eps >= sde.T then
+            Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
 
     /// Sample (decode): integrate the probability-flow ODE from T down to eps starting at xT (a prior
     /// draw or an encoded latent; not modified), optionally finishing with Tweedie's denoising step.
@@ -156,20 +159,21 @@ module ProbabilityFlow =
         checkState "xT" xT
         checkEps sde settings.Eps
         OdeMethod.validate settings.Method
-        use _noGrad = torch.no_grad()
+        use _noGrad = torch.no_grad ()
         let x, nfe =
             match settings.Method with
             | OdeMethod.FixedStep(solver, grid, steps) ->
                 // In place on one working copy (Sampler.flowInPlace): no tensor per step beyond the model's.
-                let x = xT.clone()
+                let x = xT.clone ()
                 x, Sampler.flowInPlace sde model solver (TimeGrid.points sde grid steps settings.Eps) x (fun _ _ -> ())
             | OdeMethod.Dopri5 a ->
                 let r = AdaptiveOde.integrateInto a (fieldInto sde model) xT sde.T settings.Eps
                 r.State, r.Nfe
         if settings.Denoise then
-            let eps = match settings.Method with
-                      | OdeMethod.FixedStep(_, TimeGrid.Explicit ts, _) -> ts.[ts.Length - 1]
-                      | _ -> settings.Eps
+            let eps =
+                match settings.Method with
+                | OdeMethod.FixedStep(_, TimeGrid.Explicit ts, _) -> ts.[ts.Length - 1]
+                | _ -> settings.Eps
             let d = Sampler.denoise sde model x eps
             x.Dispose()
             { Samples = d; Nfe = nfe + 1 }
@@ -184,11 +188,11 @@ module ProbabilityFlow =
         checkState "x0" x0
         checkEps sde eps
         OdeMethod.validate m
-        use _noGrad = torch.no_grad()
+        use _noGrad = torch.no_grad ()
         let z, nfe =
             match m with
             | OdeMethod.FixedStep(solver, grid, steps) ->
-                let z = x0.clone()
+                let z = x0.clone ()
                 z, Sampler.flowInPlace sde model solver (Array.rev (TimeGrid.points sde grid steps eps)) z (fun _ _ -> ())
             | OdeMethod.Dopri5 a ->
                 let r = AdaptiveOde.integrateInto a (fieldInto sde model) x0 eps sde.T

@@ -4,9 +4,7 @@ open System
 open TorchSharp
 
 /// Samples and the number of model evaluations it took to make them.
-type SampleResult =
-    { Samples: Tensor
-      Nfe: int }
+type SampleResult = { Samples: Tensor; Nfe: int }
 
 /// Called after every step with the step index (0-based), the time reached and the current state.
 /// The state is the sampler's working buffer: read it (or clone it), never modify or keep it.
@@ -14,26 +12,30 @@ type Observer = int -> float -> Tensor -> unit
 
 /// Settings of the predictor-corrector sampler.
 type PcSettings =
-    { Predictor: Predictor
-      Corrector: Corrector
-      /// Time grid; `Steps` predictor steps go from T down to `Eps`.
-      Grid: TimeGrid
-      Steps: int
-      Eps: float
-      /// Return the mean of the last update (no noise in the final step), as the paper does.
-      Denoise: bool
-      Observer: Observer option }
+    {
+        Predictor: Predictor
+        Corrector: Corrector
+        /// Time grid; `Steps` predictor steps go from T down to `Eps`.
+        Grid: TimeGrid
+        Steps: int
+        Eps: float
+        /// Return the mean of the last update (no noise in the final step), as the paper does.
+        Denoise: bool
+        Observer: Observer option
+    }
 
 /// Settings of the fixed-step probability-flow ODE sampler.
 type OdeSettings =
-    { Solver: OdeSolver
-      Grid: TimeGrid
-      Steps: int
-      Eps: float
-      /// Finish with Tweedie's denoising step x_0 = (x + sigma_eps^2 s(x, eps)) / alpha_eps (one more
-      /// model evaluation).
-      Denoise: bool
-      Observer: Observer option }
+    {
+        Solver: OdeSolver
+        Grid: TimeGrid
+        Steps: int
+        Eps: float
+        /// Finish with Tweedie's denoising step x_0 = (x + sigma_eps^2 s(x, eps)) / alpha_eps (one more
+        /// model evaluation).
+        Denoise: bool
+        Observer: Observer option
+    }
 
 /// Sampling entry points: each combines an SDE, a model, a method and a noise source.
 [<RequireQualifiedAccess>]
@@ -68,7 +70,8 @@ module Sampler =
 
     let private checkStart (xT: Tensor) =
         Check.floating "xT" xT
-        if xT.dim() < 1L || xT.shape.[0] < 1L then Check.fail "xT" xT.shape "a tensor with a batch dimension"
+        if xT.dim () < 1L || xT.shape.[0] < 1L then
+            Check.fail "xT" xT.shape "a tensor with a batch dimension"
 
     /// The predictor-corrector sampler (Song et al. 2021, Alg. 1) from the starting state xT (not
     /// modified). At each grid time t_i the corrector runs first, then the predictor steps to t_{i+1};
@@ -79,13 +82,17 @@ module Sampler =
         Corrector.validate settings.Corrector
         let ts = TimeGrid.points sde settings.Grid settings.Steps settings.Eps
         let n = ts.Length - 1
-        use _noGrad = torch.no_grad()
-        let x = xT.clone()
-        use z = torch.empty_like(x)
-        use tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        use _noGrad = torch.no_grad ()
+        let x = xT.clone ()
+        use z = torch.empty_like (x)
+        use tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
         // Working memory for the corrector's score with data-prediction models, made on first use.
-        let scratch = lazy (torch.empty_like(x))
-        use _scratch = { new IDisposable with member _.Dispose() = if scratch.IsValueCreated then scratch.Value.Dispose() }
+        let scratch = lazy (torch.empty_like (x))
+        use _scratch =
+            { new IDisposable with
+                member _.Dispose() =
+                    if scratch.IsValueCreated then
+                        scratch.Value.Dispose() }
         let mutable nfe = 0
         let predictorEvaluates = Predictor.evaluatesModel settings.Predictor
         for i in 0 .. n - 1 do
@@ -93,10 +100,23 @@ module Sampler =
             Tensors.fillHost tb t
             let last = i = n - 1
             let alphaI = Corrector.stepAlpha sde t s
-            nfe <- nfe + Corrector.correctWith sde settings.Corrector model x tb z scratch noise t alphaI
-                            (last && settings.Denoise && not predictorEvaluates)
-            nfe <- nfe + Predictor.stepInPlace sde settings.Predictor model x tb z noise t s
-                            (not (last && settings.Denoise))
+            nfe <-
+                nfe
+                + Corrector.correctWith
+                    sde
+                    settings.Corrector
+                    model
+                    x
+                    tb
+                    z
+                    scratch
+                    noise
+                    t
+                    alphaI
+                    (last && settings.Denoise && not predictorEvaluates)
+            nfe <-
+                nfe
+                + Predictor.stepInPlace sde settings.Predictor model x tb z noise t s (not (last && settings.Denoise))
             settings.Observer |> Option.iter (fun f -> f i s x)
         { Samples = x; Nfe = nfe }
 
@@ -125,9 +145,17 @@ module Sampler =
     /// updates x alone, Heun also uses the stage buffer y, RK4 y and the accumulator acc (both shaped
     /// like x; unused ones may be null). `evaluate state t update` evaluates the model at (state, t)
     /// and passes its output to `update`. Safe for an output that is the state itself.
-    let internal flowStepInPlace (sde: VpSde) (output: ModelOutput) (solver: OdeSolver) (x: Tensor) (y: Tensor)
-                                 (acc: Tensor) (t: float) (s: float)
-                                 (evaluate: Tensor -> float -> (Tensor -> unit) -> unit) =
+    let internal flowStepInPlace
+        (sde: VpSde)
+        (output: ModelOutput)
+        (solver: OdeSolver)
+        (x: Tensor)
+        (y: Tensor)
+        (acc: Tensor)
+        (t: float)
+        (s: float)
+        (evaluate: Tensor -> float -> (Tensor -> unit) -> unit)
+        =
         let coefficients (t: float) =
             let ka, kb = Model.scoreCoefficientsAt sde output t
             let hb = -0.5 * VpSde.betaAt sde t
@@ -136,7 +164,7 @@ module Sampler =
         let stage (c: float) (p: float) (q: float) (out: Tensor) =
             if not (Fused.tryLinear y (c * p) y (c * q) out 1.0 x) then
                 Kernel.axpby y (c * p) out (c * q)
-                y.add_(x) |> ignore
+                y.add_ (x) |> ignore
         let h = s - t
         match solver with
         | OdeSolver.Euler ->
@@ -144,7 +172,7 @@ module Sampler =
             evaluate x t (fun out -> Kernel.axpby x (1.0 + h * p) out (h * q))
         | OdeSolver.Heun ->
             let p1, q1 = coefficients t
-            y.copy_(x) |> ignore
+            y.copy_ (x) |> ignore
             evaluate x t (fun out -> Kernel.axpby y (1.0 + h * p1) out (h * q1))
             // x + h/2 (k1 + k2) with k1 = (y - x) / h: 0.5 x + (0.5 + h p2 / 2) y + (h q2 / 2) out2
             let p2, q2 = coefficients s
@@ -156,9 +184,9 @@ module Sampler =
             let p4, q4 = coefficients s
             // acc = k1; y = x + h/2 k1
             evaluate x t (fun out ->
-                acc.copy_(x) |> ignore
+                acc.copy_ (x) |> ignore
                 Kernel.axpby acc p1 out q1)
-            y.copy_(x) |> ignore
+            y.copy_ (x) |> ignore
             Kernel.addScaled y acc (0.5 * h)
             // acc += 2 k2; y = x + h/2 k2
             evaluate y m (fun out ->
@@ -177,11 +205,17 @@ module Sampler =
     /// `flowStepInPlace` per step, with the time buffer and the stage buffers allocated once, so
     /// nothing beyond the model's own tensors is created per step. `observe i t` runs after step i, at
     /// time t. Returns the number of model evaluations.
-    let internal flowInPlace (sde: VpSde) (model: Model) (solver: OdeSolver) (times: float[]) (x: Tensor)
-                             (observe: int -> float -> unit) : int =
-        use tb = torch.empty([| x.shape.[0] |], dtype = x.dtype, device = x.device)
-        use y = if solver = OdeSolver.Euler then null else torch.empty_like(x)
-        use acc = if solver = OdeSolver.Rk4 then torch.empty_like(x) else null
+    let internal flowInPlace
+        (sde: VpSde)
+        (model: Model)
+        (solver: OdeSolver)
+        (times: float[])
+        (x: Tensor)
+        (observe: int -> float -> unit)
+        : int =
+        use tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
+        use y = if solver = OdeSolver.Euler then null else torch.empty_like (x)
+        use acc = if solver = OdeSolver.Rk4 then torch.empty_like (x) else null
         // What the model created during a call is disposed with the scope.
         let evaluate (state: Tensor) (t: float) (update: Tensor -> unit) =
             Tensors.fillHost tb t
@@ -199,8 +233,8 @@ module Sampler =
         Native.ensureLoaded ()
         checkStart xT
         let ts = TimeGrid.points sde settings.Grid settings.Steps settings.Eps
-        use _noGrad = torch.no_grad()
-        let mutable x = xT.clone()
+        use _noGrad = torch.no_grad ()
+        let mutable x = xT.clone ()
         let mutable nfe =
             flowInPlace sde model settings.Solver ts x (fun i s -> settings.Observer |> Option.iter (fun f -> f i s x))
         if settings.Denoise then

@@ -7,17 +7,21 @@ open TorchSharp
 /// beta(t) = BetaMin + t (BetaMax - BetaMin) on t in [0, T], T = 1.
 /// Create values with `VpSde.create`, which validates the parameters.
 type VpSde =
-    { BetaMin: float
-      BetaMax: float
-      /// End time of the diffusion (1 for the paper's VP-SDE).
-      T: float }
+    {
+        BetaMin: float
+        BetaMax: float
+        /// End time of the diffusion (1 for the paper's VP-SDE).
+        T: float
+    }
 
 /// The DDPM discretisation of the VP-SDE with N steps (the paper code's convention).
 type DdpmDiscretisation =
-    { /// beta_i = linspace(BetaMin / N, BetaMax / N, N).
-      Betas: float[]
-      /// alpha_i = 1 - beta_i.
-      Alphas: float[] }
+    {
+        /// beta_i = linspace(BetaMin / N, BetaMax / N, N).
+        Betas: float[]
+        /// alpha_i = 1 - beta_i.
+        Alphas: float[]
+    }
 
 /// Functions of the VP-SDE. Host versions (suffix `At`) take a time as a float; tensor versions take
 /// a time tensor that is 0-d or holds one value per batch element, broadcast over x's trailing dims.
@@ -68,8 +72,7 @@ module VpSde =
 
     /// The DDPM beta of the interval [s, t] (s < t): 1 - alpha_t^2 / alpha_s^2, in (0, 1) for any
     /// s < t. This is how the discrete predictors stay well defined on any time grid.
-    let intervalBeta (sde: VpSde) (t: float) (s: float) =
-        -(HostMath.expm1 (2.0 * (logMeanCoeffAt sde t - logMeanCoeffAt sde s)))
+    let intervalBeta (sde: VpSde) (t: float) (s: float) = -(HostMath.expm1 (2.0 * (logMeanCoeffAt sde t - logMeanCoeffAt sde s)))
 
     /// The paper code's DDPM discretisation with N steps. Rejects N for which beta_i = BetaMax / N
     /// reaches 1 (sqrt(1 - beta_i) would be NaN): with the default BetaMax = 20 that is N <= 20.
@@ -103,23 +106,23 @@ module VpSde =
     /// alpha_t for a time tensor.
     let alpha (sde: VpSde) (t: Tensor) : Tensor =
         use m = logMeanCoeff sde t
-        m.exp()
+        m.exp ()
 
     /// sigma_t = sqrt(-expm1(2 m(t))) for a time tensor.
     let sigma (sde: VpSde) (t: Tensor) : Tensor =
         use m = logMeanCoeff sde t
         use m2 = Tensors.mulScalar m 2.0
         use e = torch.expm1 m2
-        use v = e.neg()
-        v.sqrt()
+        use v = e.neg ()
+        v.sqrt ()
 
     /// Half log-SNR lambda_t for a time tensor.
     let lambda (sde: VpSde) (t: Tensor) : Tensor =
         use m = logMeanCoeff sde t
         use m2 = Tensors.mulScalar m 2.0
         use e = torch.expm1 m2
-        use v = e.neg()
-        use lv = v.log()
+        use v = e.neg ()
+        use lv = v.log ()
         use h = Tensors.mulScalar lv 0.5
         m - h
 
@@ -133,7 +136,7 @@ module VpSde =
     /// Diffusion coefficient g(t) = sqrt(beta(t)).
     let diffusion (sde: VpSde) (t: Tensor) : Tensor =
         use b = beta sde t
-        b.sqrt()
+        b.sqrt ()
 
     /// Marginal of x_t given x_0: mean alpha_t x_0 and standard deviation sigma_t (broadcast over
     /// x_0's trailing dims).
@@ -154,10 +157,10 @@ module VpSde =
 
     /// Log-density of the prior N(0, I) per sample: -D/2 log(2 pi) - |z|^2 / 2 (D = elements per sample).
     let priorLogp (z: Tensor) : Tensor =
-        let d = if z.dim() <= 1L then z.numel() else z.numel() / z.shape.[0]
-        use flat = if z.dim() <= 1L then z.reshape([| 1L; -1L |]) else z.reshape([| z.shape.[0]; -1L |])
-        use sq = flat.square()
-        use s = sq.sum(1L)
+        let d = if z.dim () <= 1L then z.numel () else z.numel () / z.shape.[0]
+        use flat = if z.dim () <= 1L then z.reshape ([| 1L; -1L |]) else z.reshape ([| z.shape.[0]; -1L |])
+        use sq = flat.square ()
+        use s = sq.sum (1L)
         Tensors.affine s -0.5 (-0.5 * float d * Math.Log(2.0 * Math.PI))
 
     /// Reverse-time SDE drift f - g^2 s, given the score at (x, t).

@@ -20,13 +20,18 @@ module TimeGrid =
     /// Validate an explicit grid: at least two points, finite, strictly decreasing, within (0, T].
     let validate (sde: VpSde) (points: float[]) =
         Check.notNull "grid" points
-        if points.Length < 2 then Check.fail "grid" points "at least two time points (one step)"
-        points |> Array.iteri (fun i p ->
+        if points.Length < 2 then
+            Check.fail "grid" points "at least two time points (one step)"
+        points
+        |> Array.iteri (fun i p ->
             if Double.IsNaN p || p <= 0.0 || p > sde.T then
                 Check.fail (sprintf "grid[%d]" i) p (sprintf "in (0, %g]" sde.T))
         for i in 1 .. points.Length - 1 do
             if not (points.[i] < points.[i - 1]) then
-                Check.fail (sprintf "grid[%d]" i) points.[i] (sprintf "below grid[%d] = %g (times must strictly decrease)" (i - 1) points.[i - 1])
+                Check.fail
+                    (sprintf "grid[%d]" i)
+                    points.[i]
+                    (sprintf "below grid[%d] = %g (times must strictly decrease)" (i - 1) points.[i - 1])
 
     /// The N + 1 time points t_0 = T > t_1 > ... > t_N = eps of an N-step grid.
     let points (sde: VpSde) (grid: TimeGrid) (steps: int) (eps: float) : float[] =
@@ -37,7 +42,8 @@ module TimeGrid =
         | _ ->
             Check.positiveInt "steps" steps
             Check.finite "eps" eps
-            if eps <= 0.0 || eps >= sde.T then Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
+            if eps <= 0.0 || eps >= sde.T then
+                Check.fail "eps" eps (sprintf "in (0, %g)" sde.T)
             let n = float steps
             let ts =
                 match grid with

@@ -16,36 +16,40 @@ type LossWeighting =
 
 /// Settings of denoising score-matching training.
 type TrainSettings =
-    { /// Optimiser steps.
-      Steps: int
-      /// Training points per step (drawn with replacement).
-      BatchSize: int
-      /// Adam's peak learning rate.
-      LearningRate: float
-      /// Steps of linear learning-rate warm-up from LearningRate / WarmupSteps.
-      WarmupSteps: int
-      /// Decay the learning rate to zero along a half cosine over the run (after warm-up).
-      CosineDecay: bool
-      /// Times are drawn from U(Eps, 1).
-      Eps: float
-      Weighting: LossWeighting
-      /// Decay of the exponential moving average of the weights; step k uses
-      /// min(EmaDecay, (1 + k) / (10 + k)) so that short runs are not dominated by the initial weights.
-      EmaDecay: float
-      /// Clip the global gradient norm to this value (None: no clipping).
-      GradClip: float option
-      /// Called after every step with the step index (0-based) and that step's loss.
-      Observer: (int -> float -> unit) option }
+    {
+        /// Optimiser steps.
+        Steps: int
+        /// Training points per step (drawn with replacement).
+        BatchSize: int
+        /// Adam's peak learning rate.
+        LearningRate: float
+        /// Steps of linear learning-rate warm-up from LearningRate / WarmupSteps.
+        WarmupSteps: int
+        /// Decay the learning rate to zero along a half cosine over the run (after warm-up).
+        CosineDecay: bool
+        /// Times are drawn from U(Eps, 1).
+        Eps: float
+        Weighting: LossWeighting
+        /// Decay of the exponential moving average of the weights; step k uses
+        /// min(EmaDecay, (1 + k) / (10 + k)) so that short runs are not dominated by the initial weights.
+        EmaDecay: float
+        /// Clip the global gradient norm to this value (None: no clipping).
+        GradClip: float option
+        /// Called after every step with the step index (0-based) and that step's loss.
+        Observer: (int -> float -> unit) option
+    }
 
 /// What a training run produced.
 type TrainResult =
-    { /// The exponential moving average of the weights: the network to sample with. A fresh
-      /// module owned by the caller (dispose it when done).
-      Ema: ScoreNet
-      /// The loss of every step (of the batch it was computed on).
-      Losses: float[]
-      /// Wall-clock seconds spent in the training loop.
-      Seconds: float }
+    {
+        /// The exponential moving average of the weights: the network to sample with. A fresh
+        /// module owned by the caller (dispose it when done).
+        Ema: ScoreNet
+        /// The loss of every step (of the batch it was computed on).
+        Losses: float[]
+        /// Wall-clock seconds spent in the training loop.
+        Seconds: float
+    }
 
     /// Optimiser steps per second.
     member r.StepsPerSecond = float r.Losses.Length / r.Seconds
@@ -74,9 +78,11 @@ module Training =
         Check.positive "LearningRate" settings.LearningRate
         Check.nonNegativeInt "WarmupSteps" settings.WarmupSteps
         Check.finite "Eps" settings.Eps
-        if settings.Eps <= 0.0 || settings.Eps >= 1.0 then Check.fail "Eps" settings.Eps "in (0, 1)"
+        if settings.Eps <= 0.0 || settings.Eps >= 1.0 then
+            Check.fail "Eps" settings.Eps "in (0, 1)"
         Check.finite "EmaDecay" settings.EmaDecay
-        if settings.EmaDecay < 0.0 || settings.EmaDecay >= 1.0 then Check.fail "EmaDecay" settings.EmaDecay "in [0, 1)"
+        if settings.EmaDecay < 0.0 || settings.EmaDecay >= 1.0 then
+            Check.fail "EmaDecay" settings.EmaDecay "in [0, 1)"
         settings.GradClip |> Option.iter (Check.positive "GradClip")
 
     /// Per-sample coefficients of times t (host doubles): alpha_t, sigma_t and the loss weight
@@ -97,7 +103,8 @@ module Training =
     /// host in float64 (no TorchSharp Scalars, which have finalizers, in the training loop).
     let loss (sde: VpSde) (weighting: LossWeighting) (net: Tensor -> Tensor -> Tensor) (x0: Tensor) (t: Tensor) (z: Tensor) : Tensor =
         Check.sameShape "z" z x0 "x0"
-        if t.numel() <> x0.shape.[0] then Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
+        if t.numel () <> x0.shape.[0] then
+            Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
         use scope = torch.NewDisposeScope()
         let alpha, sigma, weight = coefficients sde weighting (Tensors.toHost t)
         let xt = Tensors.perSample alpha x0 * x0 + Tensors.perSample sigma x0 * z
@@ -107,13 +114,17 @@ module Training =
         let weighted =
             match weight with
             | None -> perSample
-            | Some w -> perSample * torch.tensor(w, dtype = perSample.dtype, device = perSample.device)
+            | Some w -> perSample * torch.tensor (w, dtype = perSample.dtype, device = perSample.device)
         weighted.mean().MoveToOuterDisposeScope()
 
     /// The learning rate of step k (0-based): linear warm-up, then constant or a half cosine to zero.
     let learningRate (settings: TrainSettings) (k: int) =
         let warm = if settings.WarmupSteps > 0 then min 1.0 (float (k + 1) / float settings.WarmupSteps) else 1.0
-        let decay = if settings.CosineDecay then 0.5 * (1.0 + Math.Cos(Math.PI * float k / float settings.Steps)) else 1.0
+        let decay =
+            if settings.CosineDecay then
+                0.5 * (1.0 + Math.Cos(Math.PI * float k / float settings.Steps))
+            else
+                1.0
         settings.LearningRate * warm * decay
 
     /// Adam (Kingma & Ba 2015) with bias correction, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, on
@@ -121,8 +132,8 @@ module Training =
     /// Scalar is bound for the duration of its native call (TorchSharp Scalars have finalizers, and
     /// one passed inline can be collected while the call still reads it).
     type private Adam(parameters: Modules.Parameter[]) =
-        let m = parameters |> Array.map (fun p -> torch.zeros_like(p))
-        let v = parameters |> Array.map (fun p -> torch.zeros_like(p))
+        let m = parameters |> Array.map (fun p -> torch.zeros_like (p))
+        let v = parameters |> Array.map (fun p -> torch.zeros_like (p))
         let mutable step = 0
         member _.Step(lr: float) =
             step <- step + 1
@@ -136,7 +147,7 @@ module Training =
             use sSqrtC2 = Tensors.scalar (Math.Sqrt c2)
             use sEps = Tensors.scalar eps
             use sStep = Tensors.scalar (-lr / c1)
-            use _noGrad = torch.no_grad()
+            use _noGrad = torch.no_grad ()
             for i in 0 .. parameters.Length - 1 do
                 use g = parameters.[i].grad
                 if not (isNull g) then
@@ -147,13 +158,15 @@ module Training =
                     parameters.[i].addcdiv_(m.[i], denom, sStep) |> ignore
         interface IDisposable with
             member _.Dispose() =
-                for t in Array.append m v do t.Dispose()
+                for t in Array.append m v do
+                    t.Dispose()
 
     /// Zero the gradients (those that exist).
     let private zeroGradients (parameters: Modules.Parameter[]) =
         for p in parameters do
             use g = p.grad
-            if not (isNull g) then g.zero_() |> ignore
+            if not (isNull g) then
+                g.zero_ () |> ignore
 
     /// Scale the gradients so that their global L2 norm is at most maxNorm (one host read per step).
     let private clipGradients (parameters: Modules.Parameter[]) (maxNorm: float) =
@@ -165,7 +178,8 @@ module Training =
             let factor = maxNorm / (norm + 1e-6)
             if factor < 1.0 then
                 use sFactor = Tensors.scalar factor
-                for g in grads do g.mul_(sFactor) |> ignore
+                for g in grads do
+                    g.mul_ (sFactor) |> ignore
 
     /// Train `net` (updated in place) on `data` [N, Dim] with Adam; every random draw (batch
     /// indices, times, noise) comes from `generator`, so the same seed and network initialisation
@@ -177,7 +191,7 @@ module Training =
         Check.notNull "generator" generator
         validate settings
         Check.floating "data" data
-        if data.dim() <> 2L || data.shape.[1] <> int64 net.Config.Dim || data.shape.[0] < 1L then
+        if data.dim () <> 2L || data.shape.[1] <> int64 net.Config.Dim || data.shape.[0] < 1L then
             Check.fail "data" data.shape (sprintf "a [N, %d] tensor of N >= 1 points (the network's Dim)" net.Config.Dim)
         use train =
             use scope = torch.NewDisposeScope()
@@ -185,42 +199,45 @@ module Training =
         let n = train.shape.[0]
         let batch = int64 settings.BatchSize
         let ema = ScoreNet.copy net
-        let parameters = net.parameters() |> Seq.toArray
-        let emaParameters = ema.parameters() |> Seq.toArray
+        let parameters = net.parameters () |> Seq.toArray
+        let emaParameters = ema.parameters () |> Seq.toArray
         use adam = new Adam(parameters)
         let noise = Noise.fromGenerator generator
         let losses = Array.zeroCreate settings.Steps
-        let model (x: Tensor) (t: Tensor) = net.forward(x, t)
+        let model (x: Tensor) (t: Tensor) = net.forward (x, t)
         let watch = Stopwatch.StartNew()
-        net.train()
+        net.train ()
         for k in 0 .. settings.Steps - 1 do
             use scope = torch.NewDisposeScope()
-            let idx = torch.randint(0L, n, [| batch |], dtype = torch.int64, device = generator.device, generator = generator)
-            let x0 = train.index_select(0L, idx.``to``(net.Device))
+            let idx = torch.randint (0L, n, [| batch |], dtype = torch.int64, device = generator.device, generator = generator)
+            let x0 = train.index_select (0L, idx.``to`` (net.Device))
             // t ~ U(Eps, 1): uniform draws from the generator, mapped on the host
-            let u = torch.rand([| batch |], dtype = torch.float64, device = generator.device, generator = generator)
+            let u = torch.rand ([| batch |], dtype = torch.float64, device = generator.device, generator = generator)
             let times = Tensors.toHost u |> Array.map (fun v -> settings.Eps + (1.0 - settings.Eps) * v)
-            let t = torch.tensor(times, dtype = net.Dtype, device = net.Device)
-            let z = torch.empty_like(x0)
+            let t = torch.tensor (times, dtype = net.Dtype, device = net.Device)
+            let z = torch.empty_like (x0)
             noise.Fill z
             zeroGradients parameters
             let l = loss sde settings.Weighting model x0 t z
-            l.backward()
+            l.backward ()
             settings.GradClip |> Option.iter (clipGradients parameters)
             adam.Step(learningRate settings k)
             let value = l.detach().to_type(torch.float64).item<float>()
             if Double.IsNaN value || Double.IsInfinity value then
-                raise (InvalidOperationException(
-                        sprintf "Training diverged at step %d (loss %g); lower the learning rate (%g)." k value settings.LearningRate))
+                raise (
+                    InvalidOperationException(
+                        sprintf "Training diverged at step %d (loss %g); lower the learning rate (%g)." k value settings.LearningRate
+                    )
+                )
             losses.[k] <- value
             let decay = min settings.EmaDecay (float (1 + k) / float (10 + k))
             use sDecay = Tensors.scalar decay
             use sRest = Tensors.scalar (1.0 - decay)
-            use _noGrad = torch.no_grad()
+            use _noGrad = torch.no_grad ()
             for e, p in Array.zip emaParameters parameters do
                 e.mul_(sDecay).add_(p, sRest) |> ignore
             settings.Observer |> Option.iter (fun f -> f k value)
         watch.Stop()
-        net.eval()
-        ema.eval()
+        net.eval ()
+        ema.eval ()
         { Ema = ema; Losses = losses; Seconds = watch.Elapsed.TotalSeconds }

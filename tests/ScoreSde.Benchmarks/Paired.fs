@@ -21,13 +21,13 @@ let private median (xs: float seq) =
 /// of the per-round ratios.
 let private measure (shape: int64[]) (rounds: int) =
     use g = new torch.Generator(0UL, torch.CPU)
-    use x = torch.randn(shape, generator = g)
-    use out = torch.randn(shape, generator = g)
-    use t = torch.full([| shape.[0] |], Scalar.op_Implicit 0.5f, dtype = torch.float32)
+    use x = torch.randn (shape, generator = g)
+    use out = torch.randn (shape, generator = g)
+    use t = torch.full ([| shape.[0] |], Scalar.op_Implicit 0.5f, dtype = torch.float32)
     let scheduler = ScoreSde.CSharp.ScoreSdeVpScheduler()
     scheduler.SetTimesteps(1000)
     let floor () =
-        use z = torch.randn(shape, generator = g)
+        use z = torch.randn (shape, generator = g)
         ()
     let step () =
         let r = scheduler.StepPred(out, x, t, g)
@@ -35,15 +35,16 @@ let private measure (shape: int64[]) (rounds: int) =
         r.PrevSampleMean.Dispose()
     let block (f: unit -> unit) (k: int) =
         let sw = Stopwatch.StartNew()
-        for _ in 1 .. k do f ()
+        for _ in 1..k do
+            f ()
         sw.Elapsed.TotalMilliseconds / float k
     // warm-up, and a block size of about 20 ms
-    for _ in 1 .. 5 do
+    for _ in 1..5 do
         floor ()
         step ()
     let k = max 1 (int (20.0 / max 1e-4 (block step 5)))
     let floors, steps, ratios = ResizeArray(), ResizeArray(), ResizeArray()
-    for _ in 1 .. rounds do
+    for _ in 1..rounds do
         let a = block floor k
         let b = block step k
         floors.Add a

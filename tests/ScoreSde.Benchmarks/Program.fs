@@ -50,7 +50,8 @@ let main argv =
         threadCounts <- [| 1 |]
         memorySteps <- memorySteps |> Option.map (fun n -> min n 1000)
         pairedRounds <- pairedRounds |> Option.map (fun n -> min n 10)
-    if not (bdnArgs.Contains "--filter") then bdnArgs.AddRange [ "--filter"; "*" ]
+    if not (bdnArgs.Contains "--filter") then
+        bdnArgs.AddRange [ "--filter"; "*" ]
     let job =
         Job.Default
             .WithToolchain(InProcessEmitToolchain(TimeSpan.FromMinutes 30.0, true))
@@ -61,7 +62,8 @@ let main argv =
             .WithId(if quick then "quick" else "short")
     let config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job)
     let summaries =
-        BenchmarkSwitcher.FromAssembly(typeof<StepBenchmarks>.Assembly).Run(bdnArgs.ToArray(), config) |> Seq.toArray
+        BenchmarkSwitcher.FromAssembly(typeof<StepBenchmarks>.Assembly).Run(bdnArgs.ToArray(), config)
+        |> Seq.toArray
     let report =
         [ sprintf "Machine: %s" (Report.machine ())
           sprintf "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
@@ -70,7 +72,9 @@ let main argv =
           ""
           Report.stepTable summaries
           match pairedRounds with
-          | Some n -> "StepPred against the noise floor, measured in alternation (blocks of about 20 ms):\n\n" + Paired.table n
+          | Some n ->
+              "StepPred against the noise floor, measured in alternation (blocks of about 20 ms):\n\n"
+              + Paired.table n
           | None -> ""
           "Samplers (model share subtracted):"
           ""

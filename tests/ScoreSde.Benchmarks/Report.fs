@@ -14,11 +14,12 @@ open ScoreSde.Benchmarks.Setup
 /// median rather than the mean: robust to the spikes of a machine shared with other work).
 let private means (summaries: Summary seq) =
     [ for s in summaries do
-        for r in s.Reports do
-            if not (isNull r.ResultStatistics) then
-                let c = r.BenchmarkCase
-                let p name = c.Parameters.Items |> Seq.tryFind (fun i -> i.Name = name) |> Option.map (fun i -> string i.Value)
-                yield (c.Descriptor.WorkloadMethod.Name, defaultArg (p "Shape") "", defaultArg (p "Threads") ""),
+          for r in s.Reports do
+              if not (isNull r.ResultStatistics) then
+                  let c = r.BenchmarkCase
+                  let p name = c.Parameters.Items |> Seq.tryFind (fun i -> i.Name = name) |> Option.map (fun i -> string i.Value)
+                  yield
+                      (c.Descriptor.WorkloadMethod.Name, defaultArg (p "Shape") "", defaultArg (p "Threads") ""),
                       r.ResultStatistics.Median / 1e6 ]
     |> dict
 
@@ -38,17 +39,29 @@ let stepTable (summaries: Summary seq) =
     let m = means summaries
     let sb = StringBuilder()
     let line (s: string) = sb.AppendLine s |> ignore
-    line "| shape | threads | noise floor (ms) | StepPred (ms) | StepPred / floor | core fresh (ms) | core in place (ms) | naive transliteration (ms) | naive / floor | fill, generator (ms) | fill, Noise.fast (ms) |"
+    line
+        "| shape | threads | noise floor (ms) | StepPred (ms) | StepPred / floor | core fresh (ms) | core in place (ms) | naive transliteration (ms) | naive / floor | fill, generator (ms) | fill, Noise.fast (ms) |"
     line "|---|---|---|---|---|---|---|---|---|---|---|"
     for shape in stepShapes do
         for th in threadCounts do
             let k name = tryGet m (name, shape, string th)
             let floor = k "NoiseFloor"
             if floor.IsSome then
-                line (sprintf "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" shape th (fmt floor) (fmt (k "StepPred"))
-                        (ratio (k "StepPred") floor) (fmt (k "CoreStepFresh")) (fmt (k "CoreStepInPlace"))
-                        (fmt (k "NaiveTransliteration")) (ratio (k "NaiveTransliteration") floor)
-                        (fmt (k "NoiseFillGenerator")) (fmt (k "NoiseFillFast")))
+                line (
+                    sprintf
+                        "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                        shape
+                        th
+                        (fmt floor)
+                        (fmt (k "StepPred"))
+                        (ratio (k "StepPred") floor)
+                        (fmt (k "CoreStepFresh"))
+                        (fmt (k "CoreStepInPlace"))
+                        (fmt (k "NaiveTransliteration"))
+                        (ratio (k "NaiveTransliteration") floor)
+                        (fmt (k "NoiseFillGenerator"))
+                        (fmt (k "NoiseFillFast"))
+                )
     sb.ToString()
 
 /// Sampler cases: benchmark name, kernel benchmark, model evaluations per step (one run's total
@@ -67,7 +80,11 @@ let samplerTable (summaries: Summary seq) =
     let m = means summaries
     let sb = StringBuilder()
     let line (s: string) = sb.AppendLine s |> ignore
-    line (sprintf "| sampler (%d steps, 4x3x64x64) | threads | run (ms) | model evals / step | per step without the model (ms) | kernel alone (ms) | ratio |" SamplerCases.steps)
+    line (
+        sprintf
+            "| sampler (%d steps, 4x3x64x64) | threads | run (ms) | model evals / step | per step without the model (ms) | kernel alone (ms) | ratio |"
+            SamplerCases.steps
+    )
     line "|---|---|---|---|---|---|---|"
     for th in threadCounts do
         let k name = tryGet m (name, "4x3x64x64", string th)
@@ -79,7 +96,8 @@ let samplerTable (summaries: Summary seq) =
                 let kern = kernel |> Option.bind k
                 line (sprintf "| %s | %d | %.3f | %g | %.4f | %s | %s |" name th run nfe perStep (fmt kern) (ratio (Some perStep) kern))
             | _ -> ()
-        model |> Option.iter (fun v -> line (sprintf "| (model alone, one evaluation) | %d | | | %.4f | | |" th v))
+        model
+        |> Option.iter (fun v -> line (sprintf "| (model alone, one evaluation) | %d | | | %.4f | | |" th v))
     sb.ToString()
 
 /// Run each sampler for `steps` steps at 4x3x64x64 (one thread) and measure what its loop allocates:
@@ -91,35 +109,48 @@ let memoryTable (steps: int) =
     let sde = SamplerCases.sde
     let sb = StringBuilder()
     let line (s: string) = sb.AppendLine s |> ignore
-    line (sprintf "| sampler (%d steps, 4x3x64x64, 1 thread) | tensors created per step beyond the model's | managed bytes per step | RSS growth, first to last tenth (MB) | peak RSS above start (MB) |" steps)
+    line (
+        sprintf
+            "| sampler (%d steps, 4x3x64x64, 1 thread) | tensors created per step beyond the model's | managed bytes per step | RSS growth, first to last tenth (MB) | peak RSS above start (MB) |"
+            steps
+    )
     line "|---|---|---|---|---|"
-    let cases : (string * (Model -> Observer -> Noise -> torch.Tensor -> SampleResult)) list =
-        [ "PC Euler-Maruyama", (fun model obs noise xT ->
+    let cases: (string * (Model -> Observer -> Noise -> torch.Tensor -> SampleResult)) list =
+        [ "PC Euler-Maruyama",
+          (fun model obs noise xT ->
               Sampler.predictorCorrector sde model { SamplerCases.pcEm with Steps = steps; Observer = Some obs } noise xT)
-          "PC reverse diffusion + Langevin", (fun model obs noise xT ->
+          "PC reverse diffusion + Langevin",
+          (fun model obs noise xT ->
               Sampler.predictorCorrector sde model { SamplerCases.pcRdLangevin with Steps = steps; Observer = Some obs } noise xT)
-          "probability flow, Euler", (fun model obs _ xT ->
-              Sampler.probabilityFlow sde model { SamplerCases.odeEuler with Steps = steps; Observer = Some obs } xT)
-          "probability flow, RK4", (fun model obs _ xT ->
-              Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT)
-          "probability flow, Dopri5 (per-sample control, held to the steps)", (fun model obs _ xT ->
+          "probability flow, Euler",
+          (fun model obs _ xT -> Sampler.probabilityFlow sde model { SamplerCases.odeEuler with Steps = steps; Observer = Some obs } xT)
+          "probability flow, RK4",
+          (fun model obs _ xT -> Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT)
+          "probability flow, Dopri5 (per-sample control, held to the steps)",
+          (fun model obs _ xT ->
               let settings = SamplerCases.dopri5 steps
               let settings =
                   match settings.Method with
                   | OdeMethod.Dopri5 a -> { settings with Method = OdeMethod.Dopri5 { a with Observer = Some(fun i _ x -> obs i 0.0 x) } }
                   | _ -> settings
               ProbabilityFlow.sample sde model settings xT)
-          "DPM-Solver++ (multistep, order 3)", (fun model obs _ xT ->
-              DpmSolver.sample sde model { SamplerCases.dpm with Steps = steps; Observer = Some obs } xT) ]
+          "DPM-Solver++ (multistep, order 3)",
+          (fun model obs _ xT -> DpmSolver.sample sde model { SamplerCases.dpm with Steps = steps; Observer = Some obs } xT) ]
     for name, run in cases do
         use g = new torch.Generator(7UL, torch.CPU)
         let noise = Noise.fromGenerator g
-        use xT = torch.randn([| 4L; 3L; 64L; 64L |], generator = g)
+        use xT = torch.randn ([| 4L; 3L; 64L; 64L |], generator = g)
         let mutable calls = 0L
-        let model = Model.score (fun x _ -> calls <- calls + 1L; x.neg())
+        let model =
+            Model.score (fun x _ ->
+                calls <- calls + 1L
+                x.neg ())
         let tenth = max 1 (steps / 10)
         let rss = ResizeArray()
-        let obs : Observer = fun i _ _ -> if (i + 1) % tenth = 0 then rss.Add(rssMb ())
+        let obs: Observer =
+            fun i _ _ ->
+                if (i + 1) % tenth = 0 then
+                    rss.Add(rssMb ())
         GC.Collect()
         let start = rssMb ()
         let peakReset = resetPeakRss ()
@@ -142,7 +173,12 @@ let machine () =
             |> Array.tryFind (fun l -> l.StartsWith "model name")
             |> Option.map (fun l -> l.Substring(l.IndexOf(':') + 1).Trim())
             |> Option.defaultValue "unknown CPU"
-        with _ -> "unknown CPU"
-    sprintf "%s, %d logical cores, %s, .NET %s, TorchSharp %s" cpu Environment.ProcessorCount
-        (Runtime.InteropServices.RuntimeInformation.OSDescription) (Environment.Version.ToString())
+        with _ ->
+            "unknown CPU"
+    sprintf
+        "%s, %d logical cores, %s, .NET %s, TorchSharp %s"
+        cpu
+        Environment.ProcessorCount
+        (Runtime.InteropServices.RuntimeInformation.OSDescription)
+        (Environment.Version.ToString())
         (typeof<torch>.Assembly.GetName().Version.ToString())

@@ -13,13 +13,21 @@ module SamplerCases =
 
     /// Data N(0, I): under the VP-SDE every marginal p_t is N(0, I) (alpha_t^2 + sigma_t^2 = 1), so the
     /// score is -x at every t. One tensor operation that allocates its output, as a network does.
-    let model = Model.score (fun x _ -> x.neg())
+    let model = Model.score (fun x _ -> x.neg ())
 
     /// Steps per benchmarked run.
     let steps = 100
 
-    let pcEm = { Sampler.pcDefaults with Predictor = Predictor.EulerMaruyama; Corrector = Corrector.NoCorrector; Steps = steps }
-    let pcRdLangevin = { Sampler.pcDefaults with Predictor = Predictor.ReverseDiffusion; Corrector = Corrector.langevin 0.16 1; Steps = steps }
+    let pcEm =
+        { Sampler.pcDefaults with
+            Predictor = Predictor.EulerMaruyama
+            Corrector = Corrector.NoCorrector
+            Steps = steps }
+    let pcRdLangevin =
+        { Sampler.pcDefaults with
+            Predictor = Predictor.ReverseDiffusion
+            Corrector = Corrector.langevin 0.16 1
+            Steps = steps }
     let odeEuler = { Sampler.odeDefaults with Solver = OdeSolver.Euler; Steps = steps }
     let odeRk4 = { Sampler.odeDefaults with Solver = OdeSolver.Rk4; Steps = steps }
     let dpm = { DpmSolver.defaults with Steps = steps }
@@ -31,19 +39,25 @@ module SamplerCases =
     let dopri5 (steps: int) =
         let h = (1.0 - 1e-3) / float steps
         { ProbabilityFlow.defaults with
-            Method = OdeMethod.Dopri5 { AdaptiveOde.defaults with Control = StepControl.PerSample; InitialStep = Some h; MaxStep = Some h; MaxSteps = steps + 10 } }
+            Method =
+                OdeMethod.Dopri5
+                    { AdaptiveOde.defaults with
+                        Control = StepControl.PerSample
+                        InitialStep = Some h
+                        MaxStep = Some h
+                        MaxSteps = steps + 10 } }
 
 [<MemoryDiagnoser>]
 type SamplerBenchmarks() =
-    let mutable g : torch.Generator = null
-    let mutable noise : Noise = Unchecked.defaultof<_>
-    let mutable fastNoise : Noise = Unchecked.defaultof<_>
-    let mutable xT : torch.Tensor = null
-    let mutable state : torch.Tensor = null
-    let mutable z : torch.Tensor = null
-    let mutable stage : torch.Tensor = null
-    let mutable acc : torch.Tensor = null
-    let mutable score : torch.Tensor = null
+    let mutable g: torch.Generator = null
+    let mutable noise: Noise = Unchecked.defaultof<_>
+    let mutable fastNoise: Noise = Unchecked.defaultof<_>
+    let mutable xT: torch.Tensor = null
+    let mutable state: torch.Tensor = null
+    let mutable z: torch.Tensor = null
+    let mutable stage: torch.Tensor = null
+    let mutable acc: torch.Tensor = null
+    let mutable score: torch.Tensor = null
     let sde = SamplerCases.sde
     // A representative interval of the 100-step uniform grid.
     let t0, s0 = 0.5, 0.5 - (1.0 - 1e-3) / float SamplerCases.steps
@@ -64,17 +78,18 @@ type SamplerBenchmarks() =
         g <- new torch.Generator(0UL, torch.CPU)
         noise <- Noise.fromGenerator g
         fastNoise <- Noise.fast 0L
-        xT <- torch.randn(parseShape this.Shape, generator = g)
-        state <- xT.clone()
-        z <- torch.empty_like(xT)
-        z.normal_(0.0, 1.0, g) |> ignore
-        stage <- torch.empty_like(xT)
-        acc <- torch.empty_like(xT)
-        score <- torch.randn(parseShape this.Shape, generator = g)
+        xT <- torch.randn (parseShape this.Shape, generator = g)
+        state <- xT.clone ()
+        z <- torch.empty_like (xT)
+        z.normal_ (0.0, 1.0, g) |> ignore
+        stage <- torch.empty_like (xT)
+        acc <- torch.empty_like (xT)
+        score <- torch.randn (parseShape this.Shape, generator = g)
 
     [<GlobalCleanup>]
     member _.Cleanup() =
-        for v in [ xT; state; z; stage; acc; score ] do v.Dispose()
+        for v in [ xT; state; z; stage; acc; score ] do
+            v.Dispose()
         g.Dispose()
 
     /// One evaluation of the analytic model (its share of every sampler step).
@@ -102,8 +117,15 @@ type SamplerBenchmarks() =
     [<Benchmark>]
     member _.RdLangevinKernel() =
         let c = Predictor.coefficients sde Predictor.ReverseDiffusion t0 s0
-        Corrector.langevinUpdate state score 1.0 z noise (Corrector.stepAlpha sde t0 s0)
-            (Corrector.StepSize.FromNorms(LangevinNorm.PerSample, 0.16)) true
+        Corrector.langevinUpdate
+            state
+            score
+            1.0
+            z
+            noise
+            (Corrector.stepAlpha sde t0 s0)
+            (Corrector.StepSize.FromNorms(LangevinNorm.PerSample, 0.16))
+            true
         Kernel.axpbyNoise state c.A state -c.B z c.NoiseStd noise
 
     /// One fixed probability-flow step's arithmetic alone, in place, with the model output a fixed

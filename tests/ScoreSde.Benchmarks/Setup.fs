@@ -37,7 +37,8 @@ let resetPeakRss () =
     try
         File.WriteAllText("/proc/self/clear_refs", "5")
         true
-    with _ -> false
+    with _ ->
+        false
 
 /// Tensors created so far on this thread (inside and outside dispose scopes).
 let tensorsCreated () =

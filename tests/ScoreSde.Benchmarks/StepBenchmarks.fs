@@ -11,16 +11,16 @@ open ScoreSde.Benchmarks.Setup
 [<MemoryDiagnoser>]
 type StepBenchmarks() =
     let steps = 1000
-    let mutable shape : int64[] = [||]
-    let mutable g : torch.Generator = null
-    let mutable x : torch.Tensor = null
-    let mutable out : torch.Tensor = null
-    let mutable t : torch.Tensor = null
-    let mutable state : torch.Tensor = null
-    let mutable z : torch.Tensor = null
-    let mutable scheduler : ScoreSde.CSharp.ScoreSdeVpScheduler = Unchecked.defaultof<_>
-    let mutable noise : Noise = Unchecked.defaultof<_>
-    let mutable fastNoise : Noise = Unchecked.defaultof<_>
+    let mutable shape: int64[] = [||]
+    let mutable g: torch.Generator = null
+    let mutable x: torch.Tensor = null
+    let mutable out: torch.Tensor = null
+    let mutable t: torch.Tensor = null
+    let mutable state: torch.Tensor = null
+    let mutable z: torch.Tensor = null
+    let mutable scheduler: ScoreSde.CSharp.ScoreSdeVpScheduler = Unchecked.defaultof<_>
+    let mutable noise: Noise = Unchecked.defaultof<_>
+    let mutable fastNoise: Noise = Unchecked.defaultof<_>
     let sde = VpSde.standard
     // The step of the benchmark: from t = 0.5 with diffusers' dt = 1 / len(timesteps).
     let t0 = 0.5
@@ -42,12 +42,12 @@ type StepBenchmarks() =
         setThreads this.Threads
         shape <- parseShape this.Shape
         g <- new torch.Generator(0UL, torch.CPU)
-        x <- torch.randn(shape, generator = g)
-        out <- torch.randn(shape, generator = g)
+        x <- torch.randn (shape, generator = g)
+        out <- torch.randn (shape, generator = g)
         // One time per batch element, all equal: the usual `timesteps[i] * ones(B)` of a diffusers loop.
-        t <- torch.full([| shape.[0] |], Scalar.op_Implicit (float32 t0), dtype = torch.float32)
-        state <- x.clone()
-        z <- torch.empty_like(x)
+        t <- torch.full ([| shape.[0] |], Scalar.op_Implicit (float32 t0), dtype = torch.float32)
+        state <- x.clone ()
+        z <- torch.empty_like (x)
         scheduler <- ScoreSde.CSharp.ScoreSdeVpScheduler()
         scheduler.SetTimesteps(steps)
         noise <- Noise.fromGenerator g
@@ -55,13 +55,14 @@ type StepBenchmarks() =
 
     [<GlobalCleanup>]
     member _.Cleanup() =
-        for v in [ x; out; t; state; z ] do v.Dispose()
+        for v in [ x; out; t; state; z ] do
+            v.Dispose()
         g.Dispose()
 
     /// The floor: torch.randn of the step's shape from a generator (a fresh tensor, as the step makes).
     [<Benchmark(Baseline = true)>]
     member _.NoiseFloor() =
-        use n = torch.randn(shape, generator = g)
+        use n = torch.randn (shape, generator = g)
         ()
 
     /// The samplers' noise: the generator's stream filled in place into a reused buffer.
@@ -99,20 +100,22 @@ type StepBenchmarks() =
     member _.NaiveTransliteration() =
         use scope = torch.NewDisposeScope()
         let bmin, bmax = sde.BetaMin, sde.BetaMax
-        let logMeanCoeff = t.pow(Scalar.op_Implicit 2.0) * (-0.25 * (bmax - bmin)) - t * (0.5 * bmin)
-        let std = torch.sqrt(1.0 - torch.exp(logMeanCoeff * 2.0))
-        let mutable std = std.flatten()
-        while std.dim() < out.dim() do std <- std.unsqueeze(-1L)
+        let logMeanCoeff = t.pow (Scalar.op_Implicit 2.0) * (-0.25 * (bmax - bmin)) - t * (0.5 * bmin)
+        let std = torch.sqrt (1.0 - torch.exp (logMeanCoeff * 2.0))
+        let mutable std = std.flatten ()
+        while std.dim () < out.dim () do
+            std <- std.unsqueeze (-1L)
         let score = -out / std
         let dt = -1.0 / float steps
         let mutable betaT = t * (bmax - bmin) + bmin
-        betaT <- betaT.flatten()
-        while betaT.dim() < x.dim() do betaT <- betaT.unsqueeze(-1L)
+        betaT <- betaT.flatten ()
+        while betaT.dim () < x.dim () do
+            betaT <- betaT.unsqueeze (-1L)
         let drift = betaT * -0.5 * x
-        let diffusion = torch.sqrt(betaT)
-        let drift = drift - diffusion.pow(Scalar.op_Implicit 2.0) * score
+        let diffusion = torch.sqrt (betaT)
+        let drift = drift - diffusion.pow (Scalar.op_Implicit 2.0) * score
         let xMean = x + drift * dt
-        let z = torch.randn(x.shape, dtype = x.dtype, generator = g)
+        let z = torch.randn (x.shape, dtype = x.dtype, generator = g)
         let sample = xMean + diffusion * Math.Sqrt(-dt) * z
         sample.Dispose()
         xMean.Dispose()

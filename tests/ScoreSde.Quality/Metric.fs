@@ -14,7 +14,7 @@ let directions (dim: int) (count: int) (seed: int64) : Tensor = ScoreSde.Metrics
 let sortedProjections (dirs: Tensor) (x: Tensor) : Tensor =
     use scope = torch.NewDisposeScope()
     let p = dirs.t().matmul(x.to_type(torch.float64).t()).contiguous()
-    let struct (s, _) = p.sort(1L)
+    let struct (s, _) = p.sort (1L)
     s.MoveToOuterDisposeScope()
 
 /// A reference sample set, projected and sorted once.
@@ -25,7 +25,8 @@ type Reference(dirs: Tensor, samples: Tensor) =
     /// Mean over the directions of the 1-D Wasserstein-1 distance between the projections of x and of
     /// the reference: for equal sample counts, the mean absolute difference of the sorted projections.
     member _.Distance(x: Tensor) : float =
-        if x.shape.[0] <> samples.shape.[0] then invalidArg "x" "the two sample sets must have the same size"
+        if x.shape.[0] <> samples.shape.[0] then
+            invalidArg "x" "the two sample sets must have the same size"
         use scope = torch.NewDisposeScope()
         let s = sortedProjections dirs x
         (s - sorted).abs().mean().item<float>()

@@ -47,12 +47,12 @@ let unequal16 =
 /// n exact samples [n, D] in float64: a mode drawn by weight, then its Gaussian.
 let sample (m: Mixture) (n: int) (g: torch.Generator) : Tensor =
     use scope = torch.NewDisposeScope()
-    let w = torch.tensor(m.Weights, dtype = torch.float64)
-    let k = torch.multinomial(w, int64 n, true, g)
+    let w = torch.tensor (m.Weights, dtype = torch.float64)
+    let k = torch.multinomial (w, int64 n, true, g)
     let means = torch.tensor(Array.concat m.Means, dtype = torch.float64).reshape([| int64 m.Modes; int64 m.Dim |])
     let stds = torch.tensor(Array.concat m.Stds, dtype = torch.float64).reshape([| int64 m.Modes; int64 m.Dim |])
-    let z = torch.randn([| int64 n; int64 m.Dim |], dtype = torch.float64, generator = g)
-    (means.index_select(0L, k) + stds.index_select(0L, k) * z).MoveToOuterDisposeScope()
+    let z = torch.randn ([| int64 n; int64 m.Dim |], dtype = torch.float64, generator = g)
+    (means.index_select (0L, k) + stds.index_select (0L, k) * z).MoveToOuterDisposeScope()
 
 /// exp(x) - 1 without cancellation (Kahan's trick).
 let private expm1 (x: float) =
@@ -74,21 +74,23 @@ let noiseModel (sde: VpSde) (m: Mixture) : Tensor -> Tensor -> Tensor =
         // the samplers share one time over the batch; the marginal is then the same for every sample
         let ts = t.to_type(torch.float64).flatten()
         let tv = ts.[0L].item<float>()
-        if ts.numel() > 1L && not (ts.eq(torch.tensor(tv, dtype = torch.float64)).all().item<bool>()) then
+        if ts.numel () > 1L && not (ts.eq(torch.tensor (tv, dtype = torch.float64)).all().item<bool>()) then
             failwith "the mixture model expects one time for the whole batch"
         let logA = -0.25 * tv * tv * (sde.BetaMax - sde.BetaMin) - 0.5 * tv * sde.BetaMin
         let a = Math.Exp logA
         let s2 = -(expm1 (2.0 * logA))
-        let v = vars0 * (a * a) + s2                       // [K, D] marginal variances
-        let iv = v.reciprocal()
-        let mv = means * iv                                 // m_k / v_k
-        let x64 = x.to_type(torch.float64)
+        let v = vars0 * (a * a) + s2 // [K, D] marginal variances
+        let iv = v.reciprocal ()
+        let mv = means * iv // m_k / v_k
+        let x64 = x.to_type (torch.float64)
         // log N_k(x) up to a constant: -1/2 sum_d (x_d - a m_kd)^2 / v_kd - 1/2 sum_d log v_kd,
         // expanded so that only [B, D] x [D, K] products appear
-        let quad = (x64 * x64).matmul(iv.t()) - (x64.matmul(mv.t())) * (2.0 * a) + ((means * mv).sum(1L) * (a * a)).reshape([| 1L; k |])
+        let quad =
+            (x64 * x64).matmul(iv.t ()) - (x64.matmul (mv.t ())) * (2.0 * a)
+            + ((means * mv).sum(1L) * (a * a)).reshape([| 1L; k |])
         let logp = logW - 0.5 * quad - 0.5 * v.log().sum(1L).reshape([| 1L; k |])
-        let resp = torch.softmax(logp, 1)                   // [B, K]
+        let resp = torch.softmax (logp, 1) // [B, K]
         // score = sum_k resp_k (a m_k - x) / v_k
-        let score = resp.matmul(mv) * a - x64 * resp.matmul(iv)
+        let score = resp.matmul (mv) * a - x64 * resp.matmul (iv)
         let eps = score * (-(Math.Sqrt s2))
         eps.to_type(x.dtype).MoveToOuterDisposeScope()

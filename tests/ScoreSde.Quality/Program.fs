@@ -18,12 +18,7 @@ let private repoRoot () =
     | Some r -> r
     | None -> (up (DirectoryInfo AppContext.BaseDirectory)).Value
 
-type private Options =
-    { Quick: bool
-      Sweep: bool
-      Samples: int
-      Problems: string list
-      OutDir: string option }
+type private Options = { Quick: bool; Sweep: bool; Samples: int; Problems: string list; OutDir: string option }
 
 let private usage = "usage: ScoreSde.Quality [--quick | --sweep] [--samples N] [--problem a|b] [--out DIR]"
 
@@ -43,7 +38,12 @@ let rec private parse (o: Options) (args: string list) =
 let private budgetsFull = [| 10; 15; 20; 50; 100; 200; 1000 |]
 let private budgetsQuick = [| 10; 20; 100 |]
 let private quickNames =
-    set [ "PC reverse diffusion + Langevin"; "ODE RK4 (uniform t)"; "DPM-Solver-3M"; "DPM-Solver++3M"; "DPM-Solver-2M, time-quadratic grid" ]
+    set
+        [ "PC reverse diffusion + Langevin"
+          "ODE RK4 (uniform t)"
+          "DPM-Solver-3M"
+          "DPM-Solver++3M"
+          "DPM-Solver-2M, time-quadratic grid" ]
 
 let private run (o: Options) =
     Native.ensureLoaded ()
@@ -57,13 +57,25 @@ let private run (o: Options) =
         | None when o.Quick -> Path.Combine(Path.GetTempPath(), "scoresde-quality")
         | None -> Path.Combine(repoRoot (), "docs")
     Directory.CreateDirectory outDir |> ignore
-    let problems = (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems) |> List.map (function "a" -> Mixture.circle8 | _ -> Mixture.unequal16)
+    let problems =
+        (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems)
+        |> List.map (function
+            | "a" -> Mixture.circle8
+            | _ -> Mixture.unequal16)
     let report = Text.StringBuilder()
     let say (s: string) =
         printfn "%s" s
         report.AppendLine s |> ignore
-    say (sprintf "Sliced Wasserstein-1 (%d random directions) between %d generated and %d exact samples; float64; VP-SDE beta %g..%g, eps 1e-3.%s"
-             256 o.Samples o.Samples sde.BetaMin sde.BetaMax (if o.Quick then " Quick mode." else ""))
+    say (
+        sprintf
+            "Sliced Wasserstein-1 (%d random directions) between %d generated and %d exact samples; float64; VP-SDE beta %g..%g, eps 1e-3.%s"
+            256
+            o.Samples
+            o.Samples
+            sde.BetaMin
+            sde.BetaMax
+            (if o.Quick then " Quick mode." else "")
+    )
     for problem in problems do
         let clock = Stopwatch.StartNew()
         let model = Model.noise (Mixture.noiseModel sde problem)
@@ -73,7 +85,7 @@ let private run (o: Options) =
         use g3 = new torch.Generator(3UL)
         use reference = Mixture.sample problem o.Samples g1
         use second = Mixture.sample problem o.Samples g2
-        use xT = torch.randn([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
+        use xT = torch.randn ([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
         use metric = new Metric.Reference(dirs, reference)
         let floor = metric.Distance second
         let distance (r: SampleResult) =
@@ -82,28 +94,45 @@ let private run (o: Options) =
         let samplers = Samplers.fixedBudget |> List.filter (fun s -> not o.Quick || quickNames.Contains s.Name)
         let rows =
             [ for s in samplers ->
-                let cells = budgets |> Array.map (fun b -> s.Run sde model b xT |> Option.map distance)
-                eprintfn "  [%s] %-40s %s (%.0fs)" problem.Name s.Name
-                    (cells |> Array.map (function Some(_, d) -> sprintf "%.4f" d | None -> "-") |> String.concat " ") clock.Elapsed.TotalSeconds
-                { Report.Name = s.Name; Report.Family = s.Family; Report.Cells = cells } ]
+                  let cells = budgets |> Array.map (fun b -> s.Run sde model b xT |> Option.map distance)
+                  eprintfn
+                      "  [%s] %-40s %s (%.0fs)"
+                      problem.Name
+                      s.Name
+                      (cells
+                       |> Array.map (function
+                           | Some(_, d) -> sprintf "%.4f" d
+                           | None -> "-")
+                       |> String.concat " ")
+                      clock.Elapsed.TotalSeconds
+                  { Report.Name = s.Name; Report.Family = s.Family; Report.Cells = cells } ]
         let adaptive =
-            if o.Quick then []
+            if o.Quick then
+                []
             else
                 [ for s in Samplers.adaptive ->
-                    let nfe, d = distance (s.Run sde model xT)
-                    eprintfn "  [%s] %-50s NFE %d  %.4f" problem.Name s.Name nfe d
-                    s.Name, nfe, d ]
+                      let nfe, d = distance (s.Run sde model xT)
+                      eprintfn "  [%s] %-50s NFE %d  %.4f" problem.Name s.Name nfe d
+                      s.Name, nfe, d ]
         let converged = rows |> List.find (fun r -> r.Name = "DPM-Solver++3M") |> fun r -> r.Cells.[r.Cells.Length - 1]
         say ""
         say (sprintf "### Problem (%s): %s" problem.Name problem.Description)
         say ""
-        say (sprintf "Noise floor (two exact sets): %.4f. Converged ODE (DPM-Solver++3M, %d evaluations): %.4f."
-                 floor budgets.[budgets.Length - 1] (converged |> Option.map snd |> Option.defaultValue nan))
+        say (
+            sprintf
+                "Noise floor (two exact sets): %.4f. Converged ODE (DPM-Solver++3M, %d evaluations): %.4f."
+                floor
+                budgets.[budgets.Length - 1]
+                (converged |> Option.map snd |> Option.defaultValue nan)
+        )
         let best budget =
             match Array.tryFindIndex ((=) budget) budgets with
             | None -> None
             | Some i ->
-                rows |> List.choose (fun r -> r.Cells.[i] |> Option.map (fun (_, d) -> r.Name, d)) |> List.sortBy snd |> List.tryHead
+                rows
+                |> List.choose (fun r -> r.Cells.[i] |> Option.map (fun (_, d) -> r.Name, d))
+                |> List.sortBy snd
+                |> List.tryHead
         for b in [ 10; 20 ] do
             match best b, converged with
             | Some(name, d), Some(_, c) ->
@@ -114,15 +143,21 @@ let private run (o: Options) =
         if not adaptive.IsEmpty then
             say "| adaptive sampler | evaluations | sliced W1 |"
             say "|---|---:|---:|"
-            for name, nfe, d in adaptive do say (sprintf "| %s | %d | %.4f |" name nfe d)
+            for name, nfe, d in adaptive do
+                say (sprintf "| %s | %d | %.4f |" name nfe d)
             say ""
         let series =
             [ for r in rows do
-                if r.Family <> "tuned" then
-                    yield r.Name, r.Cells |> Array.choose id ]
+                  if r.Family <> "tuned" then
+                      yield r.Name, r.Cells |> Array.choose id ]
             @ [ for family in [ "adaptive DPM-Solver-23"; "adaptive DPM-Solver++-23"; "adaptive ODE Dopri5" ] do
-                    let points = adaptive |> List.filter (fun (n, _, _) -> n.StartsWith(family + ",")) |> List.map (fun (_, n, d) -> n, d) |> List.sortBy fst
-                    if not points.IsEmpty then yield family, Array.ofList points ]
+                    let points =
+                        adaptive
+                        |> List.filter (fun (n, _, _) -> n.StartsWith(family + ","))
+                        |> List.map (fun (_, n, d) -> n, d)
+                        |> List.sortBy fst
+                    if not points.IsEmpty then
+                        yield family, Array.ofList points ]
         let png = Path.Combine(outDir, sprintf "dpm-solver-%s%s.png" problem.Name (if o.Quick then "-quick" else ""))
         Report.plot png (sprintf "Problem (%s): %s" problem.Name problem.Description) series floor
         say (sprintf "Plot: %s. Time: %.0f s." (Path.GetFileName png) clock.Elapsed.TotalSeconds)
@@ -137,12 +172,16 @@ let private sweep (o: Options) =
     torch.set_num_threads 1
     let sde = VpSde.standard
     let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
-    let problems = (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems) |> List.map (function "a" -> Mixture.circle8 | _ -> Mixture.unequal16)
+    let problems =
+        (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems)
+        |> List.map (function
+            | "a" -> Mixture.circle8
+            | _ -> Mixture.unequal16)
     let report = Text.StringBuilder()
     let say (s: string) =
         printfn "%s" s
         report.AppendLine s |> ignore
-    let grids : (string * (int -> TimeGrid)) list =
+    let grids: (string * (int -> TimeGrid)) list =
         [ yield "logSNR", (fun _ -> TimeGrid.LogSnr)
           yield "time-quadratic", (fun _ -> TimeGrid.Quadratic)
           yield "time-uniform", (fun _ -> TimeGrid.Uniform)
@@ -155,7 +194,7 @@ let private sweep (o: Options) =
         use g1 = new torch.Generator(1UL)
         use g3 = new torch.Generator(3UL)
         use reference = Mixture.sample problem o.Samples g1
-        use xT = torch.randn([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
+        use xT = torch.randn ([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
         use metric = new Metric.Reference(dirs, reference)
         let converged =
             let r = DpmSolver.sample sde model { DpmSolver.defaults with Steps = 1000 } xT
@@ -166,14 +205,23 @@ let private sweep (o: Options) =
         for budget in [ 10; 20 ] do
             let results =
                 [ for gname, grid in grids do
-                    for alg, an in [ DpmAlgorithm.DpmSolver, "DPM-Solver-"; DpmAlgorithm.DpmSolverPlusPlus, "DPM-Solver++" ] do
-                        for meth, mn in [ DpmMethod.MultiStep, "M"; DpmMethod.SingleStep, "S" ] do
-                            for order in [ 2; 3 ] do
-                                for lof in [ true; false ] do
-                                    let settings = { DpmSolver.defaults with Algorithm = alg; Method = meth; Order = order; LowerOrderFinal = lof; Steps = budget; Grid = grid budget }
-                                    let r = DpmSolver.sample sde model settings xT
-                                    use x = r.Samples
-                                    yield sprintf "%s%d%s, %s grid%s" an order mn gname (if lof then "" else ", no lower-order final"), metric.Distance x ]
+                      for alg, an in [ DpmAlgorithm.DpmSolver, "DPM-Solver-"; DpmAlgorithm.DpmSolverPlusPlus, "DPM-Solver++" ] do
+                          for meth, mn in [ DpmMethod.MultiStep, "M"; DpmMethod.SingleStep, "S" ] do
+                              for order in [ 2; 3 ] do
+                                  for lof in [ true; false ] do
+                                      let settings =
+                                          { DpmSolver.defaults with
+                                              Algorithm = alg
+                                              Method = meth
+                                              Order = order
+                                              LowerOrderFinal = lof
+                                              Steps = budget
+                                              Grid = grid budget }
+                                      let r = DpmSolver.sample sde model settings xT
+                                      use x = r.Samples
+                                      yield
+                                          sprintf "%s%d%s, %s grid%s" an order mn gname (if lof then "" else ", no lower-order final"),
+                                          metric.Distance x ]
                 |> List.sortBy snd
             say ""
             say (sprintf "%d evaluations, best 10 of %d configurations:" budget results.Length)
@@ -192,7 +240,6 @@ let main argv =
         let o = parse { Quick = false; Sweep = false; Samples = 10000; Problems = []; OutDir = None } (List.ofArray argv)
         if o.Sweep then sweep o else run o
         0
-    with
-    | Failure msg ->
+    with Failure msg ->
         eprintfn "%s" msg
         2

@@ -7,10 +7,7 @@ open System.Text
 
 /// One sampler's results: per requested budget, the evaluations used and the distance (None when the
 /// budget is too small for the method).
-type Row =
-    { Name: string
-      Family: string
-      Cells: (int * float) option[] }
+type Row = { Name: string; Family: string; Cells: (int * float) option[] }
 
 let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.InvariantCulture)
 
@@ -18,16 +15,21 @@ let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.Inv
 /// them in brackets.
 let table (budgets: int[]) (rows: Row list) : string =
     let sb = StringBuilder()
-    sb.Append("| sampler | ").Append(String.Join(" | ", budgets |> Array.map string)).AppendLine(" |") |> ignore
+    sb.Append("| sampler | ").Append(String.Join(" | ", budgets |> Array.map string)).AppendLine(" |")
+    |> ignore
     sb.Append("|---|").Append(String.replicate budgets.Length "---:|").AppendLine() |> ignore
     for r in rows do
         let cells =
-            Array.map2 (fun (budget: int) (c: (int * float) option) ->
-                match c with
-                | None -> "-"
-                | Some(nfe, d) when nfe <> budget -> sprintf "%s (%d)" (inv "0.0000" d) nfe
-                | Some(_, d) -> inv "0.0000" d) budgets r.Cells
-        sb.Append("| ").Append(r.Name).Append(" | ").Append(String.Join(" | ", cells)).AppendLine(" |") |> ignore
+            Array.map2
+                (fun (budget: int) (c: (int * float) option) ->
+                    match c with
+                    | None -> "-"
+                    | Some(nfe, d) when nfe <> budget -> sprintf "%s (%d)" (inv "0.0000" d) nfe
+                    | Some(_, d) -> inv "0.0000" d)
+                budgets
+                r.Cells
+        sb.Append("| ").Append(r.Name).Append(" | ").Append(String.Join(" | ", cells)).AppendLine(" |")
+        |> ignore
     sb.ToString()
 
 /// A log-log plot of distance versus evaluations, one line per series, the noise floor dashed.
@@ -36,12 +38,15 @@ let plot (path: string) (title: string) (series: (string * (int * float)[]) list
     let palette = ScottPlot.Palettes.Category20()
     let mutable lo, hi = Math.Log10 noiseFloor, Math.Log10 noiseFloor
     let mutable xlo, xhi = Double.MaxValue, Double.MinValue
-    series |> List.iteri (fun i (name, points) ->
+    series
+    |> List.iteri (fun i (name, points) ->
         if points.Length > 0 then
             let xs = points |> Array.map (fst >> float >> Math.Log10)
             let ys = points |> Array.map (snd >> Math.Log10)
-            lo <- min lo (Array.min ys); hi <- max hi (Array.max ys)
-            xlo <- min xlo (Array.min xs); xhi <- max xhi (Array.max xs)
+            lo <- min lo (Array.min ys)
+            hi <- max hi (Array.max ys)
+            xlo <- min xlo (Array.min xs)
+            xhi <- max xhi (Array.max xs)
             let s = plt.Add.Scatter(xs, ys)
             s.LegendText <- name
             s.Color <- palette.GetColor i
@@ -53,9 +58,10 @@ let plot (path: string) (title: string) (series: (string * (int * float)[]) list
     floor.LegendText <- "noise floor (two exact sets)"
     let decadeTicks (a: float) (b: float) =
         [| for e in int (Math.Floor a) .. int (Math.Ceiling b) do
-             for m in [ 1.0; 2.0; 5.0 ] do
-                 let v = Math.Log10 m + float e
-                 if v >= a - 0.05 && v <= b + 0.05 then yield v |]
+               for m in [ 1.0; 2.0; 5.0 ] do
+                   let v = Math.Log10 m + float e
+                   if v >= a - 0.05 && v <= b + 0.05 then
+                       yield v |]
     let label (v: float) = (Math.Pow(10.0, v)).ToString("0.####", CultureInfo.InvariantCulture)
     let yt = decadeTicks lo hi
     plt.Axes.Left.SetTicks(yt, yt |> Array.map label)

@@ -17,9 +17,9 @@ let sc (v: float) : Scalar = Scalar.op_Implicit v
 
 /// Scalar of a 0-d (or 1-element) tensor as a double.
 let scalar (t: Tensor) : float =
-    use d = t.detach()
-    use c = d.cpu()
-    use f = c.to_type(torch.float64)
+    use d = t.detach ()
+    use c = d.cpu ()
+    use f = c.to_type (torch.float64)
     f.item<float>()
 
 /// Host copy of a tensor as doubles, flattened.
@@ -27,11 +27,11 @@ let scalar (t: Tensor) : float =
 /// native tensor while the next native call still reads it (seen under the GC pressure of large
 /// arrays).
 let values (t: Tensor) : float[] =
-    use d = t.detach()
-    use c = d.cpu()
-    use f = c.to_type(torch.float64)
-    use k = f.contiguous()
-    use flat = k.flatten()
+    use d = t.detach ()
+    use c = d.cpu ()
+    use f = c.to_type (torch.float64)
+    use k = f.contiguous ()
+    use flat = k.flatten ()
     flat.data<float>().ToArray()
 
 /// Fail with a message unless |actual - expected| <= tol.
@@ -40,11 +40,10 @@ let close (tol: float) (actual: float) (expected: float) (what: string) =
         failtestf "%s: got %.10g, expected %.10g (tolerance %.3g, error %.3g)" what actual expected tol (abs (actual - expected))
 
 /// Relative comparison.
-let closeRel (rtol: float) (actual: float) (expected: float) (what: string) =
-    close (rtol * abs expected) actual expected what
+let closeRel (rtol: float) (actual: float) (expected: float) (what: string) = close (rtol * abs expected) actual expected what
 
 /// A tensor of the given shape filled with v.
-let full (shape: int64[]) (v: float) (dtype: torch.ScalarType) = torch.full(shape, sc v, dtype = dtype)
+let full (shape: int64[]) (v: float) (dtype: torch.ScalarType) = torch.full (shape, sc v, dtype = dtype)
 
 /// Same shape and exactly the same values.
 let same (a: Tensor) (b: Tensor) = a.shape = b.shape && values a = values b
@@ -86,13 +85,13 @@ let gaussianNoiseModel (sde: VpSde) (g: Gaussian) : Tensor -> Tensor -> Tensor =
         use scope = torch.NewDisposeScope()
         let t64 = t.to_type(torch.float64).reshape([| -1L; 1L |])
         let m = t64 * t64 * (-0.25 * (sde.BetaMax - sde.BetaMin)) - t64 * (0.5 * sde.BetaMin)
-        let a = m.exp()
+        let a = m.exp ()
         let var0 = 1.0 - a * a
-        let sigma = var0.sqrt()
+        let sigma = var0.sqrt ()
         let mu = torch.tensor(g.Mu, dtype = torch.float64).reshape([| 1L; -1L |])
         let s2 = torch.tensor(g.S |> Array.map (fun s -> s * s), dtype = torch.float64).reshape([| 1L; -1L |])
         let var = a * a * s2 + var0
-        let x64 = x.to_type(torch.float64)
+        let x64 = x.to_type (torch.float64)
         let score = -(x64 - a * mu) / var
         let eps = -sigma * score
         eps.to_type(x.dtype).MoveToOuterDisposeScope()
@@ -103,18 +102,18 @@ let gaussianScoreModel (sde: VpSde) (g: Gaussian) : Tensor -> Tensor -> Tensor =
         use scope = torch.NewDisposeScope()
         let t64 = t.to_type(torch.float64).reshape([| -1L; 1L |])
         let m = t64 * t64 * (-0.25 * (sde.BetaMax - sde.BetaMin)) - t64 * (0.5 * sde.BetaMin)
-        let a = m.exp()
+        let a = m.exp ()
         let mu = torch.tensor(g.Mu, dtype = torch.float64).reshape([| 1L; -1L |])
         let s2 = torch.tensor(g.S |> Array.map (fun s -> s * s), dtype = torch.float64).reshape([| 1L; -1L |])
         let var = a * a * s2 + (1.0 - a * a)
-        let score = -(x.to_type(torch.float64) - a * mu) / var
+        let score = -(x.to_type (torch.float64) - a * mu) / var
         score.to_type(x.dtype).MoveToOuterDisposeScope()
 
 /// Per-dimension sample mean and standard deviation of [N, D] samples.
 let moments (x: Tensor) : float[] * float[] =
-    use x64 = x.to_type(torch.float64)
-    use m = x64.mean([| 0L |])
-    use s = x64.std(0L)
+    use x64 = x.to_type (torch.float64)
+    use m = x64.mean ([| 0L |])
+    use s = x64.std (0L)
     values m, values s
 
 // ---- FsCheck generators for valid domain values ----
@@ -144,11 +143,7 @@ type Arbitraries =
         }
         |> Arb.fromGen
 
-    static member Seed() : Arbitrary<Seed> =
-        Gen.choose (0, Int32.MaxValue) |> Gen.map (int64 >> Seed) |> Arb.fromGen
+    static member Seed() : Arbitrary<Seed> = Gen.choose (0, Int32.MaxValue) |> Gen.map (int64 >> Seed) |> Arb.fromGen
 
 /// FsCheck configuration with the domain generators; Expecto prints the replay seed of a failure.
-let propConfig =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 60
-        arbitrary = [ typeof<Arbitraries> ] }
+let propConfig = { FsCheckConfig.defaultConfig with maxTest = 60; arbitrary = [ typeof<Arbitraries> ] }

@@ -22,100 +22,125 @@ let private dataError (x: Tensor) =
 
 [<Tests>]
 let tests =
-    testList "Correctors" [
-        test "every corrector, with and without a predictor, lands on the data moments and improves with steps" {
-            let model = Model.noise (gaussianNoiseModel sde gauss)
-            let n = 4000L
-            // Monte Carlo floor of the average error at n = 4000: ~0.8 (s / 63 + s / 89) ~ 0.015
-            let combos =
-                [ "RD + Langevin", Predictor.ReverseDiffusion, Corrector.langevin 0.16 1
-                  "EM + Langevin (batch-mean norms)", Predictor.EulerMaruyama,
-                      Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
-                  "AS + annealed Langevin", Predictor.AncestralSampling, Corrector.annealedLangevin 0.16 1
-                  "annealed Langevin only (NCSN)", Predictor.NoPredictor, Corrector.annealedLangevin 0.16 2 ]
-            for name, p, c in combos do
-                let errAt steps seed =
-                    let r = run { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = steps } seed n model
-                    use x = r.Samples
-                    Expect.isTrue (allFinite x) (sprintf "%s finite" name)
-                    Expect.equal r.Nfe (steps * ((if Predictor.evaluatesModel p then 1 else 0) + Corrector.evaluations c)) (sprintf "%s NFE" name)
-                    dataError x
-                let coarse, fine = errAt 20 31L, errAt 500 32L
-                // Monte Carlo floor ~0.015; per-sample Langevin norms add an O(1/D) bias of ~0.015 here
-                // (see the stationarity test). Corrector-only sampling must move the mean from 0 to mu by
-                // Langevin steps alone, whose size shrinks with sigma_t: it lags, as NCSN is known to on VP.
-                let bound = if Predictor.evaluatesModel p then 0.04 else 0.1
-                Expect.isLessThan fine bound (sprintf "%s: error at 500 steps (seed 32)" name)
-                Expect.isLessThan fine coarse (sprintf "%s: error shrinks from 20 (%.4f) to 500 steps (%.4f)" name coarse fine)
-        }
+    testList
+        "Correctors"
+        [ test "every corrector, with and without a predictor, lands on the data moments and improves with steps" {
+              let model = Model.noise (gaussianNoiseModel sde gauss)
+              let n = 4000L
+              // Monte Carlo floor of the average error at n = 4000: ~0.8 (s / 63 + s / 89) ~ 0.015
+              let combos =
+                  [ "RD + Langevin", Predictor.ReverseDiffusion, Corrector.langevin 0.16 1
+                    "EM + Langevin (batch-mean norms)",
+                    Predictor.EulerMaruyama,
+                    Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+                    "AS + annealed Langevin", Predictor.AncestralSampling, Corrector.annealedLangevin 0.16 1
+                    "annealed Langevin only (NCSN)", Predictor.NoPredictor, Corrector.annealedLangevin 0.16 2 ]
+              for name, p, c in combos do
+                  let errAt steps seed =
+                      let r = run { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = steps } seed n model
+                      use x = r.Samples
+                      Expect.isTrue (allFinite x) (sprintf "%s finite" name)
+                      Expect.equal
+                          r.Nfe
+                          (steps * ((if Predictor.evaluatesModel p then 1 else 0) + Corrector.evaluations c))
+                          (sprintf "%s NFE" name)
+                      dataError x
+                  let coarse, fine = errAt 20 31L, errAt 500 32L
+                  // Monte Carlo floor ~0.015; per-sample Langevin norms add an O(1/D) bias of ~0.015 here
+                  // (see the stationarity test). Corrector-only sampling must move the mean from 0 to mu by
+                  // Langevin steps alone, whose size shrinks with sigma_t: it lags, as NCSN is known to on VP.
+                  let bound = if Predictor.evaluatesModel p then 0.04 else 0.1
+                  Expect.isLessThan fine bound (sprintf "%s: error at 500 steps (seed 32)" name)
+                  Expect.isLessThan fine coarse (sprintf "%s: error shrinks from 20 (%.4f) to 500 steps (%.4f)" name coarse fine)
+          }
 
-        test "Langevin at a fixed time keeps the marginal up to its known biases (stationarity)" {
-            // Start from exact samples of p_t (t = 0.3, 64-D Gaussian) and run 200 corrector steps at t.
-            // Unadjusted Langevin with step e on N(m, v) is stationary at variance v / (1 - e / (2v)); with
-            // e = 2 (r |z| / |s|)^2 ~ 2 r^2 D / sum(1 / v_d), the std ratio is 1 / sqrt(1 - r^2 D / sum(1 / v_d)).
-            // Per-sample norms make e depend on the state (e ~ 1 / |s(x)|^2), which tilts the stationary law
-            // towards p(x) |s(x)|^2: about 1 / D more spread (and it does not vanish as r -> 0).
-            let t = 0.3
-            let n = 10000L
-            let mus = [| for d in 0 .. gauss.Dim - 1 -> fst (gauss.MarginalAt sde t d) |]
-            let vs = [| for d in 0 .. gauss.Dim - 1 -> snd (gauss.MarginalAt sde t d) |]
-            let r = 0.16
-            let ulaRatio = 1.0 / sqrt (1.0 - r * r * float gauss.Dim / (vs |> Array.sumBy (fun v -> 1.0 / v)))
-            for norm in [ LangevinNorm.BatchMean; LangevinNorm.PerSample ] do
-                use g = generator 21L
-                let noise = Noise.fromGenerator g
-                use z = Noise.draw noise [| n; int64 gauss.Dim |] torch.float64 torch.CPU
-                use x = z * torch.tensor(vs |> Array.map sqrt, dtype = torch.float64) + torch.tensor(mus, dtype = torch.float64)
-                use zb = torch.empty_like(x)
-                use tb = (full [| n |] (t) torch.float64)
-                let model = Model.noise (gaussianNoiseModel sde gauss)
-                let nfe =
-                    Corrector.correctInPlace sde (Corrector.Langevin { Snr = r; Steps = 200; Norm = norm })
-                        model x tb zb noise t 1.0 false
-                Expect.equal nfe 200 "evaluations"
-                let ms, ss = moments x
-                let meanErr = Array.init gauss.Dim (fun d -> abs (ms.[d] - mus.[d])) |> Array.average
-                // pooled over 64 dimensions the std ratio has a Monte Carlo error of ~0.001
-                let ratio = Array.init gauss.Dim (fun d -> ss.[d] / sqrt vs.[d]) |> Array.average
-                Expect.isLessThan meanErr 0.015 (sprintf "%A: average |mean - exact| (seed 21)" norm)
-                match norm with
-                | LangevinNorm.BatchMean ->
-                    close 0.006 ratio ulaRatio (sprintf "batch-mean norms: pooled std ratio (seed 21)")
-                | LangevinNorm.PerSample ->
-                    Expect.isGreaterThan ratio ulaRatio "per-sample norms: tilted towards more spread"
-                    Expect.isLessThan ratio (ulaRatio + 2.0 / float gauss.Dim + 0.006) (sprintf "per-sample norms: pooled std ratio (seed 21)")
-        }
+          test "Langevin at a fixed time keeps the marginal up to its known biases (stationarity)" {
+              // Start from exact samples of p_t (t = 0.3, 64-D Gaussian) and run 200 corrector steps at t.
+              // Unadjusted Langevin with step e on N(m, v) is stationary at variance v / (1 - e / (2v)); with
+              // e = 2 (r |z| / |s|)^2 ~ 2 r^2 D / sum(1 / v_d), the std ratio is 1 / sqrt(1 - r^2 D / sum(1 / v_d)).
+              // Per-sample norms make e depend on the state (e ~ 1 / |s(x)|^2), which tilts the stationary law
+              // towards p(x) |s(x)|^2: about 1 / D more spread (and it does not vanish as r -> 0).
+              let t = 0.3
+              let n = 10000L
+              let mus = [| for d in 0 .. gauss.Dim - 1 -> fst (gauss.MarginalAt sde t d) |]
+              let vs = [| for d in 0 .. gauss.Dim - 1 -> snd (gauss.MarginalAt sde t d) |]
+              let r = 0.16
+              let ulaRatio = 1.0 / sqrt (1.0 - r * r * float gauss.Dim / (vs |> Array.sumBy (fun v -> 1.0 / v)))
+              for norm in [ LangevinNorm.BatchMean; LangevinNorm.PerSample ] do
+                  use g = generator 21L
+                  let noise = Noise.fromGenerator g
+                  use z = Noise.draw noise [| n; int64 gauss.Dim |] torch.float64 torch.CPU
+                  use x =
+                      z * torch.tensor (vs |> Array.map sqrt, dtype = torch.float64)
+                      + torch.tensor (mus, dtype = torch.float64)
+                  use zb = torch.empty_like (x)
+                  use tb = (full [| n |] (t) torch.float64)
+                  let model = Model.noise (gaussianNoiseModel sde gauss)
+                  let nfe =
+                      Corrector.correctInPlace
+                          sde
+                          (Corrector.Langevin { Snr = r; Steps = 200; Norm = norm })
+                          model
+                          x
+                          tb
+                          zb
+                          noise
+                          t
+                          1.0
+                          false
+                  Expect.equal nfe 200 "evaluations"
+                  let ms, ss = moments x
+                  let meanErr = Array.init gauss.Dim (fun d -> abs (ms.[d] - mus.[d])) |> Array.average
+                  // pooled over 64 dimensions the std ratio has a Monte Carlo error of ~0.001
+                  let ratio = Array.init gauss.Dim (fun d -> ss.[d] / sqrt vs.[d]) |> Array.average
+                  Expect.isLessThan meanErr 0.015 (sprintf "%A: average |mean - exact| (seed 21)" norm)
+                  match norm with
+                  | LangevinNorm.BatchMean -> close 0.006 ratio ulaRatio (sprintf "batch-mean norms: pooled std ratio (seed 21)")
+                  | LangevinNorm.PerSample ->
+                      Expect.isGreaterThan ratio ulaRatio "per-sample norms: tilted towards more spread"
+                      Expect.isLessThan
+                          ratio
+                          (ulaRatio + 2.0 / float gauss.Dim + 0.006)
+                          (sprintf "per-sample norms: pooled std ratio (seed 21)")
+          }
 
-        test "per-sample norms keep samples independent of the batch; batch-mean norms couple them" {
-            let model = Model.noise (gaussianNoiseModel sde gauss)
-            let sample (norm: LangevinNorm) (n: int64) =
-                let noise = Noise.perSample 8L
-                use xT = Sampler.prior [| n; 64L |] torch.float64 torch.CPU noise
-                let settings = { Sampler.pcDefaults with Corrector = Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = norm }; Steps = 50 }
-                let r = Sampler.predictorCorrector sde model settings noise xT
-                use head = r.Samples.narrow(0L, 0L, 2L)
-                let v = values head
-                r.Samples.Dispose()
-                v
-            let a, b = sample LangevinNorm.PerSample 2L, sample LangevinNorm.PerSample 16L
-            for i in 0 .. a.Length - 1 do close 1e-12 a.[i] b.[i] (sprintf "per-sample element %d" i)
-            let c, d = sample LangevinNorm.BatchMean 2L, sample LangevinNorm.BatchMean 16L
-            Expect.isGreaterThan (Array.map2 (fun x y -> abs (x - y)) c d |> Array.max) 1e-6 "batch-mean norms depend on the batch"
-        }
+          test "per-sample norms keep samples independent of the batch; batch-mean norms couple them" {
+              let model = Model.noise (gaussianNoiseModel sde gauss)
+              let sample (norm: LangevinNorm) (n: int64) =
+                  let noise = Noise.perSample 8L
+                  use xT = Sampler.prior [| n; 64L |] torch.float64 torch.CPU noise
+                  let settings =
+                      { Sampler.pcDefaults with
+                          Corrector = Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = norm }
+                          Steps = 50 }
+                  let r = Sampler.predictorCorrector sde model settings noise xT
+                  use head = r.Samples.narrow (0L, 0L, 2L)
+                  let v = values head
+                  r.Samples.Dispose()
+                  v
+              let a, b = sample LangevinNorm.PerSample 2L, sample LangevinNorm.PerSample 16L
+              for i in 0 .. a.Length - 1 do
+                  close 1e-12 a.[i] b.[i] (sprintf "per-sample element %d" i)
+              let c, d = sample LangevinNorm.BatchMean 2L, sample LangevinNorm.BatchMean 16L
+              Expect.isGreaterThan (Array.map2 (fun x y -> abs (x - y)) c d |> Array.max) 1e-6 "batch-mean norms depend on the batch"
+          }
 
-        test "a vanishing score gives a zero step, not NaN" {
-            let zero = Model.score (fun x _ -> torch.zeros_like(x))
-            let r = run { Sampler.pcDefaults with Steps = 5; Predictor = Predictor.NoPredictor } 1L 10L zero
-            use x = r.Samples
-            Expect.isTrue (allFinite x) "finite"
-        }
+          test "a vanishing score gives a zero step, not NaN" {
+              let zero = Model.score (fun x _ -> torch.zeros_like (x))
+              let r = run { Sampler.pcDefaults with Steps = 5; Predictor = Predictor.NoPredictor } 1L 10L zero
+              use x = r.Samples
+              Expect.isTrue (allFinite x) "finite"
+          }
 
-        test "invalid corrector settings are rejected" {
-            for c, name in [ Corrector.langevin 0.0 1, "snr"; Corrector.langevin nan 1, "snr"; Corrector.langevin 0.16 0, "correctorSteps"
-                             Corrector.annealedLangevin -1.0 1, "snr" ] do
-                try
-                    Corrector.validate c
-                    failtestf "expected an error for %A" c
-                with :? ArgumentException as e -> Expect.equal e.ParamName name "parameter"
-        }
-    ]
+          test "invalid corrector settings are rejected" {
+              for c, name in
+                  [ Corrector.langevin 0.0 1, "snr"
+                    Corrector.langevin nan 1, "snr"
+                    Corrector.langevin 0.16 0, "correctorSteps"
+                    Corrector.annealedLangevin -1.0 1, "snr" ] do
+                  try
+                      Corrector.validate c
+                      failtestf "expected an error for %A" c
+                  with :? ArgumentException as e ->
+                      Expect.equal e.ParamName name "parameter"
+          } ]

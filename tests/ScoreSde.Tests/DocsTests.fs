@@ -15,7 +15,8 @@ let repoRoot =
 
 /// Run a process to completion; returns exit code and combined output.
 let run (file: string) (args: string list) (workDir: string) (timeout: TimeSpan) =
-    let psi = ProcessStartInfo(file, args, WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true)
+    let psi =
+        ProcessStartInfo(file, args, WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true)
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEndAsync()
     let err = p.StandardError.ReadToEndAsync()
@@ -27,11 +28,12 @@ let run (file: string) (args: string list) (workDir: string) (timeout: TimeSpan)
 [<Tests>]
 let tests =
     let scripts = Directory.GetFiles(Path.Combine(repoRoot, "docs"), "*.fsx") |> Array.sort
-    testList "Docs scripts" [
-        yield test "docs/ holds executable F# scripts" { Expect.isNonEmpty scripts "scripts in docs/" }
-        for script in scripts ->
-            test (sprintf "docs/%s runs" (Path.GetFileName script)) {
-                let code, output = run "dotnet" [ "fsi"; "--quiet"; "--exec"; script ] repoRoot (TimeSpan.FromMinutes 5.0)
-                if code <> 0 then failtestf "docs/%s exited with %d:\n%s" (Path.GetFileName script) code output
-            }
-    ]
+    testList
+        "Docs scripts"
+        [ yield test "docs/ holds executable F# scripts" { Expect.isNonEmpty scripts "scripts in docs/" }
+          for script in scripts ->
+              test (sprintf "docs/%s runs" (Path.GetFileName script)) {
+                  let code, output = run "dotnet" [ "fsi"; "--quiet"; "--exec"; script ] repoRoot (TimeSpan.FromMinutes 5.0)
+                  if code <> 0 then
+                      failtestf "docs/%s exited with %d:\n%s" (Path.GetFileName script) code output
+              } ]

@@ -17,7 +17,7 @@ let private fixedMethods = [ DpmMethod.SingleStep; DpmMethod.MultiStep ]
 /// Latents for the Gaussian flow tests (float64, seed 4).
 let private latent () =
     use g = generator 4L
-    torch.randn([| 64L; 4L |], dtype = torch.float64, generator = g)
+    torch.randn ([| 64L; 4L |], dtype = torch.float64, generator = g)
 
 /// Largest distance of a run's samples to the exact probability-flow map of the Gaussian (from T to eps).
 let private flowError (settings: DpmSolverSettings) (xT: Tensor) =
@@ -31,344 +31,437 @@ let private flowError (settings: DpmSolverSettings) (xT: Tensor) =
 /// A model wrapper that counts its calls.
 let private spy (f: Tensor -> Tensor -> Tensor) =
     let calls = ref 0
-    (fun x t -> calls.Value <- calls.Value + 1; f x t), calls
+    (fun x t ->
+        calls.Value <- calls.Value + 1
+        f x t),
+    calls
 
 let private expectParam (name: string) (f: unit -> unit) =
     try
         f ()
         failtestf "expected an ArgumentException naming %s" name
-    with :? ArgumentException as e -> Expect.equal e.ParamName name (sprintf "parameter named (message: %s)" e.Message)
+    with :? ArgumentException as e ->
+        Expect.equal e.ParamName name (sprintf "parameter named (message: %s)" e.Message)
 
 [<Tests>]
 let tests =
-    testList "DPM-Solver" [
-        test "phi_k matches its closed form and its power series on both sides of the switch" {
-            for h in [ -3.0; -0.5; -0.011; -0.009; -1e-6; 1e-6; 0.009; 0.011; 0.5; 3.0 ] do
-                // closed forms in float64 (fine away from 0) and Taylor series (fine near 0)
-                let p1 = Math.Exp h - 1.0
-                let series k = Seq.sum (seq { for j in 1 .. 12 -> Math.Pow(h, float j) / Seq.fold (*) 1.0 (seq { 1.0 .. float (j + k - 1) }) })
-                let expected k =
-                    if abs h > 0.1 then
-                        match k with
-                        | 1 -> p1
-                        | 2 -> p1 / h - 1.0
-                        | _ -> (p1 - h - h * h / 2.0) / (h * h)
-                    else series k
-                for k in 1 .. 3 do
-                    closeRel 1e-9 (DpmSolver.phi k h) (expected k) (sprintf "phi_%d(%g)" k h)
-        }
+    testList
+        "DPM-Solver"
+        [ test "phi_k matches its closed form and its power series on both sides of the switch" {
+              for h in [ -3.0; -0.5; -0.011; -0.009; -1e-6; 1e-6; 0.009; 0.011; 0.5; 3.0 ] do
+                  // closed forms in float64 (fine away from 0) and Taylor series (fine near 0)
+                  let p1 = Math.Exp h - 1.0
+                  let series k =
+                      Seq.sum (seq { for j in 1..12 -> Math.Pow(h, float j) / Seq.fold (*) 1.0 (seq { 1.0 .. float (j + k - 1) }) })
+                  let expected k =
+                      if abs h > 0.1 then
+                          match k with
+                          | 1 -> p1
+                          | 2 -> p1 / h - 1.0
+                          | _ -> (p1 - h - h * h / 2.0) / (h * h)
+                      else
+                          series k
+                  for k in 1..3 do
+                      closeRel 1e-9 (DpmSolver.phi k h) (expected k) (sprintf "phi_%d(%g)" k h)
+          }
 
-        test "single-step budgets are split as in the DPM-Solver paper" {
-            Expect.sequenceEqual (DpmSolver.singleStepOrders 3 10) [| 3; 3; 3; 1 |] "10 = 1 mod 3"
-            Expect.sequenceEqual (DpmSolver.singleStepOrders 3 11) [| 3; 3; 3; 2 |] "11 = 2 mod 3"
-            Expect.sequenceEqual (DpmSolver.singleStepOrders 3 12) [| 3; 3; 3; 2; 1 |] "12 = 0 mod 3"
-            Expect.sequenceEqual (DpmSolver.singleStepOrders 2 7) [| 2; 2; 2; 1 |] "odd budget, order 2"
-            Expect.sequenceEqual (DpmSolver.singleStepOrders 1 3) [| 1; 1; 1 |] "order 1"
-            for order in 1 .. 3 do
-                for budget in 1 .. 40 do
-                    let o = DpmSolver.singleStepOrders order budget
-                    Expect.equal (Array.sum o) budget (sprintf "order %d budget %d: sum" order budget)
-                    Expect.isTrue (o |> Array.forall (fun k -> k >= 1 && k <= order)) "orders within 1..order"
-        }
+          test "single-step budgets are split as in the DPM-Solver paper" {
+              Expect.sequenceEqual (DpmSolver.singleStepOrders 3 10) [| 3; 3; 3; 1 |] "10 = 1 mod 3"
+              Expect.sequenceEqual (DpmSolver.singleStepOrders 3 11) [| 3; 3; 3; 2 |] "11 = 2 mod 3"
+              Expect.sequenceEqual (DpmSolver.singleStepOrders 3 12) [| 3; 3; 3; 2; 1 |] "12 = 0 mod 3"
+              Expect.sequenceEqual (DpmSolver.singleStepOrders 2 7) [| 2; 2; 2; 1 |] "odd budget, order 2"
+              Expect.sequenceEqual (DpmSolver.singleStepOrders 1 3) [| 1; 1; 1 |] "order 1"
+              for order in 1..3 do
+                  for budget in 1..40 do
+                      let o = DpmSolver.singleStepOrders order budget
+                      Expect.equal (Array.sum o) budget (sprintf "order %d budget %d: sum" order budget)
+                      Expect.isTrue (o |> Array.forall (fun k -> k >= 1 && k <= order)) "orders within 1..order"
+          }
 
-        test "multistep orders warm up and, optionally, lower in the final steps" {
-            Expect.sequenceEqual (DpmSolver.multiStepOrders 3 6 true) [| 1; 2; 3; 3; 2; 1 |] "lower-order final"
-            Expect.sequenceEqual (DpmSolver.multiStepOrders 3 6 false) [| 1; 2; 3; 3; 3; 3 |] "full order to the end"
-            Expect.sequenceEqual (DpmSolver.multiStepOrders 2 1 true) [| 1 |] "one step"
-        }
+          test "multistep orders warm up and, optionally, lower in the final steps" {
+              Expect.sequenceEqual (DpmSolver.multiStepOrders 3 6 true) [| 1; 2; 3; 3; 2; 1 |] "lower-order final"
+              Expect.sequenceEqual (DpmSolver.multiStepOrders 3 6 false) [| 1; 2; 3; 3; 3; 3 |] "full order to the end"
+              Expect.sequenceEqual (DpmSolver.multiStepOrders 2 1 true) [| 1 |] "one step"
+          }
 
-        test "each solver converges to the exact Gaussian flow at its order (float64)" {
-            use xT = latent ()
-            for alg in algorithms do
-                for meth in fixedMethods do
-                    for order in 1 .. 3 do
-                        // no lower-order final steps: a final first-order step would cap the global order at 2
-                        let err n = flowError { d with Algorithm = alg; Method = meth; Order = order; Steps = n; LowerOrderFinal = false } xT
-                        let n = 96
-                        let e1, e2 = err n, err (2 * n)
-                        let p = Math.Log(e1 / e2, 2.0)
-                        // Lower bound: the theoretical order, less 0.3 for pre-asymptotic effects (DPM-Solver++3S
-                        // shows 2.4, 2.75, 2.9 from 48 to 96, 96 to 192, 192 to 384 steps). The
-                        // multistep third-order solvers show about 4 here (the leading error term is small
-                        // on this problem), so no upper bound is asserted.
-                        if p < float order - 0.3 then
-                            failtestf "%A %A order %d: observed order %.2f (errors %.3g at %d, %.3g at %d steps)" alg meth order p e1 n e2 (2 * n)
-                        // and the limit is the exact flow (a wrong limit would leave O(1) errors)
-                        Expect.isLessThan e2 0.1 (sprintf "%A %A order %d: error at %d steps" alg meth order (2 * n))
-        }
+          test "each solver converges to the exact Gaussian flow at its order (float64)" {
+              use xT = latent ()
+              for alg in algorithms do
+                  for meth in fixedMethods do
+                      for order in 1..3 do
+                          // no lower-order final steps: a final first-order step would cap the global order at 2
+                          let err n =
+                              flowError { d with Algorithm = alg; Method = meth; Order = order; Steps = n; LowerOrderFinal = false } xT
+                          let n = 96
+                          let e1, e2 = err n, err (2 * n)
+                          let p = Math.Log(e1 / e2, 2.0)
+                          // Lower bound: the theoretical order, less 0.3 for pre-asymptotic effects (DPM-Solver++3S
+                          // shows 2.4, 2.75, 2.9 from 48 to 96, 96 to 192, 192 to 384 steps). The
+                          // multistep third-order solvers show about 4 here (the leading error term is small
+                          // on this problem), so no upper bound is asserted.
+                          if p < float order - 0.3 then
+                              failtestf
+                                  "%A %A order %d: observed order %.2f (errors %.3g at %d, %.3g at %d steps)"
+                                  alg
+                                  meth
+                                  order
+                                  p
+                                  e1
+                                  n
+                                  e2
+                                  (2 * n)
+                          // and the limit is the exact flow (a wrong limit would leave O(1) errors)
+                          Expect.isLessThan e2 0.1 (sprintf "%A %A order %d: error at %d steps" alg meth order (2 * n))
+          }
 
-        test "the adaptive solvers meet tighter tolerances with more evaluations" {
-            use xT = latent ()
-            for alg in algorithms do
-                for order in [ 2; 3 ] do
-                    let run tol =
-                        let f, calls = spy (gaussianNoiseModel sde gauss)
-                        let settings = { d with Algorithm = alg; Order = order; Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = tol; Atol = tol } }
-                        let r = DpmSolver.sample sde (Model.noise f) settings xT
-                        Expect.equal r.Nfe calls.Value "reported evaluations = model calls"
-                        r.Samples.Dispose()
-                        flowError settings xT, r.Nfe
-                    let eLoose, nLoose = run 1e-3
-                    let eTight, nTight = run 1e-5
-                    Expect.isGreaterThan nTight nLoose (sprintf "%A-%d: more evaluations at the tighter tolerance" alg order)
-                    Expect.isLessThan eTight (eLoose / 5.0) (sprintf "%A-%d: error %.3g (tol 1e-5) vs %.3g (tol 1e-3)" alg order eTight eLoose)
-                    // the accepted local errors are below tol relative to |x| ~ 1; 20 steps or so add up
-                    Expect.isLessThan eTight 2e-4 (sprintf "%A-%d: error at tol 1e-5" alg order)
-        }
+          test "the adaptive solvers meet tighter tolerances with more evaluations" {
+              use xT = latent ()
+              for alg in algorithms do
+                  for order in [ 2; 3 ] do
+                      let run tol =
+                          let f, calls = spy (gaussianNoiseModel sde gauss)
+                          let settings =
+                              { d with
+                                  Algorithm = alg
+                                  Order = order
+                                  Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = tol; Atol = tol } }
+                          let r = DpmSolver.sample sde (Model.noise f) settings xT
+                          Expect.equal r.Nfe calls.Value "reported evaluations = model calls"
+                          r.Samples.Dispose()
+                          flowError settings xT, r.Nfe
+                      let eLoose, nLoose = run 1e-3
+                      let eTight, nTight = run 1e-5
+                      Expect.isGreaterThan nTight nLoose (sprintf "%A-%d: more evaluations at the tighter tolerance" alg order)
+                      Expect.isLessThan
+                          eTight
+                          (eLoose / 5.0)
+                          (sprintf "%A-%d: error %.3g (tol 1e-5) vs %.3g (tol 1e-3)" alg order eTight eLoose)
+                      // the accepted local errors are below tol relative to |x| ~ 1; 20 steps or so add up
+                      Expect.isLessThan eTight 2e-4 (sprintf "%A-%d: error at tol 1e-5" alg order)
+          }
 
-        test "DPM-Solver-1 and DPM-Solver++1 are DDIM" {
-            // DDIM's deterministic step, written from its definition: predict x_0 from the noise
-            // prediction, then re-noise it to the next time with the same noise.
-            let alpha t = Math.Exp(-0.25 * t * t * 19.9 - 0.05 * t)
-            let sigma t = Math.Sqrt(1.0 - alpha t ** 2.0)
-            let f = gaussianNoiseModel sde gauss
-            use xT = latent ()
-            let steps = 10
-            let ts = TimeGrid.points sde TimeGrid.LogSnr steps eps
-            let mutable x = xT.clone()
-            for i in 0 .. steps - 1 do
-                let t, s = ts.[i], ts.[i + 1]
-                use tb = full [| 64L |] t torch.float64
-                use e = f x tb
-                let x0 = (x - e * sigma t) / alpha t
-                let next = x0 * alpha s + e * sigma s
-                x0.Dispose(); x.Dispose()
-                x <- next
-            let expected = values x
-            x.Dispose()
-            for alg in algorithms do
-                for meth in fixedMethods do
-                    let r = DpmSolver.sample sde (Model.noise f) { d with Algorithm = alg; Method = meth; Order = 1; Steps = steps } xT
-                    let v = values r.Samples
-                    r.Samples.Dispose()
-                    // same float64 arithmetic up to reassociation: rounding only
-                    for i in 0 .. v.Length - 1 do close 1e-12 v.[i] expected.[i] (sprintf "%A %A element %d" alg meth i)
-        }
+          test "DPM-Solver-1 and DPM-Solver++1 are DDIM" {
+              // DDIM's deterministic step, written from its definition: predict x_0 from the noise
+              // prediction, then re-noise it to the next time with the same noise.
+              let alpha t = Math.Exp(-0.25 * t * t * 19.9 - 0.05 * t)
+              let sigma t = Math.Sqrt(1.0 - alpha t ** 2.0)
+              let f = gaussianNoiseModel sde gauss
+              use xT = latent ()
+              let steps = 10
+              let ts = TimeGrid.points sde TimeGrid.LogSnr steps eps
+              let mutable x = xT.clone ()
+              for i in 0 .. steps - 1 do
+                  let t, s = ts.[i], ts.[i + 1]
+                  use tb = full [| 64L |] t torch.float64
+                  use e = f x tb
+                  let x0 = (x - e * sigma t) / alpha t
+                  let next = x0 * alpha s + e * sigma s
+                  x0.Dispose()
+                  x.Dispose()
+                  x <- next
+              let expected = values x
+              x.Dispose()
+              for alg in algorithms do
+                  for meth in fixedMethods do
+                      let r = DpmSolver.sample sde (Model.noise f) { d with Algorithm = alg; Method = meth; Order = 1; Steps = steps } xT
+                      let v = values r.Samples
+                      r.Samples.Dispose()
+                      // same float64 arithmetic up to reassociation: rounding only
+                      for i in 0 .. v.Length - 1 do
+                          close 1e-12 v.[i] expected.[i] (sprintf "%A %A element %d" alg meth i)
+          }
 
-        test "single-step and multistep agree as the steps grow" {
-            use xT = latent ()
-            let model = Model.noise (gaussianNoiseModel sde gauss)
-            for alg in algorithms do
-                for order in [ 2; 3 ] do
-                    let gap n =
-                        let run meth =
-                            let r = DpmSolver.sample sde model { d with Algorithm = alg; Method = meth; Order = order; Steps = n } xT
-                            let v = values r.Samples
-                            r.Samples.Dispose()
-                            v
-                        Array.map2 (fun a b -> abs (a - b)) (run DpmMethod.SingleStep) (run DpmMethod.MultiStep) |> Array.max
-                    let coarse, fine = gap 24, gap 192
-                    Expect.isLessThan fine (coarse / 20.0) (sprintf "%A order %d: gap %.3g at 24 vs %.3g at 192 steps" alg order coarse fine)
-                    // the gap is at most the sum of the two errors, each below 2e-3 at 192 steps for
-                    // order 2 (see the convergence test) and far below for order 3
-                    Expect.isLessThan fine 5e-3 (sprintf "%A order %d: gap at 192 steps" alg order)
-        }
+          test "single-step and multistep agree as the steps grow" {
+              use xT = latent ()
+              let model = Model.noise (gaussianNoiseModel sde gauss)
+              for alg in algorithms do
+                  for order in [ 2; 3 ] do
+                      let gap n =
+                          let run meth =
+                              let r = DpmSolver.sample sde model { d with Algorithm = alg; Method = meth; Order = order; Steps = n } xT
+                              let v = values r.Samples
+                              r.Samples.Dispose()
+                              v
+                          Array.map2 (fun a b -> abs (a - b)) (run DpmMethod.SingleStep) (run DpmMethod.MultiStep)
+                          |> Array.max
+                      let coarse, fine = gap 24, gap 192
+                      Expect.isLessThan
+                          fine
+                          (coarse / 20.0)
+                          (sprintf "%A order %d: gap %.3g at 24 vs %.3g at 192 steps" alg order coarse fine)
+                      // the gap is at most the sum of the two errors, each below 2e-3 at 192 steps for
+                      // order 2 (see the convergence test) and far below for order 3
+                      Expect.isLessThan fine 5e-3 (sprintf "%A order %d: gap at 192 steps" alg order)
+          }
 
-        test "a budget of N evaluations uses exactly N model calls" {
-            for alg in algorithms do
-                for meth in fixedMethods do
-                    for order in 1 .. 3 do
-                        for grid in [ TimeGrid.LogSnr; TimeGrid.Uniform; TimeGrid.Quadratic ] do
-                            for denoise in [ false; true ] do
-                                for budget in [ 1; 2; 3; 4; 5; 6; 7; 8; 9; 10; 11; 12; 13; 20; 31 ] do
-                                    if not (denoise && budget < 2) then
-                                        let f, calls = spy (gaussianNoiseModel sde gauss)
-                                        use x = torch.zeros([| 2L; 4L |], dtype = torch.float64)
-                                        let settings = { d with Algorithm = alg; Method = meth; Order = order; Grid = grid; Steps = budget; Denoise = denoise }
-                                        let r = DpmSolver.sample sde (Model.noise f) settings x
-                                        r.Samples.Dispose()
-                                        let what = sprintf "%A %A order %d %A denoise %b budget %d" alg meth order grid denoise budget
-                                        Expect.equal calls.Value budget (what + ": model calls")
-                                        Expect.equal r.Nfe budget (what + ": reported")
-            // an explicit grid: one evaluation per interval, plus the denoising step
-            let f, calls = spy (gaussianNoiseModel sde gauss)
-            use x = torch.zeros([| 2L; 4L |], dtype = torch.float64)
-            let r = DpmSolver.sample sde (Model.noise f) { d with Grid = TimeGrid.Explicit [| 1.0; 0.5; 0.2; 0.05; 0.01 |]; Denoise = true; Method = DpmMethod.SingleStep } x
-            r.Samples.Dispose()
-            Expect.equal (calls.Value, r.Nfe) (5, 5) "explicit grid of 4 intervals + denoise"
-        }
+          test "a budget of N evaluations uses exactly N model calls" {
+              for alg in algorithms do
+                  for meth in fixedMethods do
+                      for order in 1..3 do
+                          for grid in [ TimeGrid.LogSnr; TimeGrid.Uniform; TimeGrid.Quadratic ] do
+                              for denoise in [ false; true ] do
+                                  for budget in [ 1; 2; 3; 4; 5; 6; 7; 8; 9; 10; 11; 12; 13; 20; 31 ] do
+                                      if not (denoise && budget < 2) then
+                                          let f, calls = spy (gaussianNoiseModel sde gauss)
+                                          use x = torch.zeros ([| 2L; 4L |], dtype = torch.float64)
+                                          let settings =
+                                              { d with
+                                                  Algorithm = alg
+                                                  Method = meth
+                                                  Order = order
+                                                  Grid = grid
+                                                  Steps = budget
+                                                  Denoise = denoise }
+                                          let r = DpmSolver.sample sde (Model.noise f) settings x
+                                          r.Samples.Dispose()
+                                          let what = sprintf "%A %A order %d %A denoise %b budget %d" alg meth order grid denoise budget
+                                          Expect.equal calls.Value budget (what + ": model calls")
+                                          Expect.equal r.Nfe budget (what + ": reported")
+              // an explicit grid: one evaluation per interval, plus the denoising step
+              let f, calls = spy (gaussianNoiseModel sde gauss)
+              use x = torch.zeros ([| 2L; 4L |], dtype = torch.float64)
+              let r =
+                  DpmSolver.sample
+                      sde
+                      (Model.noise f)
+                      { d with
+                          Grid = TimeGrid.Explicit [| 1.0; 0.5; 0.2; 0.05; 0.01 |]
+                          Denoise = true
+                          Method = DpmMethod.SingleStep }
+                      x
+              r.Samples.Dispose()
+              Expect.equal (calls.Value, r.Nfe) (5, 5) "explicit grid of 4 intervals + denoise"
+          }
 
-        test "the observer sees every step, ending at eps; the latent is not modified" {
-            use xT = latent ()
-            let before = values xT
-            let seen = Collections.Generic.List<int * float>()
-            let settings = { d with Steps = 12; Method = DpmMethod.SingleStep; Observer = Some(fun i t _ -> seen.Add((i, t))) }
-            let r = DpmSolver.sample sde (Model.noise (gaussianNoiseModel sde gauss)) settings xT
-            r.Samples.Dispose()
-            Expect.sequenceEqual (seen |> Seq.map fst) [ 0 .. 4 ] "five outer steps for [3; 3; 3; 2; 1]"
-            Expect.equal (snd seen.[seen.Count - 1]) eps "last time"
-            Expect.sequenceEqual (values xT) before "latent unchanged"
-        }
+          test "the observer sees every step, ending at eps; the latent is not modified" {
+              use xT = latent ()
+              let before = values xT
+              let seen = Collections.Generic.List<int * float>()
+              let settings = { d with Steps = 12; Method = DpmMethod.SingleStep; Observer = Some(fun i t _ -> seen.Add((i, t))) }
+              let r = DpmSolver.sample sde (Model.noise (gaussianNoiseModel sde gauss)) settings xT
+              r.Samples.Dispose()
+              Expect.sequenceEqual (seen |> Seq.map fst) [ 0..4 ] "five outer steps for [3; 3; 3; 2; 1]"
+              Expect.equal (snd seen.[seen.Count - 1]) eps "last time"
+              Expect.sequenceEqual (values xT) before "latent unchanged"
+          }
 
-        test "float32 runs agree with float64 runs to float32 accuracy" {
-            use x64 = latent ()
-            use x32 = x64.to_type(torch.float32)
-            for alg in algorithms do
-                for meth in [ DpmMethod.SingleStep; DpmMethod.MultiStep; DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-4; Atol = 1e-4 } ] do
-                    let settings = { d with Algorithm = alg; Method = meth; Steps = 20 }
-                    let model = Model.noise (gaussianNoiseModel sde gauss)
-                    let r64 = DpmSolver.sample sde model settings x64
-                    let r32 = DpmSolver.sample sde model settings x32
-                    Expect.equal r32.Samples.dtype torch.float32 "dtype kept"
-                    let a, b = values r64.Samples, values r32.Samples
-                    r64.Samples.Dispose(); r32.Samples.Dispose()
-                    // float32 rounding (6e-8) through ~20 steps whose maps have gain up to ~1/0.2 per
-                    // dimension; 1e-4 leaves a wide margin. The adaptive method may choose other steps
-                    // in float32 (its error test sees rounding): both runs are then within ~2e-4 of the
-                    // exact flow at tolerance 1e-4 (adaptive test), so they agree to 1e-3.
-                    let tol = match meth with DpmMethod.Adaptive _ -> 1e-3 | _ -> 1e-4
-                    for i in 0 .. a.Length - 1 do close tol b.[i] a.[i] (sprintf "%A %A element %d" alg meth i)
-        }
+          test "float32 runs agree with float64 runs to float32 accuracy" {
+              use x64 = latent ()
+              use x32 = x64.to_type (torch.float32)
+              for alg in algorithms do
+                  for meth in
+                      [ DpmMethod.SingleStep
+                        DpmMethod.MultiStep
+                        DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-4; Atol = 1e-4 } ] do
+                      let settings = { d with Algorithm = alg; Method = meth; Steps = 20 }
+                      let model = Model.noise (gaussianNoiseModel sde gauss)
+                      let r64 = DpmSolver.sample sde model settings x64
+                      let r32 = DpmSolver.sample sde model settings x32
+                      Expect.equal r32.Samples.dtype torch.float32 "dtype kept"
+                      let a, b = values r64.Samples, values r32.Samples
+                      r64.Samples.Dispose()
+                      r32.Samples.Dispose()
+                      // float32 rounding (6e-8) through ~20 steps whose maps have gain up to ~1/0.2 per
+                      // dimension; 1e-4 leaves a wide margin. The adaptive method may choose other steps
+                      // in float32 (its error test sees rounding): both runs are then within ~2e-4 of the
+                      // exact flow at tolerance 1e-4 (adaptive test), so they agree to 1e-3.
+                      let tol =
+                          match meth with
+                          | DpmMethod.Adaptive _ -> 1e-3
+                          | _ -> 1e-4
+                      for i in 0 .. a.Length - 1 do
+                          close tol b.[i] a.[i] (sprintf "%A %A element %d" alg meth i)
+          }
 
-        test "thresholding clamps the data prediction (static and dynamic)" {
-            // a data model returning the constant 3: one DPM-Solver++ first-order step from T to eps gives
-            // x = sigma_eps / sigma_T x_T + alpha_eps (1 - e^-h) x0 with x0 the thresholded constant
-            let model = Model.data (fun x _ -> torch.full_like(x, sc 3.0))
-            use xT = torch.ones([| 3L; 5L |], dtype = torch.float64)
-            let h = VpSde.lambdaAt sde eps - VpSde.lambdaAt sde 1.0
-            let expected x0 = VpSde.sigmaAt sde eps / VpSde.sigmaAt sde 1.0 + VpSde.alphaAt sde eps * (1.0 - Math.Exp(-h)) * x0
-            for th, x0 in [ Thresholding.NoThresholding, 3.0
-                            Thresholding.Static 1.5, 1.5
-                            // quantile 1 of |x0| = 3 > maxValue 2: clamp to 3, scale by 2 / 3
-                            Thresholding.Dynamic(1.0, 2.0), 2.0
-                            // maxValue above |x0|: unchanged
-                            Thresholding.Dynamic(0.5, 4.0), 3.0 ] do
-                let r = DpmSolver.sample sde model { d with Order = 1; Steps = 1; Thresholding = th } xT
-                for v in values r.Samples do close 1e-12 v (expected x0) (sprintf "%A" th)
-                r.Samples.Dispose()
-        }
+          test "thresholding clamps the data prediction (static and dynamic)" {
+              // a data model returning the constant 3: one DPM-Solver++ first-order step from T to eps gives
+              // x = sigma_eps / sigma_T x_T + alpha_eps (1 - e^-h) x0 with x0 the thresholded constant
+              let model = Model.data (fun x _ -> torch.full_like (x, sc 3.0))
+              use xT = torch.ones ([| 3L; 5L |], dtype = torch.float64)
+              let h = VpSde.lambdaAt sde eps - VpSde.lambdaAt sde 1.0
+              let expected x0 = VpSde.sigmaAt sde eps / VpSde.sigmaAt sde 1.0 + VpSde.alphaAt sde eps * (1.0 - Math.Exp(-h)) * x0
+              for th, x0 in
+                  [ Thresholding.NoThresholding, 3.0
+                    Thresholding.Static 1.5, 1.5
+                    // quantile 1 of |x0| = 3 > maxValue 2: clamp to 3, scale by 2 / 3
+                    Thresholding.Dynamic(1.0, 2.0), 2.0
+                    // maxValue above |x0|: unchanged
+                    Thresholding.Dynamic(0.5, 4.0), 3.0 ] do
+                  let r = DpmSolver.sample sde model { d with Order = 1; Steps = 1; Thresholding = th } xT
+                  for v in values r.Samples do
+                      close 1e-12 v (expected x0) (sprintf "%A" th)
+                  r.Samples.Dispose()
+          }
 
-        test "bad settings are rejected naming the setting" {
-            use x = torch.zeros([| 2L; 4L |])
-            let model = Model.noise (gaussianNoiseModel sde gauss)
-            let run s = DpmSolver.sample sde model s x |> fun r -> r.Samples.Dispose()
-            let adaptive = DpmSolver.adaptiveDefaults
-            try
-                run { d with Order = 4 }
-                failtest "order 4 accepted"
-            with :? ArgumentOutOfRangeException as e ->
-                Expect.equal e.ParamName "order" "order named"
-                Expect.stringContains e.Message "4" "value in the message"
-            expectParam "order" (fun () -> run { d with Order = 0 })
-            expectParam "order" (fun () -> run { d with Order = 1; Method = DpmMethod.Adaptive adaptive })
-            expectParam "steps" (fun () -> run { d with Steps = 0 })
-            expectParam "steps" (fun () -> run { d with Steps = 1; Denoise = true })
-            expectParam "eps" (fun () -> run { d with Eps = 0.0 })
-            expectParam "eps" (fun () -> run { d with Eps = nan; Method = DpmMethod.Adaptive adaptive })
-            expectParam "grid[1]" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 1.0 |] })
-            expectParam "grid" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 0.1 |]; Method = DpmMethod.Adaptive adaptive })
-            expectParam "rtol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = -1.0 } })
-            expectParam "atol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = 0.0; Atol = 0.0 } })
-            expectParam "safety" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Safety = 1.5 } })
-            expectParam "maxEvaluations" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with MaxEvaluations = 0 } })
-            expectParam "thresholding" (fun () -> run { d with Algorithm = DpmAlgorithm.DpmSolver; Thresholding = Thresholding.Static 1.0 })
-            expectParam "thresholding.quantile" (fun () -> run { d with Thresholding = Thresholding.Dynamic(1.5, 1.0) })
-            expectParam "xT" (fun () -> DpmSolver.sample sde model d (torch.zeros([| 2L |], dtype = torch.int32)) |> ignore)
-            // the evaluation cap of the adaptive method is an error, not a silent early stop
-            Expect.throwsT<InvalidOperationException>
-                (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = 1e-9; Atol = 1e-9; MaxEvaluations = 30 } })
-                "evaluation cap"
-        }
-    ]
+          test "bad settings are rejected naming the setting" {
+              use x = torch.zeros ([| 2L; 4L |])
+              let model = Model.noise (gaussianNoiseModel sde gauss)
+              let run s = DpmSolver.sample sde model s x |> fun r -> r.Samples.Dispose()
+              let adaptive = DpmSolver.adaptiveDefaults
+              try
+                  run { d with Order = 4 }
+                  failtest "order 4 accepted"
+              with :? ArgumentOutOfRangeException as e ->
+                  Expect.equal e.ParamName "order" "order named"
+                  Expect.stringContains e.Message "4" "value in the message"
+              expectParam "order" (fun () -> run { d with Order = 0 })
+              expectParam "order" (fun () -> run { d with Order = 1; Method = DpmMethod.Adaptive adaptive })
+              expectParam "steps" (fun () -> run { d with Steps = 0 })
+              expectParam "steps" (fun () -> run { d with Steps = 1; Denoise = true })
+              expectParam "eps" (fun () -> run { d with Eps = 0.0 })
+              expectParam "eps" (fun () -> run { d with Eps = nan; Method = DpmMethod.Adaptive adaptive })
+              expectParam "grid[1]" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 1.0 |] })
+              expectParam "grid" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 0.1 |]; Method = DpmMethod.Adaptive adaptive })
+              expectParam "rtol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = -1.0 } })
+              expectParam "atol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = 0.0; Atol = 0.0 } })
+              expectParam "safety" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Safety = 1.5 } })
+              expectParam "maxEvaluations" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with MaxEvaluations = 0 } })
+              expectParam "thresholding" (fun () ->
+                  run { d with Algorithm = DpmAlgorithm.DpmSolver; Thresholding = Thresholding.Static 1.0 })
+              expectParam "thresholding.quantile" (fun () -> run { d with Thresholding = Thresholding.Dynamic(1.5, 1.0) })
+              expectParam "xT" (fun () -> DpmSolver.sample sde model d (torch.zeros ([| 2L |], dtype = torch.int32)) |> ignore)
+              // the evaluation cap of the adaptive method is an error, not a silent early stop
+              Expect.throwsT<InvalidOperationException>
+                  (fun () ->
+                      run
+                          { d with
+                              Method = DpmMethod.Adaptive { adaptive with Rtol = 1e-9; Atol = 1e-9; MaxEvaluations = 30 } })
+                  "evaluation cap"
+          } ]
 
 open ScoreSde.CSharp
 
 [<Tests>]
 let facadeTests =
     let csModel = Func<Tensor, Tensor, Tensor>(gaussianNoiseModel sde gauss)
-    testList "C# facade: Sampler.DpmSolver" [
-        test "the defaults sample the Gaussian in 20 evaluations (float32)" {
-            use g = generator 21L
-            let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 20000L; 4L |], DpmSolverOptions(), g)
-            use x = r.Samples
-            Expect.equal r.Nfe 20 "NFE"
-            Expect.equal x.dtype torch.float32 "dtype"
-            let ms, ss = moments x
-            // Monte Carlo standard errors: s / sqrt(20000) <= 0.007 for the means, s / sqrt(40000) for
-            // the stds; 0.03 is over 4 of them, and the 20-step solver error is ~1e-3 (tests above)
-            for i in 0 .. 3 do
-                close 0.03 ms.[i] gauss.Mu.[i] (sprintf "mean %d (seed 21)" i)
-                close 0.03 ss.[i] gauss.S.[i] (sprintf "std %d (seed 21)" i)
-        }
+    testList
+        "C# facade: Sampler.DpmSolver"
+        [ test "the defaults sample the Gaussian in 20 evaluations (float32)" {
+              use g = generator 21L
+              let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 20000L; 4L |], DpmSolverOptions(), g)
+              use x = r.Samples
+              Expect.equal r.Nfe 20 "NFE"
+              Expect.equal x.dtype torch.float32 "dtype"
+              let ms, ss = moments x
+              // Monte Carlo standard errors: s / sqrt(20000) <= 0.007 for the means, s / sqrt(40000) for
+              // the stds; 0.03 is over 4 of them, and the 20-step solver error is ~1e-3 (tests above)
+              for i in 0..3 do
+                  close 0.03 ms.[i] gauss.Mu.[i] (sprintf "mean %d (seed 21)" i)
+                  close 0.03 ss.[i] gauss.S.[i] (sprintf "std %d (seed 21)" i)
+          }
 
-        test "options map onto the core solver; the latent is used and not modified" {
-            use xT = latent ()
-            let before = values xT
-            for meth, cmeth in [ DpmSolverMethod.SingleStep, DpmMethod.SingleStep; DpmSolverMethod.MultiStep, DpmMethod.MultiStep ] do
-                for alg, calg in [ DpmSolverAlgorithm.DpmSolver, DpmAlgorithm.DpmSolver; DpmSolverAlgorithm.DpmSolverPlusPlus, DpmAlgorithm.DpmSolverPlusPlus ] do
-                    for grid, cgrid in [ ScoreSde.CSharp.TimeGrid.TimeUniform, ScoreSde.TimeGrid.Uniform; ScoreSde.CSharp.TimeGrid.TimeQuadratic, ScoreSde.TimeGrid.Quadratic ] do
-                        let opts = DpmSolverOptions(Steps = 11, Order = 2, Method = meth, Algorithm = alg, Grid = grid, Latent = xT, Denoise = true)
-                        let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], opts)
-                        let core = DpmSolver.sample sde (Model.noise (gaussianNoiseModel sde gauss))
-                                       { d with Steps = 11; Order = 2; Method = cmeth; Algorithm = calg; Grid = cgrid; Denoise = true } xT
-                        Expect.equal r.Nfe 11 "NFE"
-                        Expect.isTrue (same r.Samples core.Samples) (sprintf "%A %A %A: same as the core" meth alg grid)
-                        r.Samples.Dispose(); core.Samples.Dispose()
-            Expect.sequenceEqual (values xT) before "latent unchanged"
-            let times = [| 1.0; 0.4; 0.1; 0.01 |]
-            let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], DpmSolverOptions(Times = times, Latent = xT))
-            Expect.equal r.Nfe 3 "explicit times: one evaluation per interval"
-            r.Samples.Dispose()
-            let a = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = 1e-4, Atol = 1e-4, Latent = xT))
-            Expect.isGreaterThan a.Nfe 20 "adaptive at a tight tolerance"
-            a.Samples.Dispose()
-        }
+          test "options map onto the core solver; the latent is used and not modified" {
+              use xT = latent ()
+              let before = values xT
+              for meth, cmeth in [ DpmSolverMethod.SingleStep, DpmMethod.SingleStep; DpmSolverMethod.MultiStep, DpmMethod.MultiStep ] do
+                  for alg, calg in
+                      [ DpmSolverAlgorithm.DpmSolver, DpmAlgorithm.DpmSolver
+                        DpmSolverAlgorithm.DpmSolverPlusPlus, DpmAlgorithm.DpmSolverPlusPlus ] do
+                      for grid, cgrid in
+                          [ ScoreSde.CSharp.TimeGrid.TimeUniform, ScoreSde.TimeGrid.Uniform
+                            ScoreSde.CSharp.TimeGrid.TimeQuadratic, ScoreSde.TimeGrid.Quadratic ] do
+                          let opts =
+                              DpmSolverOptions(
+                                  Steps = 11,
+                                  Order = 2,
+                                  Method = meth,
+                                  Algorithm = alg,
+                                  Grid = grid,
+                                  Latent = xT,
+                                  Denoise = true
+                              )
+                          let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], opts)
+                          let core =
+                              DpmSolver.sample
+                                  sde
+                                  (Model.noise (gaussianNoiseModel sde gauss))
+                                  { d with Steps = 11; Order = 2; Method = cmeth; Algorithm = calg; Grid = cgrid; Denoise = true }
+                                  xT
+                          Expect.equal r.Nfe 11 "NFE"
+                          Expect.isTrue (same r.Samples core.Samples) (sprintf "%A %A %A: same as the core" meth alg grid)
+                          r.Samples.Dispose()
+                          core.Samples.Dispose()
+              Expect.sequenceEqual (values xT) before "latent unchanged"
+              let times = [| 1.0; 0.4; 0.1; 0.01 |]
+              let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], DpmSolverOptions(Times = times, Latent = xT))
+              Expect.equal r.Nfe 3 "explicit times: one evaluation per interval"
+              r.Samples.Dispose()
+              let a =
+                  Sampler.DpmSolver(
+                      ScoreSde.CSharp.VpSde(),
+                      csModel,
+                      [| 64L; 4L |],
+                      DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = 1e-4, Atol = 1e-4, Latent = xT)
+                  )
+              Expect.isGreaterThan a.Nfe 20 "adaptive at a tight tolerance"
+              a.Samples.Dispose()
+          }
 
-        test "the same generator seed reproduces the same samples" {
-            let run () =
-                use g = generator 5L
-                let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 3L; 4L |], DpmSolverOptions(Steps = 10), g)
-                let v = values r.Samples
-                r.Samples.Dispose()
-                v
-            Expect.sequenceEqual (run ()) (run ()) "reproducible"
-        }
+          test "the same generator seed reproduces the same samples" {
+              let run () =
+                  use g = generator 5L
+                  let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 3L; 4L |], DpmSolverOptions(Steps = 10), g)
+                  let v = values r.Samples
+                  r.Samples.Dispose()
+                  v
+              Expect.sequenceEqual (run ()) (run ()) "reproducible"
+          }
 
-        test "bad options are rejected naming the option and the value" {
-            let run (o: DpmSolverOptions) = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 2L; 4L |], o) |> fun r -> r.Samples.Dispose()
-            try
-                run (DpmSolverOptions(Order = 4))
-                failtest "Order 4 accepted"
-            with :? ArgumentOutOfRangeException as e ->
-                Expect.equal e.ParamName "options.Order" "named"
-                Expect.equal e.ActualValue (box 4) "value"
-            expectParam "options.Order" (fun () -> run (DpmSolverOptions(Order = 1, Method = DpmSolverMethod.Adaptive)))
-            expectParam "options.Steps" (fun () -> run (DpmSolverOptions(Steps = 0)))
-            expectParam "options.Steps" (fun () -> run (DpmSolverOptions(Steps = 1, Denoise = true)))
-            expectParam "options.Method" (fun () -> run (DpmSolverOptions(Method = enum 42)))
-            expectParam "options.Algorithm" (fun () -> run (DpmSolverOptions(Algorithm = enum 42)))
-            expectParam "options.Grid" (fun () -> run (DpmSolverOptions(Grid = enum 42)))
-            expectParam "options.Eps" (fun () -> run (DpmSolverOptions(Eps = 1.0)))
-            expectParam "options.Rtol" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = -0.1)))
-            expectParam "options.Atol" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = 0.0, Atol = 0.0)))
-            expectParam "options.MaxEvaluations" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, MaxEvaluations = 0)))
-            expectParam "options.Times" (fun () -> run (DpmSolverOptions(Times = [| 1.0; 2.0 |])))
-            expectParam "options.Times" (fun () -> run (DpmSolverOptions(Times = [| 1.0; 0.1 |], Method = DpmSolverMethod.Adaptive)))
-            expectParam "options.Dtype" (fun () -> run (DpmSolverOptions(Dtype = torch.int64)))
-            expectParam "options.Latent" (fun () -> run (DpmSolverOptions(Latent = torch.zeros([| 3L; 4L |]))))
-            expectParam "options.Latent" (fun () -> run (DpmSolverOptions(Latent = torch.zeros([| 2L; 4L |], dtype = torch.int32))))
-            expectParam "shape" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 0L; 4L |], DpmSolverOptions()) |> ignore)
-            expectParam "options" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 2L |], null) |> ignore)
-            expectParam "model" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), null, [| 2L |], DpmSolverOptions()) |> ignore)
-        }
-    ]
+          test "bad options are rejected naming the option and the value" {
+              let run (o: DpmSolverOptions) =
+                  Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 2L; 4L |], o) |> fun r -> r.Samples.Dispose()
+              try
+                  run (DpmSolverOptions(Order = 4))
+                  failtest "Order 4 accepted"
+              with :? ArgumentOutOfRangeException as e ->
+                  Expect.equal e.ParamName "options.Order" "named"
+                  Expect.equal e.ActualValue (box 4) "value"
+              expectParam "options.Order" (fun () -> run (DpmSolverOptions(Order = 1, Method = DpmSolverMethod.Adaptive)))
+              expectParam "options.Steps" (fun () -> run (DpmSolverOptions(Steps = 0)))
+              expectParam "options.Steps" (fun () -> run (DpmSolverOptions(Steps = 1, Denoise = true)))
+              expectParam "options.Method" (fun () -> run (DpmSolverOptions(Method = enum 42)))
+              expectParam "options.Algorithm" (fun () -> run (DpmSolverOptions(Algorithm = enum 42)))
+              expectParam "options.Grid" (fun () -> run (DpmSolverOptions(Grid = enum 42)))
+              expectParam "options.Eps" (fun () -> run (DpmSolverOptions(Eps = 1.0)))
+              expectParam "options.Rtol" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = -0.1)))
+              expectParam "options.Atol" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, Rtol = 0.0, Atol = 0.0)))
+              expectParam "options.MaxEvaluations" (fun () -> run (DpmSolverOptions(Method = DpmSolverMethod.Adaptive, MaxEvaluations = 0)))
+              expectParam "options.Times" (fun () -> run (DpmSolverOptions(Times = [| 1.0; 2.0 |])))
+              expectParam "options.Times" (fun () -> run (DpmSolverOptions(Times = [| 1.0; 0.1 |], Method = DpmSolverMethod.Adaptive)))
+              expectParam "options.Dtype" (fun () -> run (DpmSolverOptions(Dtype = torch.int64)))
+              expectParam "options.Latent" (fun () -> run (DpmSolverOptions(Latent = torch.zeros ([| 3L; 4L |]))))
+              expectParam "options.Latent" (fun () -> run (DpmSolverOptions(Latent = torch.zeros ([| 2L; 4L |], dtype = torch.int32))))
+              expectParam "shape" (fun () ->
+                  Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 0L; 4L |], DpmSolverOptions()) |> ignore)
+              expectParam "options" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 2L |], null) |> ignore)
+              expectParam "model" (fun () -> Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), null, [| 2L |], DpmSolverOptions()) |> ignore)
+          } ]
 
 [<Tests>]
 let memoryTests =
     let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
-    testSequenced <| testList "DPM-Solver memory" [
-        test "the live-tensor count stays flat over 3000 steps and returns to baseline" {
-            // a cheap model that allocates its output, like a network
-            let cheap = Model.noise (fun x _ -> x * 0.5)
-            use g = generator 1L
-            use xT = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
-            for meth in [ DpmMethod.MultiStep; DpmMethod.SingleStep ] do
-                let baseline = live ()
-                let counts = ResizeArray()
-                let settings = { d with Method = meth; Steps = 3000; Grid = TimeGrid.Uniform; Observer = Some(fun i _ _ -> if i % 200 = 199 then counts.Add(live ())) }
-                let r = DpmSolver.sample sde cheap settings xT
-                Expect.allEqual counts counts.[0] (sprintf "%A: live tensors during sampling %A" meth counts)
-                r.Samples.Dispose()
-                Expect.equal (live ()) baseline (sprintf "%A: back to baseline" meth)
-        }
-    ]
+    testSequenced
+    <| testList
+        "DPM-Solver memory"
+        [ test "the live-tensor count stays flat over 3000 steps and returns to baseline" {
+              // a cheap model that allocates its output, like a network
+              let cheap = Model.noise (fun x _ -> x * 0.5)
+              use g = generator 1L
+              use xT = torch.randn ([| 4L; 3L; 8L; 8L |], generator = g)
+              for meth in [ DpmMethod.MultiStep; DpmMethod.SingleStep ] do
+                  let baseline = live ()
+                  let counts = ResizeArray()
+                  let settings =
+                      { d with
+                          Method = meth
+                          Steps = 3000
+                          Grid = TimeGrid.Uniform
+                          Observer =
+                              Some(fun i _ _ ->
+                                  if i % 200 = 199 then
+                                      counts.Add(live ())) }
+                  let r = DpmSolver.sample sde cheap settings xT
+                  Expect.allEqual counts counts.[0] (sprintf "%A: live tensors during sampling %A" meth counts)
+                  r.Samples.Dispose()
+                  Expect.equal (live ()) baseline (sprintf "%A: back to baseline" meth)
+          } ]

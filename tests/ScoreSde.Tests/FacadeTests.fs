@@ -14,124 +14,149 @@ let private model = Func<Tensor, Tensor, Tensor>(gaussianNoiseModel coreSde gaus
 
 [<Tests>]
 let tests =
-    testList "C# facade: VpSde and Sampler" [
-        test "VpSde exposes the closed forms" {
-            let sde = VpSde()
-            close 1e-15 (sde.Beta 0.5) (0.1 + 0.5 * 19.9) "beta"
-            let m = -0.25 * 0.09 * 19.9 - 0.5 * 0.3 * 0.1
-            closeRel 1e-14 (sde.Alpha 0.3) (exp m) "alpha"
-            closeRel 1e-14 (sde.Sigma 0.3) (sqrt (1.0 - exp (2.0 * m))) "sigma"
-            closeRel 1e-12 (sde.Lambda 0.3) (m - 0.5 * log (1.0 - exp (2.0 * m))) "lambda"
-            Expect.throwsT<ArgumentException> (fun () -> VpSde(betaMin = -1.0) |> ignore) "bad betaMin"
-        }
+    testList
+        "C# facade: VpSde and Sampler"
+        [ test "VpSde exposes the closed forms" {
+              let sde = VpSde()
+              close 1e-15 (sde.Beta 0.5) (0.1 + 0.5 * 19.9) "beta"
+              let m = -0.25 * 0.09 * 19.9 - 0.5 * 0.3 * 0.1
+              closeRel 1e-14 (sde.Alpha 0.3) (exp m) "alpha"
+              closeRel 1e-14 (sde.Sigma 0.3) (sqrt (1.0 - exp (2.0 * m))) "sigma"
+              closeRel 1e-12 (sde.Lambda 0.3) (m - 0.5 * log (1.0 - exp (2.0 * m))) "lambda"
+              Expect.throwsT<ArgumentException> (fun () -> VpSde(betaMin = -1.0) |> ignore) "bad betaMin"
+          }
 
-        test "PredictorCorrector samples the Gaussian with the requested dtype, shape and NFE" {
-            for predictor, corrector, steps in [ Predictor.ReverseDiffusion, Corrector.Langevin, 300
-                                                 Predictor.EulerMaruyama, Corrector.None, 300
-                                                 Predictor.AncestralSampling, Corrector.AnnealedLangevin, 300 ] do
-                use g = generator 17L
-                let opts = PcOptions(Steps = steps, Predictor = predictor, Corrector = corrector, Dtype = torch.float64)
-                let model64 = Func<Tensor, Tensor, Tensor>(gaussianNoiseModel coreSde gauss64)
-                let r = Sampler.PredictorCorrector(VpSde(), model64, [| 4000L; 64L |], opts, g)
-                use x = r.Samples
-                Expect.equal x.dtype torch.float64 "dtype"
-                Expect.equal x.shape [| 4000L; 64L |] "shape"
-                Expect.equal r.Nfe (steps * (if corrector = Corrector.None then 1 else 2)) "NFE"
-                let ms, ss = moments x
-                // Monte Carlo floor ~0.015 plus the per-sample Langevin bias (see the corrector tests)
-                Expect.isLessThan (averageMomentError gauss64 ms ss) 0.04 (sprintf "%A+%A moments (seed 17)" predictor corrector)
-        }
+          test "PredictorCorrector samples the Gaussian with the requested dtype, shape and NFE" {
+              for predictor, corrector, steps in
+                  [ Predictor.ReverseDiffusion, Corrector.Langevin, 300
+                    Predictor.EulerMaruyama, Corrector.None, 300
+                    Predictor.AncestralSampling, Corrector.AnnealedLangevin, 300 ] do
+                  use g = generator 17L
+                  let opts = PcOptions(Steps = steps, Predictor = predictor, Corrector = corrector, Dtype = torch.float64)
+                  let model64 = Func<Tensor, Tensor, Tensor>(gaussianNoiseModel coreSde gauss64)
+                  let r = Sampler.PredictorCorrector(VpSde(), model64, [| 4000L; 64L |], opts, g)
+                  use x = r.Samples
+                  Expect.equal x.dtype torch.float64 "dtype"
+                  Expect.equal x.shape [| 4000L; 64L |] "shape"
+                  Expect.equal r.Nfe (steps * (if corrector = Corrector.None then 1 else 2)) "NFE"
+                  let ms, ss = moments x
+                  // Monte Carlo floor ~0.015 plus the per-sample Langevin bias (see the corrector tests)
+                  Expect.isLessThan (averageMomentError gauss64 ms ss) 0.04 (sprintf "%A+%A moments (seed 17)" predictor corrector)
+          }
 
-        test "a score model is declared with Prediction = Score" {
-            use g = generator 18L
-            let scoreModel = Func<Tensor, Tensor, Tensor>(gaussianScoreModel coreSde gauss)
-            let opts = PcOptions(Steps = 300, Prediction = ModelPrediction.Score, Corrector = Corrector.None)
-            let r = Sampler.PredictorCorrector(VpSde(), scoreModel, [| 20000L; 4L |], opts, g)
-            use x = r.Samples
-            let ms, ss = moments x
-            for d in 0 .. 3 do
-                close 0.03 ms.[d] gauss.Mu.[d] (sprintf "mean %d (seed 18)" d)
-                close 0.03 ss.[d] gauss.S.[d] (sprintf "std %d (seed 18)" d)
-        }
+          test "a score model is declared with Prediction = Score" {
+              use g = generator 18L
+              let scoreModel = Func<Tensor, Tensor, Tensor>(gaussianScoreModel coreSde gauss)
+              let opts = PcOptions(Steps = 300, Prediction = ModelPrediction.Score, Corrector = Corrector.None)
+              let r = Sampler.PredictorCorrector(VpSde(), scoreModel, [| 20000L; 4L |], opts, g)
+              use x = r.Samples
+              let ms, ss = moments x
+              for d in 0..3 do
+                  close 0.03 ms.[d] gauss.Mu.[d] (sprintf "mean %d (seed 18)" d)
+                  close 0.03 ss.[d] gauss.S.[d] (sprintf "std %d (seed 18)" d)
+          }
 
-        test "the same generator seed reproduces the same samples" {
-            let run () =
-                use g = generator 5L
-                let r = Sampler.PredictorCorrector(VpSde(), model, [| 3L; 4L |], PcOptions(Steps = 20), g)
-                let v = values r.Samples
-                r.Samples.Dispose()
-                v
-            Expect.sequenceEqual (run ()) (run ()) "reproducible"
-        }
+          test "the same generator seed reproduces the same samples" {
+              let run () =
+                  use g = generator 5L
+                  let r = Sampler.PredictorCorrector(VpSde(), model, [| 3L; 4L |], PcOptions(Steps = 20), g)
+                  let v = values r.Samples
+                  r.Samples.Dispose()
+                  v
+              Expect.sequenceEqual (run ()) (run ()) "reproducible"
+          }
 
-        test "NoiseSource.PerSample: a sample does not depend on the batch it is drawn in" {
-            // PC (per-sample Langevin norms: the samples do not interact), probability flow and
-            // DPM-Solver: the first 2 samples of a batch of 2 and of a batch of 5 agree, with a given
-            // seed and with the seed drawn from same-seeded generators. The generator's stream would
-            // give different samples (the prior of the larger batch is a different draw).
-            let shape n = [| n; 4L |]
-            let runs : (string * (int64 -> Nullable<int64> -> NoiseSource -> Tensor)) list =
-                [ "PC", (fun n seed src ->
-                      use g = generator 21L
-                      let o = PcOptions(Steps = 30, Corrector = Corrector.Langevin, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
-                      (Sampler.PredictorCorrector(VpSde(), model, shape n, o, g)).Samples)
-                  "probability flow", (fun n seed src ->
-                      use g = generator 21L
-                      let o = OdeOptions(Solver = OdeSolver.Rk4, Steps = 20, PerSampleStepControl = true, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
-                      (Sampler.ProbabilityFlow(VpSde(), model, shape n, o, g)).Samples)
-                  "DPM-Solver", (fun n seed src ->
-                      use g = generator 21L
-                      let o = DpmSolverOptions(Steps = 10, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
-                      (Sampler.DpmSolver(VpSde(), model, shape n, o, g)).Samples) ]
-            for name, run in runs do
-                for seed in [ Nullable 77L; Nullable() ] do
-                    use small = run 2L seed NoiseSource.PerSample
-                    use big = run 5L seed NoiseSource.PerSample
-                    use head = big.narrow(0L, 0L, 2L)
-                    let a, b = values small, values head
-                    for i in 0 .. a.Length - 1 do
-                        close 1e-12 a.[i] b.[i] (sprintf "%s, seed %A: element %d of the first two samples" name seed i)
-                use gs = run 2L (Nullable()) NoiseSource.Generator
-                use gb = run 5L (Nullable()) NoiseSource.Generator
-                use gh = gb.narrow(0L, 0L, 2L)
-                Expect.isFalse (same gs gh) (sprintf "%s: the generator's stream depends on the batch size" name)
-        }
+          test "NoiseSource.PerSample: a sample does not depend on the batch it is drawn in" {
+              // PC (per-sample Langevin norms: the samples do not interact), probability flow and
+              // DPM-Solver: the first 2 samples of a batch of 2 and of a batch of 5 agree, with a given
+              // seed and with the seed drawn from same-seeded generators. The generator's stream would
+              // give different samples (the prior of the larger batch is a different draw).
+              let shape n = [| n; 4L |]
+              let runs: (string * (int64 -> Nullable<int64> -> NoiseSource -> Tensor)) list =
+                  [ "PC",
+                    (fun n seed src ->
+                        use g = generator 21L
+                        let o = PcOptions(Steps = 30, Corrector = Corrector.Langevin, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                        (Sampler.PredictorCorrector(VpSde(), model, shape n, o, g)).Samples)
+                    "probability flow",
+                    (fun n seed src ->
+                        use g = generator 21L
+                        let o =
+                            OdeOptions(
+                                Solver = OdeSolver.Rk4,
+                                Steps = 20,
+                                PerSampleStepControl = true,
+                                Noise = src,
+                                NoiseSeed = seed,
+                                Dtype = torch.float64
+                            )
+                        (Sampler.ProbabilityFlow(VpSde(), model, shape n, o, g)).Samples)
+                    "DPM-Solver",
+                    (fun n seed src ->
+                        use g = generator 21L
+                        let o = DpmSolverOptions(Steps = 10, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                        (Sampler.DpmSolver(VpSde(), model, shape n, o, g)).Samples) ]
+              for name, run in runs do
+                  for seed in [ Nullable 77L; Nullable() ] do
+                      use small = run 2L seed NoiseSource.PerSample
+                      use big = run 5L seed NoiseSource.PerSample
+                      use head = big.narrow (0L, 0L, 2L)
+                      let a, b = values small, values head
+                      for i in 0 .. a.Length - 1 do
+                          close 1e-12 a.[i] b.[i] (sprintf "%s, seed %A: element %d of the first two samples" name seed i)
+                  use gs = run 2L (Nullable()) NoiseSource.Generator
+                  use gb = run 5L (Nullable()) NoiseSource.Generator
+                  use gh = gb.narrow (0L, 0L, 2L)
+                  Expect.isFalse (same gs gh) (sprintf "%s: the generator's stream depends on the batch size" name)
+          }
 
-        test "NoiseSource.Fast: reproducible from its seed or the generator, and a different stream" {
-            let run (seed: Nullable<int64>) (src: NoiseSource) (gseed: int64) =
-                use g = generator gseed
-                let o = PcOptions(Steps = 20, Corrector = Corrector.None, Noise = src, NoiseSeed = seed)
-                let r = Sampler.PredictorCorrector(VpSde(), model, [| 64L; 4L |], o, g)
-                let v = values r.Samples
-                r.Samples.Dispose()
-                v
-            Expect.sequenceEqual (run (Nullable 5L) NoiseSource.Fast 1L) (run (Nullable 5L) NoiseSource.Fast 2L) "a given seed fixes the run (whatever the generator)"
-            Expect.sequenceEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Fast 3L) "the seed drawn from a seeded generator"
-            Expect.notEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Fast 4L) "other generator seed, other run"
-            Expect.notEqual (run (Nullable()) NoiseSource.Fast 3L) (run (Nullable()) NoiseSource.Generator 3L) "not the generator's stream"
-            let v = run (Nullable 9L) NoiseSource.Fast 1L
-            Expect.isTrue (v |> Array.forall (fun x -> not (Double.IsNaN x || Double.IsInfinity x))) "finite samples"
-        }
+          test "NoiseSource.Fast: reproducible from its seed or the generator, and a different stream" {
+              let run (seed: Nullable<int64>) (src: NoiseSource) (gseed: int64) =
+                  use g = generator gseed
+                  let o = PcOptions(Steps = 20, Corrector = Corrector.None, Noise = src, NoiseSeed = seed)
+                  let r = Sampler.PredictorCorrector(VpSde(), model, [| 64L; 4L |], o, g)
+                  let v = values r.Samples
+                  r.Samples.Dispose()
+                  v
+              Expect.sequenceEqual
+                  (run (Nullable 5L) NoiseSource.Fast 1L)
+                  (run (Nullable 5L) NoiseSource.Fast 2L)
+                  "a given seed fixes the run (whatever the generator)"
+              Expect.sequenceEqual
+                  (run (Nullable()) NoiseSource.Fast 3L)
+                  (run (Nullable()) NoiseSource.Fast 3L)
+                  "the seed drawn from a seeded generator"
+              Expect.notEqual
+                  (run (Nullable()) NoiseSource.Fast 3L)
+                  (run (Nullable()) NoiseSource.Fast 4L)
+                  "other generator seed, other run"
+              Expect.notEqual
+                  (run (Nullable()) NoiseSource.Fast 3L)
+                  (run (Nullable()) NoiseSource.Generator 3L)
+                  "not the generator's stream"
+              let v = run (Nullable 9L) NoiseSource.Fast 1L
+              Expect.isTrue (v |> Array.forall (fun x -> not (Double.IsNaN x || Double.IsInfinity x))) "finite samples"
+          }
 
-        test "bad options are rejected naming the option" {
-            let expectArg (name: string) (f: unit -> obj) =
-                try
-                    f () |> ignore
-                    failtestf "expected an ArgumentException for %s" name
-                with :? ArgumentException as e -> Expect.equal e.ParamName name (sprintf "parameter %s" name)
-            let run (opts: PcOptions) (shape: int64[]) = box (Sampler.PredictorCorrector(VpSde(), model, shape, opts))
-            expectArg "options.Steps" (fun () -> run (PcOptions(Steps = 0)) [| 2L; 4L |])
-            expectArg "eps" (fun () -> run (PcOptions(Eps = 0.0)) [| 2L; 4L |])
-            expectArg "snr" (fun () -> run (PcOptions(Snr = 0.0)) [| 2L; 4L |])
-            expectArg "correctorSteps" (fun () -> run (PcOptions(CorrectorSteps = 0)) [| 2L; 4L |])
-            expectArg "shape" (fun () -> run (PcOptions()) [| 0L; 4L |])
-            expectArg "shape" (fun () -> run (PcOptions()) null)
-            expectArg "options.Dtype" (fun () -> run (PcOptions(Dtype = torch.int32)) [| 2L; 4L |])
-            expectArg "options.Predictor" (fun () -> run (PcOptions(Predictor = enum 42)) [| 2L; 4L |])
-            expectArg "options.Noise" (fun () -> run (PcOptions(Noise = enum 42)) [| 2L; 4L |])
-            expectArg "options.Noise" (fun () -> box (Sampler.ProbabilityFlow(VpSde(), model, [| 2L; 4L |], OdeOptions(Noise = enum 42))))
-            expectArg "options.Noise" (fun () -> box (Sampler.DpmSolver(VpSde(), model, [| 2L; 4L |], DpmSolverOptions(Noise = enum 42))))
-            expectArg "model" (fun () -> box (Sampler.PredictorCorrector(VpSde(), null, [| 2L |], PcOptions())))
-            expectArg "options" (fun () -> box (Sampler.PredictorCorrector(VpSde(), model, [| 2L |], null)))
-        }
-    ]
+          test "bad options are rejected naming the option" {
+              let expectArg (name: string) (f: unit -> obj) =
+                  try
+                      f () |> ignore
+                      failtestf "expected an ArgumentException for %s" name
+                  with :? ArgumentException as e ->
+                      Expect.equal e.ParamName name (sprintf "parameter %s" name)
+              let run (opts: PcOptions) (shape: int64[]) = box (Sampler.PredictorCorrector(VpSde(), model, shape, opts))
+              expectArg "options.Steps" (fun () -> run (PcOptions(Steps = 0)) [| 2L; 4L |])
+              expectArg "eps" (fun () -> run (PcOptions(Eps = 0.0)) [| 2L; 4L |])
+              expectArg "snr" (fun () -> run (PcOptions(Snr = 0.0)) [| 2L; 4L |])
+              expectArg "correctorSteps" (fun () -> run (PcOptions(CorrectorSteps = 0)) [| 2L; 4L |])
+              expectArg "shape" (fun () -> run (PcOptions()) [| 0L; 4L |])
+              expectArg "shape" (fun () -> run (PcOptions()) null)
+              expectArg "options.Dtype" (fun () -> run (PcOptions(Dtype = torch.int32)) [| 2L; 4L |])
+              expectArg "options.Predictor" (fun () -> run (PcOptions(Predictor = enum 42)) [| 2L; 4L |])
+              expectArg "options.Noise" (fun () -> run (PcOptions(Noise = enum 42)) [| 2L; 4L |])
+              expectArg "options.Noise" (fun () -> box (Sampler.ProbabilityFlow(VpSde(), model, [| 2L; 4L |], OdeOptions(Noise = enum 42))))
+              expectArg "options.Noise" (fun () -> box (Sampler.DpmSolver(VpSde(), model, [| 2L; 4L |], DpmSolverOptions(Noise = enum 42))))
+              expectArg "model" (fun () -> box (Sampler.PredictorCorrector(VpSde(), null, [| 2L |], PcOptions())))
+              expectArg "options" (fun () -> box (Sampler.PredictorCorrector(VpSde(), model, [| 2L |], null)))
+          } ]

@@ -30,7 +30,10 @@ let private rssFlatOver10000 (name: string) (seed: int64) (shape: int64[]) (sett
     let settings =
         { settings with
             Steps = 10000
-            Observer = Some(fun i _ _ -> if i % 1000 = 999 then rss.Add(rssMb ())) }
+            Observer =
+                Some(fun i _ _ ->
+                    if i % 1000 = 999 then
+                        rss.Add(rssMb ())) }
     let r = Sampler.predictorCorrector sde cheap settings noise xT
     r.Samples.Dispose()
     let growth = rss.[rss.Count - 1] - rss.[0]
@@ -39,67 +42,79 @@ let private rssFlatOver10000 (name: string) (seed: int64) (shape: int64[]) (sett
 
 [<Tests>]
 let tests =
-    testSequenced <| testList "Memory" [
-        test "PC sampler: the live-tensor count stays flat over 3000 steps and returns to baseline" {
-            let counts = ResizeArray()
-            use g = generator 1L
-            let noise = Noise.fromGenerator g
-            use xT = Sampler.prior [| 4L; 3L; 8L; 8L |] torch.float32 torch.CPU noise
-            let baseline = live ()
-            let settings =
-                { Sampler.pcDefaults with
-                    Steps = 3000
-                    Observer = Some(fun i _ _ -> if i % 500 = 499 then counts.Add(live ())) }
-            let r = Sampler.predictorCorrector sde cheap settings noise xT
-            Expect.allEqual counts counts.[0] (sprintf "live tensors during sampling: %A" counts)
-            r.Samples.Dispose()
-            Expect.equal (live ()) baseline "back to baseline after disposing the result"
-        }
+    testSequenced
+    <| testList
+        "Memory"
+        [ test "PC sampler: the live-tensor count stays flat over 3000 steps and returns to baseline" {
+              let counts = ResizeArray()
+              use g = generator 1L
+              let noise = Noise.fromGenerator g
+              use xT = Sampler.prior [| 4L; 3L; 8L; 8L |] torch.float32 torch.CPU noise
+              let baseline = live ()
+              let settings =
+                  { Sampler.pcDefaults with
+                      Steps = 3000
+                      Observer =
+                          Some(fun i _ _ ->
+                              if i % 500 = 499 then
+                                  counts.Add(live ())) }
+              let r = Sampler.predictorCorrector sde cheap settings noise xT
+              Expect.allEqual counts counts.[0] (sprintf "live tensors during sampling: %A" counts)
+              r.Samples.Dispose()
+              Expect.equal (live ()) baseline "back to baseline after disposing the result"
+          }
 
-        test "scheduler loop with a dispose scope per step: live count flat" {
-            let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
-            s.SetTimesteps(2000)
-            use g = generator 2L
-            let mutable x = torch.randn([| 4L; 3L; 8L; 8L |], generator = g)
-            let baseline = live ()
-            let counts = ResizeArray()
-            let step i =
-                use scope = torch.NewDisposeScope()
-                let t = s.Timesteps.[int64 i] * torch.ones(4L)
-                let out = x * 0.5
-                let o = s.StepPred(out, x, t, g)
-                x.Dispose()
-                x <- o.PrevSample.MoveToOuterDisposeScope()
-            for i in 0 .. 1999 do
-                step i
-                if i % 400 = 399 then counts.Add(live ())
-            Expect.allEqual counts baseline (sprintf "live tensors %A vs baseline %d" counts baseline)
-            x.Dispose()
-        }
+          test "scheduler loop with a dispose scope per step: live count flat" {
+              let s = ScoreSde.CSharp.ScoreSdeVpScheduler()
+              s.SetTimesteps(2000)
+              use g = generator 2L
+              let mutable x = torch.randn ([| 4L; 3L; 8L; 8L |], generator = g)
+              let baseline = live ()
+              let counts = ResizeArray()
+              let step i =
+                  use scope = torch.NewDisposeScope()
+                  let t = s.Timesteps.[int64 i] * torch.ones (4L)
+                  let out = x * 0.5
+                  let o = s.StepPred(out, x, t, g)
+                  x.Dispose()
+                  x <- o.PrevSample.MoveToOuterDisposeScope()
+              for i in 0..1999 do
+                  step i
+                  if i % 400 = 399 then
+                      counts.Add(live ())
+              Expect.allEqual counts baseline (sprintf "live tensors %A vs baseline %d" counts baseline)
+              x.Dispose()
+          }
 
-        test "PC sampler: process RSS stays flat over 10,000 steps at 4x3x64x64" {
-            rssFlatOver10000 "Euler-Maruyama" 3L [| 4L; 3L; 64L; 64L |] { Sampler.pcDefaults with Corrector = Corrector.NoCorrector; Predictor = Predictor.EulerMaruyama }
-        }
+          test "PC sampler: process RSS stays flat over 10,000 steps at 4x3x64x64" {
+              rssFlatOver10000
+                  "Euler-Maruyama"
+                  3L
+                  [| 4L; 3L; 64L; 64L |]
+                  { Sampler.pcDefaults with Corrector = Corrector.NoCorrector; Predictor = Predictor.EulerMaruyama }
+          }
 
-        // Two model evaluations per step: a quarter of the size keeps the test's time modest; the tensor
-        // counts of the hot loop (Fast paths) show that no x-sized tensor is made per step at any size.
-        test "PC sampler with the Langevin corrector: RSS flat over 10,000 steps at 4x3x32x32" {
-            rssFlatOver10000 "reverse diffusion + Langevin" 4L [| 4L; 3L; 32L; 32L |] Sampler.pcDefaults
-        }
+          // Two model evaluations per step: a quarter of the size keeps the test's time modest; the tensor
+          // counts of the hot loop (Fast paths) show that no x-sized tensor is made per step at any size.
+          test "PC sampler with the Langevin corrector: RSS flat over 10,000 steps at 4x3x32x32" {
+              rssFlatOver10000 "reverse diffusion + Langevin" 4L [| 4L; 3L; 32L; 32L |] Sampler.pcDefaults
+          }
 
-        test "probability-flow sampler (RK4): RSS flat over 10,000 steps at 4x3x32x32" {
-            use g = generator 5L
-            use xT = torch.randn([| 4L; 3L; 32L; 32L |], generator = g)
-            let rss = ResizeArray()
-            let settings =
-                { Sampler.odeDefaults with
-                    Solver = OdeSolver.Rk4
-                    Steps = 10000
-                    Observer = Some(fun i _ _ -> if i % 1000 = 999 then rss.Add(rssMb ())) }
-            let r = Sampler.probabilityFlow sde cheap settings xT
-            r.Samples.Dispose()
-            let growth = rss.[rss.Count - 1] - rss.[0]
-            printfn "RSS over 10,000 RK4 probability-flow steps (MB): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
-            Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
-        }
-    ]
+          test "probability-flow sampler (RK4): RSS flat over 10,000 steps at 4x3x32x32" {
+              use g = generator 5L
+              use xT = torch.randn ([| 4L; 3L; 32L; 32L |], generator = g)
+              let rss = ResizeArray()
+              let settings =
+                  { Sampler.odeDefaults with
+                      Solver = OdeSolver.Rk4
+                      Steps = 10000
+                      Observer =
+                          Some(fun i _ _ ->
+                              if i % 1000 = 999 then
+                                  rss.Add(rssMb ())) }
+              let r = Sampler.probabilityFlow sde cheap settings xT
+              r.Samples.Dispose()
+              let growth = rss.[rss.Count - 1] - rss.[0]
+              printfn "RSS over 10,000 RK4 probability-flow steps (MB): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)
+              Expect.isLessThan growth 50.0 (sprintf "RSS growth from step 1000 to 10000: %.1f MB" growth)
+          } ]

@@ -12,113 +12,122 @@ let private model = Model.noise (gaussianNoiseModel sde gauss)
 
 [<Tests>]
 let tests =
-    testList "Samplers" [
-        test "PC sampler: NFE, observer, grid and input ownership" {
-            use g = generator 1L
-            let noise = Noise.fromGenerator g
-            use xT = Sampler.prior [| 6L; 4L |] torch.float32 torch.CPU noise
-            use copy = xT.clone()
-            let seen = ResizeArray()
-            let settings =
-                { Sampler.pcDefaults with
-                    Grid = TimeGrid.Explicit [| 1.0; 0.6; 0.2; 0.01 |]
-                    Corrector = Corrector.langevin 0.16 2
-                    Observer = Some(fun i t x -> seen.Add((i, t, x.shape))) }
-            let r = Sampler.predictorCorrector sde model settings noise xT
-            use x = r.Samples
-            Expect.equal r.Nfe (3 * (1 + 2)) "3 steps of 1 predictor + 2 corrector evaluations"
-            Expect.sequenceEqual (seen |> Seq.map (fun (i, t, _) -> i, t)) [ 0, 0.6; 1, 0.2; 2, 0.01 ] "observer sees every step"
-            Expect.isTrue (same xT copy) "xT untouched"
-            Expect.isFalse (obj.ReferenceEquals(x, xT)) "fresh result"
-        }
+    testList
+        "Samplers"
+        [ test "PC sampler: NFE, observer, grid and input ownership" {
+              use g = generator 1L
+              let noise = Noise.fromGenerator g
+              use xT = Sampler.prior [| 6L; 4L |] torch.float32 torch.CPU noise
+              use copy = xT.clone ()
+              let seen = ResizeArray()
+              let settings =
+                  { Sampler.pcDefaults with
+                      Grid = TimeGrid.Explicit [| 1.0; 0.6; 0.2; 0.01 |]
+                      Corrector = Corrector.langevin 0.16 2
+                      Observer = Some(fun i t x -> seen.Add((i, t, x.shape))) }
+              let r = Sampler.predictorCorrector sde model settings noise xT
+              use x = r.Samples
+              Expect.equal r.Nfe (3 * (1 + 2)) "3 steps of 1 predictor + 2 corrector evaluations"
+              Expect.sequenceEqual (seen |> Seq.map (fun (i, t, _) -> i, t)) [ 0, 0.6; 1, 0.2; 2, 0.01 ] "observer sees every step"
+              Expect.isTrue (same xT copy) "xT untouched"
+              Expect.isFalse (obj.ReferenceEquals(x, xT)) "fresh result"
+          }
 
-        test "the model sees one time per batch element, in [eps, 1], in the state's dtype" {
-            for dtype in [ torch.float32; torch.float64 ] do
-                let times = ResizeArray()
-                let spy =
-                    Model.noise (fun x t ->
-                        Expect.equal t.shape [| x.shape.[0] |] "t shape"
-                        Expect.equal t.dtype x.dtype "t dtype"
-                        times.AddRange(values t)
-                        torch.zeros_like(x))
-                use g = generator 2L
-                let noise = Noise.fromGenerator g
-                use xT = Sampler.prior [| 3L; 2L |] dtype torch.CPU noise
-                let r = Sampler.predictorCorrector sde spy { Sampler.pcDefaults with Steps = 10 } noise xT
-                r.Samples.Dispose()
-                Expect.isTrue (times |> Seq.forall (fun t -> t >= 1e-3 - 1e-7 && t <= 1.0)) "times in [eps, 1]"
-                Expect.equal times.Count (3 * 20) "3 per evaluation, 20 evaluations"
-        }
+          test "the model sees one time per batch element, in [eps, 1], in the state's dtype" {
+              for dtype in [ torch.float32; torch.float64 ] do
+                  let times = ResizeArray()
+                  let spy =
+                      Model.noise (fun x t ->
+                          Expect.equal t.shape [| x.shape.[0] |] "t shape"
+                          Expect.equal t.dtype x.dtype "t dtype"
+                          times.AddRange(values t)
+                          torch.zeros_like (x))
+                  use g = generator 2L
+                  let noise = Noise.fromGenerator g
+                  use xT = Sampler.prior [| 3L; 2L |] dtype torch.CPU noise
+                  let r = Sampler.predictorCorrector sde spy { Sampler.pcDefaults with Steps = 10 } noise xT
+                  r.Samples.Dispose()
+                  Expect.isTrue (times |> Seq.forall (fun t -> t >= 1e-3 - 1e-7 && t <= 1.0)) "times in [eps, 1]"
+                  Expect.equal times.Count (3 * 20) "3 per evaluation, 20 evaluations"
+          }
 
-        test "seeded runs reproduce; the global generator is never used" {
-            let before = values (torch.random.get_rng_state())
-            let once () =
-                use g = generator 33L
-                let noise = Noise.fromGenerator g
-                use xT = Sampler.prior [| 5L; 4L |] torch.float32 torch.CPU noise
-                let r = Sampler.predictorCorrector sde model { Sampler.pcDefaults with Steps = 30 } noise xT
-                let v = values r.Samples
-                r.Samples.Dispose()
-                v
-            Expect.sequenceEqual (once ()) (once ()) "same seed, same samples"
-            Expect.sequenceEqual (values (torch.random.get_rng_state())) before "global RNG state unchanged"
-        }
+          test "seeded runs reproduce; the global generator is never used" {
+              let before = values (torch.random.get_rng_state ())
+              let once () =
+                  use g = generator 33L
+                  let noise = Noise.fromGenerator g
+                  use xT = Sampler.prior [| 5L; 4L |] torch.float32 torch.CPU noise
+                  let r = Sampler.predictorCorrector sde model { Sampler.pcDefaults with Steps = 30 } noise xT
+                  let v = values r.Samples
+                  r.Samples.Dispose()
+                  v
+              Expect.sequenceEqual (once ()) (once ()) "same seed, same samples"
+              Expect.sequenceEqual (values (torch.random.get_rng_state ())) before "global RNG state unchanged"
+          }
 
-        test "denoise returns the last step's mean: without it, the last step adds noise" {
-            let finalStd denoise =
-                use g = generator 3L
-                let noise = Noise.fromGenerator g
-                use xT = Sampler.prior [| 4000L; 4L |] torch.float64 torch.CPU noise
-                // with a single-step explicit grid the last step is the only step
-                let settings = { Sampler.pcDefaults with Corrector = Corrector.NoCorrector; Grid = TimeGrid.Explicit [| 0.05; 0.01 |]; Denoise = denoise }
-                let r = Sampler.predictorCorrector sde model settings noise xT
-                let _, s = moments r.Samples
-                r.Samples.Dispose()
-                s.[0]
-            // x' = A x + B score (+ sqrt(beta_i) z): the noise adds variance beta_i to the same mean
-            let bi = VpSde.intervalBeta sde 0.05 0.01
-            let a, b = finalStd false, finalStd true
-            closeRel 0.05 (a * a - b * b) bi "variance added by the final noise"
-        }
+          test "denoise returns the last step's mean: without it, the last step adds noise" {
+              let finalStd denoise =
+                  use g = generator 3L
+                  let noise = Noise.fromGenerator g
+                  use xT = Sampler.prior [| 4000L; 4L |] torch.float64 torch.CPU noise
+                  // with a single-step explicit grid the last step is the only step
+                  let settings =
+                      { Sampler.pcDefaults with
+                          Corrector = Corrector.NoCorrector
+                          Grid = TimeGrid.Explicit [| 0.05; 0.01 |]
+                          Denoise = denoise }
+                  let r = Sampler.predictorCorrector sde model settings noise xT
+                  let _, s = moments r.Samples
+                  r.Samples.Dispose()
+                  s.[0]
+              // x' = A x + B score (+ sqrt(beta_i) z): the noise adds variance beta_i to the same mean
+              let bi = VpSde.intervalBeta sde 0.05 0.01
+              let a, b = finalStd false, finalStd true
+              closeRel 0.05 (a * a - b * b) bi "variance added by the final noise"
+          }
 
-        test "probability-flow sampler with Tweedie denoising counts one more evaluation and hits the data mean" {
-            use g = generator 12L
-            use xT = torch.randn([| 20000L; 4L |], generator = g)
-            let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Denoise = true; Steps = 50 } xT
-            use x = r.Samples
-            Expect.equal r.Nfe (50 * 4 + 1) "RK4 evaluations + denoise"
-            let ms, ss = moments x
-            for d in 0 .. 3 do
-                close (0.01 + 5.0 * gauss.S.[d] / sqrt 20000.0) ms.[d] gauss.Mu.[d] (sprintf "mean dim %d (seed 12)" d)
-                // Tweedie's mean of Gaussian data is linear in x_eps ~ N(a mu, v): its std is a s^2 / sqrt v
-                let _, v = gauss.MarginalAt sde 1e-3 d
-                let a = Math.Exp(-0.25 * 1e-6 * 19.9 - 0.05 * 1e-3)
-                let expected = a * gauss.S.[d] ** 2.0 / sqrt v
-                closeRel 0.01 ss.[d] expected (sprintf "std dim %d (seed 12)" d)
-        }
+          test "probability-flow sampler with Tweedie denoising counts one more evaluation and hits the data mean" {
+              use g = generator 12L
+              use xT = torch.randn ([| 20000L; 4L |], generator = g)
+              let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Denoise = true; Steps = 50 } xT
+              use x = r.Samples
+              Expect.equal r.Nfe (50 * 4 + 1) "RK4 evaluations + denoise"
+              let ms, ss = moments x
+              for d in 0..3 do
+                  close (0.01 + 5.0 * gauss.S.[d] / sqrt 20000.0) ms.[d] gauss.Mu.[d] (sprintf "mean dim %d (seed 12)" d)
+                  // Tweedie's mean of Gaussian data is linear in x_eps ~ N(a mu, v): its std is a s^2 / sqrt v
+                  let _, v = gauss.MarginalAt sde 1e-3 d
+                  let a = Math.Exp(-0.25 * 1e-6 * 19.9 - 0.05 * 1e-3)
+                  let expected = a * gauss.S.[d] ** 2.0 / sqrt v
+                  closeRel 0.01 ss.[d] expected (sprintf "std dim %d (seed 12)" d)
+          }
 
-        test "bad sampler inputs are rejected with the parameter named" {
-            use g = generator 1L
-            let noise = Noise.fromGenerator g
-            use xT = torch.zeros(2L, 2L)
-            let expectArg name f =
-                try
-                    f () |> ignore
-                    failtestf "expected an ArgumentException for %s" name
-                with :? ArgumentException as e -> Expect.equal e.ParamName name (sprintf "parameter %s" name)
-            expectArg "steps" (fun () -> Sampler.predictorCorrector sde model { Sampler.pcDefaults with Steps = 0 } noise xT)
-            expectArg "eps" (fun () -> Sampler.predictorCorrector sde model { Sampler.pcDefaults with Eps = 1.5 } noise xT)
-            expectArg "snr" (fun () -> Sampler.predictorCorrector sde model { Sampler.pcDefaults with Corrector = Corrector.langevin -0.1 1 } noise xT)
-            expectArg "steps" (fun () -> Sampler.probabilityFlow sde model { Sampler.odeDefaults with Steps = -3 } xT)
-            expectArg "xT" (fun () -> Sampler.predictorCorrector sde model Sampler.pcDefaults noise (torch.zeros([| 2L |], dtype = torch.int64)))
-            expectArg "shape" (fun () -> Sampler.prior [| 0L; 3L |] torch.float32 torch.CPU noise)
-        }
+          test "bad sampler inputs are rejected with the parameter named" {
+              use g = generator 1L
+              let noise = Noise.fromGenerator g
+              use xT = torch.zeros (2L, 2L)
+              let expectArg name f =
+                  try
+                      f () |> ignore
+                      failtestf "expected an ArgumentException for %s" name
+                  with :? ArgumentException as e ->
+                      Expect.equal e.ParamName name (sprintf "parameter %s" name)
+              expectArg "steps" (fun () -> Sampler.predictorCorrector sde model { Sampler.pcDefaults with Steps = 0 } noise xT)
+              expectArg "eps" (fun () -> Sampler.predictorCorrector sde model { Sampler.pcDefaults with Eps = 1.5 } noise xT)
+              expectArg "snr" (fun () ->
+                  Sampler.predictorCorrector sde model { Sampler.pcDefaults with Corrector = Corrector.langevin -0.1 1 } noise xT)
+              expectArg "steps" (fun () -> Sampler.probabilityFlow sde model { Sampler.odeDefaults with Steps = -3 } xT)
+              expectArg "xT" (fun () ->
+                  Sampler.predictorCorrector sde model Sampler.pcDefaults noise (torch.zeros ([| 2L |], dtype = torch.int64)))
+              expectArg "shape" (fun () -> Sampler.prior [| 0L; 3L |] torch.float32 torch.CPU noise)
+          }
 
-        test "a model returning the wrong shape gets a clear error" {
-            use g = generator 1L
-            let noise = Noise.fromGenerator g
-            use xT = torch.zeros(2L, 2L)
-            let bad = Model.noise (fun x _ -> torch.zeros(3L))
-            Expect.throwsT<InvalidOperationException> (fun () -> Sampler.predictorCorrector sde bad Sampler.pcDefaults noise xT |> ignore) "wrong shape"
-        }
-    ]
+          test "a model returning the wrong shape gets a clear error" {
+              use g = generator 1L
+              let noise = Noise.fromGenerator g
+              use xT = torch.zeros (2L, 2L)
+              let bad = Model.noise (fun x _ -> torch.zeros (3L))
+              Expect.throwsT<InvalidOperationException>
+                  (fun () -> Sampler.predictorCorrector sde bad Sampler.pcDefaults noise xT |> ignore)
+                  "wrong shape"
+          } ]
