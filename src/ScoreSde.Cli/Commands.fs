@@ -18,6 +18,8 @@ type DataSource =
 type TrainCommand =
     {
         Source: DataSource
+        /// The SDE to train with (stored in the model file).
+        Sde: Sde
         Steps: int
         BatchSize: int
         LearningRate: float
@@ -34,18 +36,24 @@ type TrainCommand =
 
 /// Settings of `sample`.
 type SampleCommand =
-    { ModelPath: string
-      Sampler: SamplerRun
-      Count: int
-      Seed: int64
-      Out: string
-      TimeScale: float
-      Shape: int64[] }
+    {
+        ModelPath: string
+        /// The SDE of a TorchScript model (a model directory stores its own; given, it must agree).
+        Sde: Sde option
+        Sampler: SamplerRun
+        Count: int
+        Seed: int64
+        Out: string
+        TimeScale: float
+        Shape: int64[]
+    }
 
 /// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
 type LikelihoodCommand =
     {
         ModelPath: string
+        /// The SDE of a TorchScript model (a model directory stores its own; given, it must agree).
+        Sde: Sde option
         Data: string
         Rtol: float
         Atol: float
@@ -61,7 +69,7 @@ type LikelihoodCommand =
     }
 
 /// Settings of `demo`.
-type DemoCommand = { Dataset: ToyDataset; TrainSteps: int; Count: int; Seed: int64; Out: string }
+type DemoCommand = { Dataset: ToyDataset; Sde: Sde; TrainSteps: int; Count: int; Seed: int64; Out: string }
 
 /// The commands, independent of how their settings were parsed.
 [<RequireQualifiedAccess>]
@@ -96,7 +104,7 @@ module Commands =
         | DataSource.File path -> DataFile.load path torch.float32, Path.GetFullPath path
 
     /// Train with a progress bar; returns the training result.
-    let private trainWithProgress (ui: Ui) (sde: VpSde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (g: torch.Generator) =
+    let private trainWithProgress (ui: Ui) (sde: Sde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (g: torch.Generator) =
         Ui.progress ui (sprintf "training (%d steps)" settings.Steps) settings.Steps (fun advance ->
             Training.train sde { settings with Observer = Some(fun _ _ -> advance ()) } net data g)
 
@@ -146,7 +154,7 @@ module Commands =
         c.LossPlot |> Option.iter (checkPngPath "--plot")
         if File.Exists c.Out then
             raise (ArgumentException(sprintf "--out must name a model directory, but '%s' is an existing file." c.Out, "--out"))
-        let sde = VpSde.standard
+        let sde = c.Sde
         use g = new torch.Generator(uint64 c.Seed, torch.CPU)
         let raw, dataName = loadData c.Source g
         use raw = raw
@@ -166,11 +174,12 @@ module Commands =
         Ui.info
             ui
             (sprintf
-                "training an MLP score network (%d parameters) on %d points of %s in %d dimensions"
+                "training an MLP score network (%d parameters) on %d points of %s in %d dimensions, %s"
                 net.ParameterCount
                 data.shape.[0]
                 dataName
-                dim)
+                dim
+                (Sde.describe sde))
         let r = trainWithProgress ui sde (trainSettings c) net data g
         use ema = r.Ema
         ModelFile.save c.Out ema sde st (trainingMetadata c dataName data.shape.[0] r)
@@ -190,12 +199,28 @@ module Commands =
         )
         0
 
+    /// Reject an `--sde` that disagrees with the SDE a model directory stores.
+    let private checkSde (given: Sde option) (loaded: LoadedModel) (path: string) =
+        match given with
+        | Some s when s <> loaded.Info.Sde ->
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--sde %s does not match the SDE the model at '%s' was trained with (%s); leave --sde out for a model directory."
+                        (Sde.name s)
+                        path
+                        (Sde.describe loaded.Info.Sde),
+                    "--sde"
+                )
+            )
+        | _ -> ()
+
     /// The output kinds `sample` writes.
     let sampleExtensions = [ ".csv"; ".npy"; ".png" ]
 
     /// Run a sampler with a progress bar, recording the first `paths` samples' trajectories when
     /// `paths` > 0. Returns the result, the seconds taken and the paths.
-    let private runSampler (ui: Ui) (s: SamplerRun) (sde: VpSde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
+    let private runSampler (ui: Ui) (s: SamplerRun) (sde: Sde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
         let noise = Noise.fromSeed seed xT.device
         let recorder = if paths > 0L then Some(PathRecorder(xT, paths)) else None
         let watch = Stopwatch.StartNew()
@@ -205,7 +230,7 @@ module Commands =
                     Some(fun (_: int) (_: float) (x: Tensor) ->
                         (recorder |> Option.iter (fun r -> r.Observe x))
                         advance ())
-                s.Run sde model noise xT observer)
+                Sampler.sample sde model { s.Sampling with Observer = observer } noise xT)
         watch.Stop()
         result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
 
@@ -214,7 +239,7 @@ module Commands =
     /// is evaluated on standardised points and corrected by the map's log-determinant.
     let logLikelihoods
         (ui: Ui)
-        (sde: VpSde)
+        (sde: Sde)
         (model: Model)
         (st: Standardisation option)
         (settings: LikelihoodSettings)
@@ -257,7 +282,7 @@ module Commands =
     let private likelihoodSettings (rtol: float) (atol: float) (eps: float) (hutchinson: int option) =
         { Likelihood.defaults with
             Method = OdeMethod.dopri5 rtol atol
-            Eps = eps
+            Schedule = { Likelihood.defaults.Schedule with Eps = eps }
             Divergence =
                 match hutchinson with
                 | Some k -> Divergence.Hutchinson(Probe.Rademacher, k)
@@ -273,11 +298,12 @@ module Commands =
         use data = DataFile.load c.Data torch.float64
         let dim = data.shape.[1]
         let tsOptions =
-            { Sde = VpSde.standard
+            { Sde = defaultArg c.Sde Sde.standardVp
               TimeScale = c.TimeScale
               Output = ModelOutput.Noise
               SampleShape = [| dim |] }
         use loaded = ModelFile.load c.ModelPath tsOptions
+        checkSde c.Sde loaded c.ModelPath
         let info = loaded.Info
         if info.SampleShape <> [| dim |] then
             raise (
@@ -324,8 +350,13 @@ module Commands =
         let ext = Path.GetExtension(c.Out).ToLowerInvariant()
         if not (List.contains ext sampleExtensions) then
             raise (ArgumentException(sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
-        let tsOptions = { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = c.Shape }
+        let tsOptions =
+            { Sde = defaultArg c.Sde Sde.standardVp
+              TimeScale = c.TimeScale
+              Output = ModelOutput.Noise
+              SampleShape = c.Shape }
         use loaded = ModelFile.load c.ModelPath tsOptions
+        checkSde c.Sde loaded c.ModelPath
         let info = loaded.Info
         if ext = ".png" && info.SampleShape <> [| 2L |] then
             raise (
@@ -338,7 +369,7 @@ module Commands =
             )
         Ui.info ui (sprintf "model: %s" info.Description)
         let noise = Noise.fromSeed c.Seed torch.CPU
-        use xT = Sampler.prior (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
+        use xT = Sampler.prior info.Sde (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
         let result, seconds, _ = runSampler ui c.Sampler info.Sde loaded.Model xT (c.Seed + 1L) 0L
         use raw = result.Samples
         use samples =
@@ -369,7 +400,7 @@ module Commands =
     /// `demo`: train on a built-in dataset, sample with every sampler, measure and plot.
     let demo (ui: Ui) (c: DemoCommand) : int =
         let total = Stopwatch.StartNew()
-        let sde = VpSde.standard
+        let sde = c.Sde
         Directory.CreateDirectory c.Out |> ignore
         let name = ToyDataset.name c.Dataset
         // Training data and held-out data come from independent seeds.
@@ -379,6 +410,7 @@ module Commands =
         use held = ToyDataset.sample c.Dataset c.Count torch.float32 gHeld
         let trainCommand =
             { Source = DataSource.BuiltIn(c.Dataset, 20000)
+              Sde = sde
               Steps = c.TrainSteps
               BatchSize = Training.defaults.BatchSize
               LearningRate = Training.defaults.LearningRate
@@ -394,17 +426,18 @@ module Commands =
         Ui.info
             ui
             (sprintf
-                "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters"
+                "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters; %s"
                 name
                 c.Count
-                net.ParameterCount)
+                net.ParameterCount
+                (Sde.describe sde))
         let r = trainWithProgress ui sde (trainSettings trainCommand) net data g
         use ema = r.Ema
         ModelFile.save trainCommand.Out ema sde None (trainingMetadata trainCommand name 20000L r)
         let model = ScoreNet.toModel ema
         // Every sampler starts from the same prior draw.
         let noise = Noise.fromSeed (c.Seed + 1L) torch.CPU
-        use xT = Sampler.prior [| int64 c.Count; 2L |] torch.float32 torch.CPU noise
+        use xT = Sampler.prior sde [| int64 c.Count; 2L |] torch.float32 torch.CPU noise
         let runs =
             [ for entry in Samplers.all ->
                   let run = entry.Demo
@@ -440,7 +473,7 @@ module Commands =
                     (match exactBpd with
                      | Some v -> bpdText v + " (exact density)"
                      | None -> "") ]
-              yield [ "reference: prior N(0, I)"; ""; ""; inv (sw xT) "F4"; "" ] ]
+              yield [ sprintf "reference: prior N(0, %gI)" (Sde.priorStd sde ** 2.0); ""; ""; inv (sw xT) "F4"; "" ] ]
         Ui.table
             ui
             (sprintf

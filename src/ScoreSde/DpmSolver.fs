@@ -158,7 +158,7 @@ module DpmSolver =
         | _ -> false
 
     /// Validate settings against the SDE; every failure names the setting and its value.
-    let validate (sde: VpSde) (settings: DpmSolverSettings) =
+    let validate (sde: Sde) (settings: DpmSolverSettings) =
         match settings.Method with
         | DpmMethod.Adaptive a ->
             if settings.Order <> 2 && settings.Order <> 3 then
@@ -218,7 +218,7 @@ module DpmSolver =
     /// The solver's time points from T down to eps (without the denoising step): the step grid of a
     /// multistep run, the outer step grid of a single-step run (uniform in lambda for the logSNR grid,
     /// otherwise the budget's grid taken at the cumulative step orders), and each outer step's order.
-    let schedule (sde: VpSde) (settings: DpmSolverSettings) : float[] * int[] =
+    let schedule (sde: Sde) (settings: DpmSolverSettings) : float[] * int[] =
         let solverSteps =
             match settings.Grid with
             | TimeGrid.Explicit ts -> ts.Length - 1
@@ -243,7 +243,7 @@ module DpmSolver =
 
     /// Per-run state: the model converted to the algorithm's prediction, a reusable time buffer and the
     /// evaluation count.
-    type private Run(sde: VpSde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, x: Tensor) =
+    type private Run(sde: Sde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, x: Tensor) =
         let tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
         let dataPrediction = algorithm = DpmAlgorithm.DpmSolverPlusPlus
         member val Nfe = 0 with get, set
@@ -305,9 +305,9 @@ module DpmSolver =
         member _.Coefficients(s: float, t: float, ls: float, lt: float) =
             let h = lt - ls
             if dataPrediction then
-                VpSde.sigmaAt sde t / VpSde.sigmaAt sde s, VpSde.alphaAt sde t, -h
+                Sde.sigmaAt sde t / Sde.sigmaAt sde s, Sde.alphaAt sde t, -h
             else
-                Math.Exp(VpSde.logMeanCoeffAt sde t - VpSde.logMeanCoeffAt sde s), VpSde.sigmaAt sde t, h
+                Math.Exp(Sde.logAlphaAt sde t - Sde.logAlphaAt sde s), Sde.sigmaAt sde t, h
 
         interface IDisposable with
             member _.Dispose() = tb.Dispose()
@@ -334,7 +334,7 @@ module DpmSolver =
             target.mul_ (rs) |> ignore
             addEach terms
 
-    let private lambdaOf (sde: VpSde) t = VpSde.lambdaAt sde t
+    let private lambdaOf (sde: Sde) t = Sde.lambdaAt sde t
 
     // ---- single-step (DPM-Solver-k of the first paper; the "DPM-Solver" variant of the second) ----
 
@@ -352,7 +352,7 @@ module DpmSolver =
     /// order 3 it is DPM-Solver-2 with r1 = 1/3).
     let private singleStep
         (run: Run)
-        (sde: VpSde)
+        (sde: Sde)
         (order: int)
         (r1: float)
         (r2: float)
@@ -370,7 +370,7 @@ module DpmSolver =
         match order with
         | 1 -> combineInto x x r [ -c * p1, ms ]
         | 2 ->
-            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
+            let s1 = Sde.timeOfLambda sde (ls + r1 * h)
             let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
             combineInto u x ra [ -ca * phi 1 ha, ms ]
             use m1 = run.Predict(u, s1)
@@ -379,8 +379,8 @@ module DpmSolver =
             let k = c * p1 / (2.0 * r1)
             combineInto x x r [ -c * p1 + k, ms; -k, m1 ]
         | _ ->
-            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
-            let s2 = VpSde.timeOfLambda sde (ls + r2 * h)
+            let s1 = Sde.timeOfLambda sde (ls + r1 * h)
+            let s2 = Sde.timeOfLambda sde (ls + r2 * h)
             let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
             combineInto u x ra [ -ca * phi 1 ha, ms ]
             use m1 = run.Predict(u, s1)
@@ -423,7 +423,7 @@ module DpmSolver =
 
     // ---- entry points ----
 
-    let private runFixed (sde: VpSde) (settings: DpmSolverSettings) (run: Run) (x: Tensor) =
+    let private runFixed (sde: Sde) (settings: DpmSolverSettings) (run: Run) (x: Tensor) =
         let ts, orders = schedule sde settings
         match settings.Method with
         | DpmMethod.MultiStep ->
@@ -457,7 +457,7 @@ module DpmSolver =
                 settings.Observer |> Option.iter (fun f -> f i t x)
         ts.[ts.Length - 1]
 
-    let private runAdaptive (sde: VpSde) (settings: DpmSolverSettings) (a: DpmAdaptiveSettings) (run: Run) (x: Tensor) =
+    let private runAdaptive (sde: Sde) (settings: DpmSolverSettings) (a: DpmAdaptiveSettings) (run: Run) (x: Tensor) =
         let order = settings.Order
         let r1, r2 = if order = 2 then 0.5, 0.0 else 1.0 / 3.0, 2.0 / 3.0
         let lEnd = lambdaOf sde settings.Eps
@@ -474,7 +474,7 @@ module DpmSolver =
             while ls < lEnd do
                 let last = h >= lEnd - ls
                 let lt = if last then lEnd else ls + h
-                let t = if last then settings.Eps else VpSde.timeOfLambda sde lt
+                let t = if last then settings.Eps else Sde.timeOfLambda sde lt
                 if isNull ms then
                     ms <- run.Predict(x, s)
                 if run.Nfe + order - 1 > a.MaxEvaluations then
@@ -519,30 +519,21 @@ module DpmSolver =
                 ms.Dispose()
         settings.Eps
 
-    /// Sample with DPM-Solver or DPM-Solver++ from the starting state xT (not modified), e.g. a
-    /// draw from the prior N(0, I) (`Sampler.prior`). Runs without gradients. The fixed-step methods use
-    /// exactly `settings.Steps` model evaluations (see `DpmSolverSettings.Grid` for explicit grids);
-    /// the adaptive method reports what it used.
-    let sample (sde: VpSde) (model: Model) (settings: DpmSolverSettings) (xT: Tensor) : SampleResult =
-        Native.ensureLoaded ()
-        Check.floating "xT" xT
-        if xT.dim () < 1L || xT.shape.[0] < 1L then
-            Check.fail "xT" xT.shape "a tensor with a batch dimension"
+    /// Run DPM-Solver or DPM-Solver++ in place on x (the sampler's working copy), e.g. from a draw of the
+    /// prior (the single entry point `Sampler.sample` calls this). Runs without gradients. The
+    /// fixed-step methods use exactly `settings.Steps` model evaluations (see `DpmSolverSettings.Grid`
+    /// for explicit grids); the adaptive method reports what it used. Returns the evaluations.
+    let internal runInPlace (sde: Sde) (model: Model) (settings: DpmSolverSettings) (x: Tensor) : int =
         validate sde settings
         use _noGrad = torch.no_grad ()
-        let x = xT.clone ()
-        try
-            use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, x)
-            let tEnd =
-                match settings.Method with
-                | DpmMethod.Adaptive a -> runAdaptive sde settings a run x
-                | _ -> runFixed sde settings run x
-            if settings.Denoise then
-                use tb = Tensors.fullTime x.shape.[0] tEnd x.dtype x.device
-                use d = Model.dataOf sde model x tb
-                x.copy_ (d) |> ignore
-                run.Nfe <- run.Nfe + 1
-            { Samples = x; Nfe = run.Nfe }
-        with _ ->
-            x.Dispose()
-            reraise ()
+        use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, x)
+        let tEnd =
+            match settings.Method with
+            | DpmMethod.Adaptive a -> runAdaptive sde settings a run x
+            | _ -> runFixed sde settings run x
+        if settings.Denoise then
+            use tb = Tensors.fullTime x.shape.[0] tEnd x.dtype x.device
+            use d = Model.dataOf sde model x tb
+            x.copy_ (d) |> ignore
+            run.Nfe <- run.Nfe + 1
+        run.Nfe

@@ -6,6 +6,12 @@ open TorchSharp
 /// must not modify x.
 type VectorField = Tensor -> float -> Tensor
 
+/// Called after every step of a sampler or solver with the step index (0-based), the time reached and
+/// the state. The state is the working buffer: read it (or clone it), never modify or keep it. Under the
+/// adaptive solver's per-sample step control the time is the one every sample has reached (the
+/// slowest sample's).
+type Observer = int -> float -> Tensor -> unit
+
 /// Fixed-step explicit Runge-Kutta solvers.
 [<RequireQualifiedAccess>]
 type OdeSolver =

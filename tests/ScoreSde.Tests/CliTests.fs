@@ -180,6 +180,57 @@ let tests =
               Expect.isTrue (sd.[1] > 0.25 && sd.[1] < 0.75) (sprintf "std y %g near 0.5" sd.[1])
           }
 
+          test "--sde: train stores the SDE in the model file, sample and likelihood use it, a different --sde is refused" {
+              let dir = tempDir "clisde"
+              for name, described in [ "ve", "VE-SDE, sigma 0.01..50"; "subvp", "sub-VP SDE, beta 0.1..20" ] do
+                  let model = Path.Combine(dir, "model-" + name)
+                  let out =
+                      cliOk
+                          [ "train"
+                            "--dataset"
+                            "ring"
+                            "--sde"
+                            name
+                            "--steps"
+                            "40"
+                            "--points"
+                            "500"
+                            "--batch-size"
+                            "64"
+                            "--out"
+                            model ]
+                  Expect.stringContains out described "training log names the SDE"
+                  use loaded = ModelFile.loadNative model
+                  Expect.equal (Sde.name loaded.Info.Sde) name "stored in config.json"
+                  for sampler in
+                      [ [ "pc"; "--steps"; "8" ]
+                        [ "ode" ]
+                        [ "ode"; "--solver"; "rk4"; "--steps"; "8" ]
+                        [ "dpm"; "--steps"; "8" ] ] do
+                      let label = String.Join("-", sampler)
+                      let csv = Path.Combine(dir, sprintf "%s-%s.csv" name label)
+                      cliOk ([ "sample"; "--model"; model; "--n"; "20"; "--out"; csv; "--quiet"; "--sampler" ] @ sampler)
+                      |> ignore
+                      Expect.equal (rows csv).Length 20 (sprintf "%s %s: 20 samples" name label)
+                  let data = Path.Combine(dir, "points.csv")
+                  File.WriteAllLines(data, [| "0.9,0.1"; "-0.2,0.8"; "0.0,-1.0" |])
+                  let lik = cliOk [ "likelihood"; "--model"; model; "--data"; data; "--quiet" ]
+                  Expect.stringContains lik "bits/dim" (sprintf "%s: likelihood" name)
+                  cliFails
+                      [ "sample"; "--model"; model; "--sde"; "vp"; "--n"; "5"; "--out"; Path.Combine(dir, "x.csv") ]
+                      "does not match the SDE the model"
+              cliFails [ "train"; "--dataset"; "ring"; "--sde"; "cld"; "--out"; Path.Combine(dir, "m") ] "--sde"
+          }
+
+          test "demo with --sde subvp runs every sampler on the sub-VP SDE" {
+              let dir = tempDir "demosub"
+              let out = cliOk [ "demo"; "--sde"; "subvp"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]
+              for e in ScoreSde.Cli.Samplers.all do
+                  Expect.stringContains out e.Demo.Label (sprintf "table row for %s" e.Name)
+              use loaded = ModelFile.loadNative (Path.Combine(dir, "model"))
+              Expect.equal loaded.Info.Sde Sde.standardSubVp "the demo's model file"
+          }
+
           test "demo on a tiny budget writes every figure, the model and the table" {
               let dir = tempDir "demo"
               let out = cliOk [ "demo"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]

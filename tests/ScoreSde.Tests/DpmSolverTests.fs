@@ -7,7 +7,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let private gauss = PredictorTests.gauss
 let private eps = 1e-3
 let private d = DpmSolver.defaults
@@ -19,11 +19,21 @@ let private latent () =
     use g = generator 4L
     torch.randn ([| 64L; 4L |], dtype = torch.float64, generator = g)
 
+/// A DPM-Solver run: the method's settings with a schedule and a finish.
+let private dpm (settings: DpmSolverSettings) (schedule: Schedule) (finish: Finish) =
+    { Method = Method.DpmSolver settings; Schedule = schedule; Finish = finish; Observer = None }
+
+/// `steps` evaluations on the logSNR grid down to eps.
+let private logSnr (steps: int) = Schedule.create TimeGrid.LogSnr steps eps
+
+/// A deterministic run through the entry point.
+let private sample (model: Model) (sampling: Sampling) (xT: Tensor) = Sampler.sample sde model sampling (unusedNoise ()) xT
+
 /// Largest distance of a run's samples to the exact probability-flow map of the Gaussian (from T to eps).
-let private flowError (settings: DpmSolverSettings) (xT: Tensor) =
+let private flowError (sampling: Sampling) (xT: Tensor) =
     let model = Model.noise (gaussianNoiseModel sde gauss)
     let xs = values xT
-    let r = DpmSolver.sample sde model settings xT
+    let r = sample model sampling xT
     let v = values r.Samples
     r.Samples.Dispose()
     v |> Array.mapi (fun i y -> abs (y - OdeSolverTests.exactFlow xs.[i] (i % 4) 1.0 eps)) |> Array.max
@@ -91,7 +101,12 @@ let tests =
                       for order in 1..3 do
                           // no lower-order final steps: a final first-order step would cap the global order at 2
                           let err n =
-                              flowError { d with Algorithm = alg; Method = meth; Order = order; Steps = n; LowerOrderFinal = false } xT
+                              flowError
+                                  (dpm
+                                      { d with Algorithm = alg; Method = meth; Order = order; LowerOrderFinal = false }
+                                      (logSnr n)
+                                      Finish.NoFinish)
+                                  xT
                           let n = 96
                           let e1, e2 = err n, err (2 * n)
                           let p = Math.Log(e1 / e2, 2.0)
@@ -121,11 +136,14 @@ let tests =
                       let run tol =
                           let f, calls = spy (gaussianNoiseModel sde gauss)
                           let settings =
-                              { d with
-                                  Algorithm = alg
-                                  Order = order
-                                  Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = tol; Atol = tol } }
-                          let r = DpmSolver.sample sde (Model.noise f) settings xT
+                              dpm
+                                  { d with
+                                      Algorithm = alg
+                                      Order = order
+                                      Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = tol; Atol = tol } }
+                                  (logSnr 20)
+                                  Finish.NoFinish
+                          let r = sample (Model.noise f) settings xT
                           Expect.equal r.Nfe calls.Value "reported evaluations = model calls"
                           r.Samples.Dispose()
                           flowError settings xT, r.Nfe
@@ -163,7 +181,11 @@ let tests =
               x.Dispose()
               for alg in algorithms do
                   for meth in fixedMethods do
-                      let r = DpmSolver.sample sde (Model.noise f) { d with Algorithm = alg; Method = meth; Order = 1; Steps = steps } xT
+                      let r =
+                          sample
+                              (Model.noise f)
+                              (dpm { d with Algorithm = alg; Method = meth; Order = 1 } (logSnr steps) Finish.NoFinish)
+                              xT
                       let v = values r.Samples
                       r.Samples.Dispose()
                       // same float64 arithmetic up to reassociation: rounding only
@@ -178,7 +200,8 @@ let tests =
                   for order in [ 2; 3 ] do
                       let gap n =
                           let run meth =
-                              let r = DpmSolver.sample sde model { d with Algorithm = alg; Method = meth; Order = order; Steps = n } xT
+                              let r =
+                                  sample model (dpm { d with Algorithm = alg; Method = meth; Order = order } (logSnr n) Finish.NoFinish) xT
                               let v = values r.Samples
                               r.Samples.Dispose()
                               v
@@ -205,14 +228,11 @@ let tests =
                                           let f, calls = spy (gaussianNoiseModel sde gauss)
                                           use x = torch.zeros ([| 2L; 4L |], dtype = torch.float64)
                                           let settings =
-                                              { d with
-                                                  Algorithm = alg
-                                                  Method = meth
-                                                  Order = order
-                                                  Grid = grid
-                                                  Steps = budget
-                                                  Denoise = denoise }
-                                          let r = DpmSolver.sample sde (Model.noise f) settings x
+                                              dpm
+                                                  { d with Algorithm = alg; Method = meth; Order = order }
+                                                  (Schedule.create grid budget eps)
+                                                  (if denoise then Finish.Tweedie else Finish.NoFinish)
+                                          let r = sample (Model.noise f) settings x
                                           r.Samples.Dispose()
                                           let what = sprintf "%A %A order %d %A denoise %b budget %d" alg meth order grid denoise budget
                                           Expect.equal calls.Value budget (what + ": model calls")
@@ -221,13 +241,9 @@ let tests =
               let f, calls = spy (gaussianNoiseModel sde gauss)
               use x = torch.zeros ([| 2L; 4L |], dtype = torch.float64)
               let r =
-                  DpmSolver.sample
-                      sde
+                  sample
                       (Model.noise f)
-                      { d with
-                          Grid = TimeGrid.Explicit [| 1.0; 0.5; 0.2; 0.05; 0.01 |]
-                          Denoise = true
-                          Method = DpmMethod.SingleStep }
+                      (dpm { d with Method = DpmMethod.SingleStep } (Schedule.ofTimes [| 1.0; 0.5; 0.2; 0.05; 0.01 |]) Finish.Tweedie)
                       x
               r.Samples.Dispose()
               Expect.equal (calls.Value, r.Nfe) (5, 5) "explicit grid of 4 intervals + denoise"
@@ -237,8 +253,10 @@ let tests =
               use xT = latent ()
               let before = values xT
               let seen = Collections.Generic.List<int * float>()
-              let settings = { d with Steps = 12; Method = DpmMethod.SingleStep; Observer = Some(fun i t _ -> seen.Add((i, t))) }
-              let r = DpmSolver.sample sde (Model.noise (gaussianNoiseModel sde gauss)) settings xT
+              let settings =
+                  { dpm { d with Method = DpmMethod.SingleStep } (logSnr 12) Finish.NoFinish with
+                      Observer = Some(fun i t _ -> seen.Add((i, t))) }
+              let r = sample (Model.noise (gaussianNoiseModel sde gauss)) settings xT
               r.Samples.Dispose()
               Expect.sequenceEqual (seen |> Seq.map fst) [ 0..4 ] "five outer steps for [3; 3; 3; 2; 1]"
               Expect.equal (snd seen.[seen.Count - 1]) eps "last time"
@@ -253,10 +271,10 @@ let tests =
                       [ DpmMethod.SingleStep
                         DpmMethod.MultiStep
                         DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-4; Atol = 1e-4 } ] do
-                      let settings = { d with Algorithm = alg; Method = meth; Steps = 20 }
+                      let settings = dpm { d with Algorithm = alg; Method = meth } (logSnr 20) Finish.NoFinish
                       let model = Model.noise (gaussianNoiseModel sde gauss)
-                      let r64 = DpmSolver.sample sde model settings x64
-                      let r32 = DpmSolver.sample sde model settings x32
+                      let r64 = sample model settings x64
+                      let r32 = sample model settings x32
                       Expect.equal r32.Samples.dtype torch.float32 "dtype kept"
                       let a, b = values r64.Samples, values r32.Samples
                       r64.Samples.Dispose()
@@ -278,8 +296,8 @@ let tests =
               // x = sigma_eps / sigma_T x_T + alpha_eps (1 - e^-h) x0 with x0 the thresholded constant
               let model = Model.data (fun x _ -> torch.full_like (x, sc 3.0))
               use xT = torch.ones ([| 3L; 5L |], dtype = torch.float64)
-              let h = VpSde.lambdaAt sde eps - VpSde.lambdaAt sde 1.0
-              let expected x0 = VpSde.sigmaAt sde eps / VpSde.sigmaAt sde 1.0 + VpSde.alphaAt sde eps * (1.0 - Math.Exp(-h)) * x0
+              let h = Sde.lambdaAt sde eps - Sde.lambdaAt sde 1.0
+              let expected x0 = Sde.sigmaAt sde eps / Sde.sigmaAt sde 1.0 + Sde.alphaAt sde eps * (1.0 - Math.Exp(-h)) * x0
               for th, x0 in
                   [ Thresholding.NoThresholding, 3.0
                     Thresholding.Static 1.5, 1.5
@@ -287,7 +305,7 @@ let tests =
                     Thresholding.Dynamic(1.0, 2.0), 2.0
                     // maxValue above |x0|: unchanged
                     Thresholding.Dynamic(0.5, 4.0), 3.0 ] do
-                  let r = DpmSolver.sample sde model { d with Order = 1; Steps = 1; Thresholding = th } xT
+                  let r = sample model (dpm { d with Order = 1; Thresholding = th } (logSnr 1) Finish.NoFinish) xT
                   for v in values r.Samples do
                       close 1e-12 v (expected x0) (sprintf "%A" th)
                   r.Samples.Dispose()
@@ -296,7 +314,8 @@ let tests =
           test "bad settings are rejected naming the setting" {
               use x = torch.zeros ([| 2L; 4L |])
               let model = Model.noise (gaussianNoiseModel sde gauss)
-              let run s = DpmSolver.sample sde model s x |> fun r -> r.Samples.Dispose()
+              let runWith s schedule finish = sample model (dpm s schedule finish) x |> fun r -> r.Samples.Dispose()
+              let run s = runWith s (logSnr 20) Finish.NoFinish
               let adaptive = DpmSolver.adaptiveDefaults
               try
                   run { d with Order = 4 }
@@ -306,12 +325,14 @@ let tests =
                   Expect.stringContains e.Message "4" "value in the message"
               expectParam "order" (fun () -> run { d with Order = 0 })
               expectParam "order" (fun () -> run { d with Order = 1; Method = DpmMethod.Adaptive adaptive })
-              expectParam "steps" (fun () -> run { d with Steps = 0 })
-              expectParam "steps" (fun () -> run { d with Steps = 1; Denoise = true })
-              expectParam "eps" (fun () -> run { d with Eps = 0.0 })
-              expectParam "eps" (fun () -> run { d with Eps = nan; Method = DpmMethod.Adaptive adaptive })
-              expectParam "grid[1]" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 1.0 |] })
-              expectParam "grid" (fun () -> run { d with Grid = TimeGrid.Explicit [| 1.0; 0.1 |]; Method = DpmMethod.Adaptive adaptive })
+              expectParam "steps" (fun () -> runWith d (logSnr 0) Finish.NoFinish)
+              expectParam "steps" (fun () -> runWith d (logSnr 1) Finish.Tweedie)
+              expectParam "eps" (fun () -> runWith d (Schedule.create TimeGrid.LogSnr 20 0.0) Finish.NoFinish)
+              expectParam "eps" (fun () ->
+                  runWith { d with Method = DpmMethod.Adaptive adaptive } (Schedule.create TimeGrid.LogSnr 20 nan) Finish.NoFinish)
+              expectParam "grid[1]" (fun () -> runWith d (Schedule.ofTimes [| 1.0; 1.0 |]) Finish.NoFinish)
+              expectParam "grid" (fun () ->
+                  runWith { d with Method = DpmMethod.Adaptive adaptive } (Schedule.ofTimes [| 1.0; 0.1 |]) Finish.NoFinish)
               expectParam "rtol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = -1.0 } })
               expectParam "atol" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Rtol = 0.0; Atol = 0.0 } })
               expectParam "safety" (fun () -> run { d with Method = DpmMethod.Adaptive { adaptive with Safety = 1.5 } })
@@ -319,7 +340,9 @@ let tests =
               expectParam "thresholding" (fun () ->
                   run { d with Algorithm = DpmAlgorithm.DpmSolver; Thresholding = Thresholding.Static 1.0 })
               expectParam "thresholding.quantile" (fun () -> run { d with Thresholding = Thresholding.Dynamic(1.5, 1.0) })
-              expectParam "xT" (fun () -> DpmSolver.sample sde model d (torch.zeros ([| 2L |], dtype = torch.int32)) |> ignore)
+              expectParam "xT" (fun () ->
+                  sample model (dpm d (logSnr 20) Finish.NoFinish) (torch.zeros ([| 2L |], dtype = torch.int32))
+                  |> ignore)
               // the evaluation cap of the adaptive method is an error, not a silent early stop
               Expect.throwsT<InvalidOperationException>
                   (fun () ->
@@ -372,10 +395,9 @@ let facadeTests =
                               )
                           let r = Sampler.DpmSolver(ScoreSde.CSharp.VpSde(), csModel, [| 64L; 4L |], opts)
                           let core =
-                              DpmSolver.sample
-                                  sde
+                              sample
                                   (Model.noise (gaussianNoiseModel sde gauss))
-                                  { d with Steps = 11; Order = 2; Method = cmeth; Algorithm = calg; Grid = cgrid; Denoise = true }
+                                  (dpm { d with Order = 2; Method = cmeth; Algorithm = calg } (Schedule.create cgrid 11 eps) Finish.Tweedie)
                                   xT
                           Expect.equal r.Nfe 11 "NFE"
                           Expect.isTrue (same r.Samples core.Samples) (sprintf "%A %A %A: same as the core" meth alg grid)
@@ -452,15 +474,12 @@ let memoryTests =
                   let baseline = live ()
                   let counts = ResizeArray()
                   let settings =
-                      { d with
-                          Method = meth
-                          Steps = 3000
-                          Grid = TimeGrid.Uniform
+                      { dpm { d with Method = meth } (Schedule.uniform 3000 eps) Finish.NoFinish with
                           Observer =
                               Some(fun i _ _ ->
                                   if i % 200 = 199 then
                                       counts.Add(live ())) }
-                  let r = DpmSolver.sample sde cheap settings xT
+                  let r = sample cheap settings xT
                   Expect.allEqual counts counts.[0] (sprintf "%A: live tensors during sampling %A" meth counts)
                   r.Samples.Dispose()
                   Expect.equal (live ()) baseline (sprintf "%A: back to baseline" meth)

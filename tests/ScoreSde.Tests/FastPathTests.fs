@@ -9,7 +9,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 /// Tensors created so far on this thread (every TorchSharp tensor object, views included).
 let private created () =
@@ -17,10 +17,10 @@ let private created () =
     s.CreatedInScopeCount + s.CreatedOutsideScopeCount
 
 // Closed forms written out independently of the library (float64).
-let private logMean (t: float) = -0.25 * t * t * (sde.BetaMax - sde.BetaMin) - 0.5 * t * sde.BetaMin
+let private logMean (t: float) = -0.25 * t * t * 19.9 - 0.5 * t * 0.1
 let private alphaOf (t: float) = exp (logMean t)
 let private sigmaOf (t: float) = sqrt (1.0 - exp (2.0 * logMean t))
-let private betaOf (t: float) = sde.BetaMin + t * (sde.BetaMax - sde.BetaMin)
+let private betaOf (t: float) = 0.1 + t * 19.9
 
 /// Tolerances of a fused float result against the float64 formula: a few float32 ulps of the
 /// magnitudes involved (|x| up to ~4 here), and float64 rounding for float64.
@@ -458,9 +458,9 @@ let tests =
                       let noise = Noise.fromGenerator g
                       use xT = torch.randn ([| 4L; 3L; 8L; 8L |], generator = g)
                       let model = { Forward = (fun (x: Tensor) _ -> x * 0.5); Output = output }
-                      let settings = { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = steps }
+                      let sampling = pcRun p c steps
                       let before = created ()
-                      let r = Sampler.predictorCorrector sde model settings noise xT
+                      let r = Sampler.sample sde model sampling noise xT
                       let n = created () - before
                       r.Samples.Dispose()
                       n
@@ -482,18 +482,16 @@ let tests =
                       for name, model in models do
                           use g = generator 12L
                           use xT = torch.randn ([| 6L; 3L |], dtype = dtype, generator = g)
-                          let settings = { Sampler.odeDefaults with Solver = solver; Steps = 12 }
-                          let fast = Sampler.probabilityFlow sde model settings xT
+                          let fast = Sampler.sample sde model (fixedFlow solver TimeGrid.Uniform 12 1e-3) (unusedNoise ()) xT
                           use fx = fast.Samples
                           let ts = TimeGrid.points sde TimeGrid.Uniform 12 1e-3
-                          let slow, nfe = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT ts
+                          let slow, nfe = OdeSolver.integrate solver (ProbabilityFlow.sharedField sde model) xT ts
                           use slow = slow
                           Expect.equal fast.Nfe nfe "evaluations"
                           // encoding runs the same integrator upwards
-                          let m = OdeMethod.FixedStep(solver, TimeGrid.Uniform, 12)
-                          let enc = ProbabilityFlow.encode sde model m 1e-3 xT
+                          let enc = Sampler.encode sde model (OdeMethod.FixedStep solver) (Schedule.uniform 12 1e-3) xT
                           use ez = enc.Latent
-                          let slowEnc, _ = OdeSolver.integrate solver (Sampler.probabilityFlowField sde model) xT (Array.rev ts)
+                          let slowEnc, _ = OdeSolver.integrate solver (ProbabilityFlow.sharedField sde model) xT (Array.rev ts)
                           use slowEnc = slowEnc
                           let tol = if dtype = torch.float32 then 2e-5 else 1e-11
                           for a, b, what in [ fx, slow, "sample"; ez, slowEnc, "encode" ] do
@@ -514,14 +512,12 @@ let tests =
                           use g = generator 16L
                           use xT = torch.randn ([| 4L; 3L; 8L; 8L |], generator = g)
                           let model = Model.noise (fun x _ -> x * 0.5)
-                          let settings =
-                              { DpmSolver.defaults with
-                                  Algorithm = algorithm
-                                  Order = order
-                                  Steps = steps
-                                  Grid = TimeGrid.Uniform }
+                          let sampling =
+                              { Sampling.dpmSolver with
+                                  Method = Method.DpmSolver { DpmSolver.defaults with Algorithm = algorithm; Order = order }
+                                  Schedule = Schedule.uniform steps 1e-3 }
                           let before = created ()
-                          let r = DpmSolver.sample sde model settings xT
+                          let r = Sampler.sample sde model sampling (unusedNoise ()) xT
                           let n = created () - before
                           r.Samples.Dispose()
                           n
@@ -574,7 +570,7 @@ let tests =
                   for dtype in dtypes do
                       let big = ResizeArray<int * int>()
                       let mutable observed = 0
-                      let observer (step: int) (_: Tensor) (_: Tensor) =
+                      let observer (step: int) (_: float) (_: Tensor) =
                           observed <- observed + 1
                           let n =
                               torch.CurrentDisposeScope.DisposablesView
@@ -602,7 +598,7 @@ let tests =
                       use xT = torch.randn ([| 4L; 3L; 8L; 8L |], generator = g)
                       let model = Model.noise (fun x _ -> x * 0.5)
                       let before = created ()
-                      let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Solver = solver; Steps = steps } xT
+                      let r = Sampler.sample sde model (fixedFlow solver TimeGrid.Uniform steps 1e-3) (unusedNoise ()) xT
                       let n = created () - before
                       r.Samples.Dispose()
                       n
