@@ -80,7 +80,7 @@ let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
         |> act (fun ui ->
-            Commands.demo
+            Demo.run
                 ui
                 { Dataset = (ToyDataset.tryParse (pr.GetValue dataset)).Value
                   Sde = (Samplers.sdeValue pr sde).Value

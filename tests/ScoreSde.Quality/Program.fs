@@ -73,10 +73,21 @@ type private Setup(problem: Mixture.Mixture, sde: Sde, samples: int) =
     member _.XT = xT
     member _.Floor = metric.Distance second
     /// Run a sampling configuration and measure it: (evaluations, sliced W1).
-    member this.Measure(sampling: Sampling) =
-        let r = Samplers.run sde this.Model sampling xT
+    member this.Measure(sampling: Sampling) = this.MeasureSeeded Samplers.pcSeed sampling
+
+    /// The same with the stochastic steps' noise from another seed.
+    member this.MeasureSeeded (seed: int64) (sampling: Sampling) =
+        let r = Samplers.runSeeded seed sde this.Model sampling xT
         use x = r.Samples
         r.Nfe, metric.Distance x
+
+    /// The distances of `k` further independent exact sets (generator seeds 100 .. 100 + k - 1) to the
+    /// reference: the noise floor's spread.
+    member _.Floors(k: int) =
+        [| for i in 0 .. k - 1 ->
+               use g = new torch.Generator(uint64 (100 + i))
+               use s = Mixture.sample problem samples g
+               metric.Distance s |]
     interface IDisposable with
         member _.Dispose() =
             for t in [ dirs; reference; second; xT ] do
@@ -90,26 +101,37 @@ let private convergedSampling =
     Samplers.dpmSampling Samplers.dataPrediction (Schedule.create TimeGrid.LogSnr 1000 Samplers.eps) Finish.NoFinish
 
 /// The checks of issue 12 (item 4) on one SDE and problem: the PC sampler (reverse diffusion + Langevin,
-/// batch-averaged norms) at 1000 steps within 1.5x the noise floor; the adaptive probability flow at
-/// rtol = atol = 1e-5 and DPM-Solver (its default configuration) at 20 evaluations within 5% of the
+/// batch-averaged norms) at 1000 steps within 1.5x the noise floor, both averaged over 4 independent
+/// draws (noise seeds 2024 .. 2027; exact sets from seeds 100 .. 103), since one sliced distance
+/// between 10,000-sample sets varies by about 10% from draw to draw; the adaptive probability flow at
+/// rtol = atol = 1e-5 and DPM-Solver-3M (noise prediction, logSNR grid) at 20 evaluations within 5% of the
 /// converged distance. Returns one markdown row and whether all three hold.
 let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
-    let floor = setup.Floor
+    let floors = setup.Floors 4
+    let floor = Array.average floors
     let _, converged = setup.Measure convergedSampling
-    let pcNfe, pc = setup.Measure(Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000)
+    let pcRuns =
+        [| for k in 0L .. 3L ->
+               setup.MeasureSeeded (Samplers.pcSeed + k) (Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000) |]
+    let pcNfe, pc = fst pcRuns.[0], pcRuns |> Array.averageBy snd
     let flowNfe, flow = setup.Measure(Samplers.adaptiveFlow 1e-5)
-    let dpmNfe, dpm = setup.Measure Sampling.dpmSolver
+    let dpmNfe, dpm =
+        setup.Measure(Samplers.dpmSampling Samplers.noisePrediction (Schedule.create TimeGrid.LogSnr 20 Samplers.eps) Finish.NoFinish)
     let rel d = 100.0 * (d / converged - 1.0)
     let ok = pc <= 1.5 * floor && rel flow <= 5.0 && rel dpm <= 5.0
     let mark b = if b then "yes" else "NO"
     let row =
         sprintf
-            "| %s | (%s) | %.4f | %.4f | %.4f (%.2fx, %d evals) | %.4f (%+.1f%%, %d evals) | %.4f (%+.1f%%, %d evals) | %s |"
+            "| %s | (%s) | %.4f (%.4f .. %.4f) | %.4f | %.4f (%.4f .. %.4f; %.2fx, %d evals) | %.4f (%+.1f%%, %d evals) | %.4f (%+.1f%%, %d evals) | %s |"
             name
             problem.Name
             floor
+            (Array.min floors)
+            (Array.max floors)
             converged
             pc
+            (pcRuns |> Array.map snd |> Array.min)
+            (pcRuns |> Array.map snd |> Array.max)
             (pc / floor)
             pcNfe
             flow
@@ -119,11 +141,11 @@ let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
             (rel dpm)
             dpmNfe
             (mark ok)
-    eprintfn "%s" row
+    printfn "%s" row
     row, ok
 
 let private checksHeader =
-    "| SDE | problem | noise floor | converged ODE | PC RD + Langevin, 1000 steps (/ floor) | adaptive flow, rtol = atol = 1e-5 (vs converged) | DPM-Solver default, 20 evaluations (vs converged) | all within bounds |\n|---|---|---:|---:|---:|---:|---:|---|"
+    "| SDE | problem | noise floor, mean of 4 (range) | converged ODE | PC RD + Langevin, 1000 steps, mean of 4 (range; / floor) | adaptive flow, rtol = atol = 1e-5 (vs converged) | DPM-Solver-3M, 20 evaluations (vs converged) | all within bounds |\n|---|---|---:|---:|---:|---:|---:|---|"
 
 let private selected (o: Options) =
     let problems =
@@ -257,8 +279,7 @@ let private checksOnly (o: Options) =
         [ for _, sde in chosen do
               for problem in problems do
                   use setup = new Setup(problem, sde, o.Samples)
-                  let row, ok = checks (Sde.describe sde) problem setup
-                  printfn "%s" row
+                  let _, ok = checks (Sde.describe sde) problem setup
                   yield ok ]
     if List.forall id results then 0 else 1
 

@@ -23,9 +23,12 @@ let pcSeed = 2024L
 /// Every run's end time.
 let eps = 1e-3
 
-/// Run a configuration from the latent xT through the entry point.
-let run (sde: Sde) (model: Model) (sampling: Sampling) (xT: Tensor) : SampleResult =
-    Sampler.sample sde model sampling (Noise.fromSeed pcSeed torch.CPU) xT
+/// Run a configuration from the latent xT through the entry point, the stochastic steps' noise seeded.
+let runSeeded (seed: int64) (sde: Sde) (model: Model) (sampling: Sampling) (xT: Tensor) : SampleResult =
+    Sampler.sample sde model sampling (Noise.fromSeed seed torch.CPU) xT
+
+/// Run a configuration from the latent xT through the entry point (noise seed `pcSeed`).
+let run (sde: Sde) (model: Model) (sampling: Sampling) (xT: Tensor) : SampleResult = runSeeded pcSeed sde model sampling xT
 
 /// The PC sampler on `steps` uniform steps, returning the last step's mean (the paper's).
 let pcSampling (predictor: Predictor) (corrector: Corrector) (steps: int) =
