@@ -9,7 +9,7 @@ open ScoreSde.CSharp
 open ScoreSde.Tests.Common
 
 /// The golden set-up: x = arange(384).reshape(3, 8, 8, 4) / 384 permuted to (4, 3, 8, 8).
-let private initial (dtype: torch.ScalarType) =
+let initial (dtype: torch.ScalarType) =
     let n = 4L * 3L * 8L * 8L
     use a = torch.arange (n, dtype = dtype)
     use r = a.reshape (3L, 8L, 8L, 4L)
