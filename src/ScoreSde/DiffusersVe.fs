@@ -154,7 +154,7 @@ module DiffusersVe =
     /// The per-sample diffusion of step_pred. The timestep becomes t * ones(B), float32 unless t is a
     /// float64 tensor with a dimension (torch's promotion); the index is (t (steps - 1)).long() in that
     /// dtype; g = (sigma^2 - adjacent^2)^0.5 with sigma^2 in float32 and the rest in that dtype.
-    /// Returns (g, g^2, float64 time) per batch element as host doubles.
+    /// Returns (g, g^2) per element of the timestep as host doubles, and that dtype.
     let private diffusions (schedule: DiffusersVeSchedule) (timestep: Tensor) (batch: int64) =
         Check.notNull "timestep" timestep
         if timestep.dtype = torch.ScalarType.Bool || torch.is_complex timestep then
@@ -165,31 +165,33 @@ module DiffusersVe =
         let wide = timestep.dtype = torch.float64 && timestep.dim () = 1L
         let last = schedule.Steps - 1
         let d = schedule.Discrete
-        Tensors.readHost timestep
-        |> Array.mapi (fun i t ->
-            if Double.IsNaN t || t < 0.0 || t > 1.0 then
-                Check.fail (sprintf "timestep[%d]" i) t "in [0, 1]"
-            let k = if wide then int (Math.Truncate(t * float last)) else int (MathF.Truncate(float32 t * float32 last))
-            if k >= d.Length then
-                Check.fail
-                    (sprintf "timestep[%d]" i)
-                    t
-                    (sprintf
-                        "below %g: long(t (len(timesteps) - 1)) = %d indexes beyond the %d discrete sigmas (call SetSigmas with at least len(timesteps) = %d steps)"
-                        (float d.Length / float last)
-                        k
-                        d.Length
-                        schedule.Steps)
-            let sigma2 = d.[k] * d.[k]
-            if wide then
-                let below = if k = 0 then 0.0 else float d.[k - 1]
-                let g = Math.Sqrt(float sigma2 - below * below)
-                g, g * g
-            else
-                let below = if k = 0 then 0.0f else d.[k - 1]
-                let g = MathF.Sqrt(sigma2 - below * below)
-                float g, float (g * g))
-        |> fun gs -> gs, (if wide then torch.float64 else torch.float32)
+        let timeType = if wide then torch.float64 else torch.float32
+        let coefficients =
+            Tensors.readHost timestep
+            |> Array.mapi (fun i t ->
+                if Double.IsNaN t || t < 0.0 || t > 1.0 then
+                    Check.fail (sprintf "timestep[%d]" i) t "in [0, 1]"
+                let k = if wide then int (Math.Truncate(t * float last)) else int (MathF.Truncate(float32 t * float32 last))
+                if k >= d.Length then
+                    Check.fail
+                        (sprintf "timestep[%d]" i)
+                        t
+                        (sprintf
+                            "below %g: long(t (len(timesteps) - 1)) = %d indexes beyond the %d discrete sigmas (call SetSigmas with at least len(timesteps) = %d steps)"
+                            (float d.Length / float last)
+                            k
+                            d.Length
+                            schedule.Steps)
+                let sigma2 = d.[k] * d.[k]
+                if wide then
+                    let below = if k = 0 then 0.0 else float d.[k - 1]
+                    let g = Math.Sqrt(float sigma2 - below * below)
+                    g, g * g
+                else
+                    let below = if k = 0 then 0.0f else d.[k - 1]
+                    let g = MathF.Sqrt(sigma2 - below * below)
+                    float g, float (g * g))
+        coefficients, timeType
 
     /// step_pred(modelOutput, timestep, sample): one reverse-diffusion (SMLD) step of the VE SDE with
     /// the model output used as the score: mean = sample + g^2 modelOutput, prev = mean + g z with
