@@ -117,6 +117,35 @@ let tests =
               close (1e-6 * sigma2) (values r.PrevSampleMean).[0] (1.0 + g2) "mean with index 999 of 2000"
           }
 
+          testPropertyWithConfig
+              { propConfig with maxTest = 40 }
+              "StepPred's g^2 over every index telescopes to sigma_max^2 (any n, sigmas, float32 or float64 times)"
+          <| fun (n: int) (u: int) (v: int) (wide: bool) ->
+              // n in 1..300, sigma_min in [1e-4, 1], sigma_max / sigma_min in [10^0.1, 10^6]
+              let n = 1 + abs n % 300
+              let lo = 10.0 ** (-4.0 * float (abs u % 1001) / 1000.0)
+              let hi = lo * 10.0 ** (0.1 + 5.9 * float (abs v % 1001) / 1000.0)
+              let s = ScoreSdeVeScheduler(n, sigmaMin = lo, sigmaMax = hi)
+              // a time inside each index's interval: (k + 0.5) / (n - 1), and 1 for the last
+              let times = Array.init n (fun k -> if k = n - 1 then 1.0 else (float k + 0.5) / float (n - 1))
+              use t = torch.tensor (times, dtype = (if wide then torch.float64 else torch.float32))
+              use zeros = torch.zeros ([| int64 n; 1L |])
+              use ones = torch.ones ([| int64 n; 1L |])
+              let r = s.StepPred(ones, t, zeros, generator 1L)
+              use mean = r.PrevSampleMean
+              r.PrevSample.Dispose()
+              // mean = 0 + g_k^2 * 1: each positive, and their sum sigma_{n-1}^2 up to float32 rounding of
+              // each square (sigma^2 is formed in float32 in diffusers, whatever the time's dtype)
+              let g2 = values mean
+              let d = values s.DiscreteSigmas
+              let ulp = 1.0 / 8388608.0
+              let tol = 4.0 * ulp * (Array.sumBy (fun x -> x * x) d + hi * hi)
+              Expect.isTrue (g2 |> Array.forall (fun x -> x > 0.0)) (sprintf "g^2 > 0 (n %d, sigmas %g..%g)" n lo hi)
+              close tol (Array.sum g2) (d.[n - 1] ** 2.0) (sprintf "sum of g^2 (n %d, sigmas %g..%g, wide %b)" n lo hi wide)
+              // (one discrete sigma is linspace's start: sigma_min)
+              let last = if n = 1 then lo else hi
+              closeRel ((abs (log last) + 2.0) * ulp) d.[n - 1] last "the last discrete sigma is sigma_max"
+
           test "StepCorrect by hand: float32 noise first, batch-averaged norms, e rounded to float32" {
               let s = ScoreSdeVeScheduler(snr = 0.2)
               for dtype in [ torch.float32; torch.float64 ] do
