@@ -120,11 +120,12 @@ let tests =
           testPropertyWithConfig
               { propConfig with maxTest = 40 }
               "StepPred's g^2 over every index telescopes to sigma_max^2 (any n, sigmas, float32 or float64 times)"
-          <| fun (n: int) (u: int) (v: int) (wide: bool) ->
-              // n in 1..300, sigma_min in [1e-4, 1], sigma_max / sigma_min in [10^0.1, 10^6]
-              let n = 1 + abs n % 300
-              let lo = 10.0 ** (-4.0 * float (abs u % 1001) / 1000.0)
-              let hi = lo * 10.0 ** (0.1 + 5.9 * float (abs v % 1001) / 1000.0)
+          <| fun (Seed seed) (wide: bool) ->
+              // n in 1..300, sigma_min log-uniform in [1e-4, 1], sigma_max / sigma_min in [10^0.1, 10^6]
+              let rng = Random(int seed)
+              let n = rng.Next(1, 301)
+              let lo = 10.0 ** (-4.0 * rng.NextDouble())
+              let hi = lo * 10.0 ** (0.1 + 5.9 * rng.NextDouble())
               let s = ScoreSdeVeScheduler(n, sigmaMin = lo, sigmaMax = hi)
               // a time inside each index's interval: (k + 0.5) / (n - 1), and 1 for the last
               let times = Array.init n (fun k -> if k = n - 1 then 1.0 else (float k + 0.5) / float (n - 1))
@@ -140,11 +141,11 @@ let tests =
               let d = values s.DiscreteSigmas
               let ulp = 1.0 / 8388608.0
               let tol = 4.0 * ulp * (Array.sumBy (fun x -> x * x) d + hi * hi)
-              Expect.isTrue (g2 |> Array.forall (fun x -> x > 0.0)) (sprintf "g^2 > 0 (n %d, sigmas %g..%g)" n lo hi)
-              close tol (Array.sum g2) (d.[n - 1] ** 2.0) (sprintf "sum of g^2 (n %d, sigmas %g..%g, wide %b)" n lo hi wide)
+              Expect.isTrue (g2 |> Array.forall (fun x -> x > 0.0)) (sprintf "g^2 > 0 (n %d, sigmas %g..%g, seed %d)" n lo hi seed)
+              close tol (Array.sum g2) (d.[n - 1] ** 2.0) (sprintf "sum of g^2 (n %d, sigmas %g..%g, wide %b, seed %d)" n lo hi wide seed)
               // (one discrete sigma is linspace's start: sigma_min)
               let last = if n = 1 then lo else hi
-              closeRel ((abs (log last) + 2.0) * ulp) d.[n - 1] last "the last discrete sigma is sigma_max"
+              closeRel ((abs (log last) + 2.0) * ulp) d.[n - 1] last (sprintf "the last discrete sigma (seed %d)" seed)
 
           test "StepCorrect by hand: float32 noise first, batch-averaged norms, e rounded to float32" {
               let s = ScoreSdeVeScheduler(snr = 0.2)
