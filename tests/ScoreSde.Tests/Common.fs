@@ -29,6 +29,10 @@ type TempDir(name: string) =
             with e ->
                 eprintfn "warning: could not delete the test directory %s: %s" path e.Message
 
+/// The build configuration the tests were built in (bin/<configuration>/<tfm>/), e.g. Release: the
+/// library's outputs in that configuration exist.
+let buildConfiguration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
+
 /// A fresh temporary directory for one test (see TempDir).
 let tempDir (name: string) = new TempDir(name)
 

@@ -12,9 +12,8 @@ open Expecto
 open ScoreSde.Tests.Common
 open ScoreSde.Tests.NativeTests
 
-/// The build configuration the tests were built in (bin/<configuration>/<tfm>/): the library's
-/// outputs in that configuration exist, so packing needs no build.
-let private configuration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
+/// Packing needs no build: the library's outputs in the tests' configuration exist.
+let private configuration = buildConfiguration
 
 /// Run a process to completion with extra environment variables; returns the exit code and the
 /// combined output. MSBuild variables inherited from `dotnet run` are removed, as in a user's shell.
@@ -239,47 +238,41 @@ let tests =
                   let binGlue (dir: string) =
                       Path.Combine(dir, "bin", configuration, "net10.0", "runtimes", "linux-x64", "native", "libLibTorchSharp.so")
 
+                  /// Build the app with the example, check its output folder's glue, run it; the output.
+                  let buildAndRun (what: string) (dir: string) (buildArgs: string list) (glueFlags: string) (cache: string) =
+                      File.WriteAllText(Path.Combine(dir, "Program.cs"), program)
+                      time (what + ": build") (fun () ->
+                          execOk tmp dir [] "dotnet" ([ "build"; "-c"; configuration; "-p:UseSharedCompilation=false" ] @ buildArgs)
+                          |> ignore)
+                      Expect.equal (markerFlags (binGlue dir)) glueFlags (sprintf "%s: the output folder's glue" what)
+                      let out = time (what + ": run") (fun () -> runApp dir cache)
+                      Expect.stringContains out "16 samples, 2000 model evaluations" (what + ": the example's line")
+                      expectUnitSpread what out
+                      out
+
                   // 1. By package: the package's build targets mark the glue in the output folder.
                   let pkg =
                       time "package app: new + add package" (fun () ->
                           let dir = newApp "PkgApp"
                           execOk tmp dir [] "dotnet" [ "add"; "package"; "ScoreSde.CSharp"; "--version"; version ] |> ignore
                           dir)
-                  File.WriteAllText(Path.Combine(pkg, "Program.cs"), program)
-                  time "package app: build" (fun () ->
-                      execOk tmp pkg [] "dotnet" [ "build"; "-c"; configuration; "-p:UseSharedCompilation=false" ]
-                      |> ignore)
-                  Expect.equal (markerFlags (binGlue pkg)) "WEAK" "package app: the build marked the output copy"
                   let pkgCache = Path.Combine(root, "cache-pkg")
-                  let out = time "package app: run" (fun () -> runApp pkg pkgCache)
-                  Expect.stringContains out "16 samples, 2000 model evaluations" "package app: the example's line"
-                  expectUnitSpread "package app" out
+                  let out = buildAndRun "package app" pkg [] "WEAK" pkgCache
                   Expect.equal (field out "glue") (binGlue pkg) "package app: the output folder's glue is loaded"
                   Expect.isFalse (Directory.Exists pkgCache) "package app: no run-time copy needed"
 
                   // 2. By project reference: no package targets run, the output copy is the original, and
                   //    ScoreSde.Native loads a weak-marked copy from the cache where the system needs one.
+                  //    The referenced projects are built (the test project depends on them): their
+                  //    outputs are left alone.
                   let refApp =
                       time "project-reference app: new + add reference" (fun () ->
                           let dir = newApp "RefApp"
                           let project = Path.Combine(DocsTests.repoRoot, "src", "ScoreSde.CSharp", "ScoreSde.CSharp.csproj")
                           execOk tmp dir [] "dotnet" [ "add"; "reference"; project ] |> ignore
                           dir)
-                  File.WriteAllText(Path.Combine(refApp, "Program.cs"), program)
-                  // The referenced projects are built (the test project depends on them): leave their outputs alone.
-                  time "project-reference app: build" (fun () ->
-                      execOk
-                          tmp
-                          refApp
-                          []
-                          "dotnet"
-                          [ "build"; "-c"; configuration; "-p:BuildProjectReferences=false"; "-p:UseSharedCompilation=false" ]
-                      |> ignore)
-                  Expect.equal (markerFlags (binGlue refApp)) "none" "project-reference app: the output copy is the original"
                   let refCache = Path.Combine(root, "cache-ref")
-                  let out = time "project-reference app: run" (fun () -> runApp refApp refCache)
-                  Expect.stringContains out "16 samples, 2000 model evaluations" "project-reference app: the example's line"
-                  expectUnitSpread "project-reference app" out
+                  let out = buildAndRun "project-reference app" refApp [ "-p:BuildProjectReferences=false" ] "none" refCache
                   let glue = field out "glue"
                   if lacksVersion then
                       Expect.stringStarts glue (Path.Combine(refCache, "ScoreSde", "native")) "project-reference app: the cached copy"

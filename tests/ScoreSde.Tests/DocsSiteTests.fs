@@ -15,8 +15,6 @@ let tests =
         [ test "fsdocs builds the API reference and the docs/ pages without problems (--strict)" {
               use temp = tempDir "docsite"
               let output = Path.Combine(temp.Path, "site")
-              // The assemblies of the configuration the tests were built in (bin/<configuration>/<tfm>/).
-              let configuration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
               let sw = Stopwatch.StartNew()
               let code, log =
                   DocsTests.run
@@ -24,7 +22,7 @@ let tests =
                       [ "fsdocs"
                         "build"
                         "--properties"
-                        "Configuration=" + configuration
+                        "Configuration=" + buildConfiguration
                         "--output"
                         output
                         "--strict" ]
