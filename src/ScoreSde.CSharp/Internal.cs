@@ -79,6 +79,10 @@ internal static class Interop
         }, ("xT", "options.Latent"));
     }
 
+    /// <summary>An optional C# value as the core's F# option (null is None).</summary>
+    internal static Microsoft.FSharp.Core.FSharpOption<double>? Option(double? value) =>
+        value is { } v ? Microsoft.FSharp.Core.FSharpOption<double>.Some(v) : null;
+
     /// <summary>A 63-bit seed from the operating system's entropy source.</summary>
     internal static long EntropySeed() =>
         BitConverter.ToInt64(RandomNumberGenerator.GetBytes(8)) & long.MaxValue;

@@ -96,9 +96,6 @@ type private Setup(problem: Mixture.Mixture, sde: Sde, samples: int) =
             for g in [ g1; g2; g3 ] do
                 g.Dispose()
 
-/// The converged ODE: DPM-Solver++3M at 1000 evaluations.
-let private convergedSampling =
-    Samplers.dpmSampling Samplers.dataPrediction (Schedule.create TimeGrid.LogSnr 1000 Samplers.eps) Finish.NoFinish
 
 /// The checks of issue 12 (item 4) on one SDE and problem: the PC sampler (reverse diffusion + Langevin,
 /// batch-averaged norms) at 1000 steps within 1.5x the noise floor, both averaged over 4 independent
@@ -109,7 +106,7 @@ let private convergedSampling =
 let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
     let floors = setup.Floors 4
     let floor = Array.average floors
-    let _, converged = setup.Measure convergedSampling
+    let _, converged = setup.Measure Samplers.converged
     let pcRuns =
         [| for k in 0L .. 3L ->
                setup.MeasureSeeded (Samplers.pcSeed + k) (Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000) |]
@@ -310,7 +307,7 @@ let private sweep (o: Options) =
         )
         for problem in problems do
             use setup = new Setup(problem, sde, o.Samples)
-            let _, converged = setup.Measure convergedSampling
+            let _, converged = setup.Measure Samplers.converged
             say ""
             say (
                 sprintf "### Problem (%s): %s; converged (DPM-Solver++3M, 1000 evaluations) %.4f" problem.Name problem.Description converged

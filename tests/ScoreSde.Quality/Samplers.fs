@@ -128,6 +128,12 @@ let fixedBudget: FixedBudget list =
       tuned "DPM-Solver++3M, time-quadratic grid" (dpm dataPrediction TimeGrid.Quadratic none)
       tuned "DPM-Solver++3S, time-quadratic grid" (dpm { dataPrediction with Method = s3 } TimeGrid.Quadratic none) ]
 
+/// The converged ODE of the benchmark: DPM-Solver++3M at 1000 evaluations.
+let converged = dpmSampling dataPrediction (Schedule.create logSnr 1000 eps) none
+
+/// DPM-Solver-3M (noise prediction, multistep, order 3) with `steps` evaluations on a grid.
+let dpmSolver3M (grid: TimeGrid) (steps: int) = dpmSampling noisePrediction (Schedule.create grid steps eps) none
+
 /// The adaptive probability flow (Dormand-Prince 5(4), one step size for the batch) at a tolerance.
 let adaptiveFlow (tol: float) =
     { Sampling.flow with

@@ -2,6 +2,7 @@
 module ScoreSde.Tests.Common
 
 open System
+open System.IO
 open Expecto
 open FsCheck
 open FsCheck.FSharp
@@ -11,6 +12,42 @@ open ScoreSde
 type Tensor = torch.Tensor
 
 do Native.ensureLoaded ()
+
+/// A fresh directory under the system temp folder (scoresde-tests-<name>-<guid>), deleted with everything
+/// in it when disposed: bind it with `use`, so it goes also when the test fails.
+type TempDir(name: string) =
+    let path = Path.Combine(Path.GetTempPath(), sprintf "scoresde-tests-%s-%s" name (Guid.NewGuid().ToString "N"))
+    do Directory.CreateDirectory path |> ignore
+    member _.Path = path
+
+    interface IDisposable with
+        member _.Dispose() =
+            // A failing deletion must not hide the test's own outcome: report it instead.
+            try
+                if Directory.Exists path then
+                    Directory.Delete(path, true)
+            with e ->
+                eprintfn "warning: could not delete the test directory %s: %s" path e.Message
+
+/// The build configuration the tests were built in (bin/<configuration>/<tfm>/), e.g. Release: the
+/// library's outputs in that configuration exist.
+let buildConfiguration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
+
+/// A fresh temporary directory for one test (see TempDir).
+let tempDir (name: string) = new TempDir(name)
+
+/// The exception of type 'E that `f` throws; fails the test when `f` returns or throws another type.
+let throwsOf<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
+    let outcome =
+        try
+            f ()
+            Choice1Of2()
+        with
+        | :? 'E as e -> Choice2Of2 e
+        | e -> failtestf "%s: expected %s, got %s: %s" what typeof<'E>.Name (e.GetType().Name) e.Message
+    match outcome with
+    | Choice2Of2 e -> e
+    | Choice1Of2() -> failtestf "%s: expected %s, nothing was thrown" what typeof<'E>.Name
 
 /// A host double as a TorchSharp Scalar.
 let sc (v: float) : Scalar = Scalar.op_Implicit v

@@ -9,7 +9,7 @@ open ScoreSde.CSharp
 open ScoreSde.Tests.Common
 
 /// The golden set-up: x = arange(384).reshape(3, 8, 8, 4) / 384 permuted to (4, 3, 8, 8).
-let private initial (dtype: torch.ScalarType) =
+let initial (dtype: torch.ScalarType) =
     let n = 4L * 3L * 8L * 8L
     use a = torch.arange (n, dtype = dtype)
     use r = a.reshape (3L, 8L, 8L, 4L)
@@ -199,11 +199,8 @@ let tests =
                         """[1, 2]""", "JSON object"
                         """{"beta_min": 0.1""", "not valid JSON" ] do
                       File.WriteAllText(path, bad)
-                      let e = Expect.throwsT<FormatException> (fun () -> ScoreSdeVpScheduler.FromConfig(dir) |> ignore) what
-                      try
-                          ScoreSdeVpScheduler.FromConfig(dir) |> ignore
-                      with :? FormatException as e ->
-                          Expect.stringContains e.Message what "message"
+                      let e = throwsOf<FormatException> what (fun () -> ScoreSdeVpScheduler.FromConfig(dir) |> ignore)
+                      Expect.stringContains e.Message what "message"
                   File.WriteAllText(path, """{"beta_min": -1}""")
                   try
                       ScoreSdeVpScheduler.FromConfig(dir) |> ignore
@@ -222,15 +219,10 @@ let tests =
               let s = ScoreSdeVpScheduler()
               use x = torch.zeros (2L, 3L)
               use t = torch.ones (2L)
-              let e = Expect.throwsT<InvalidOperationException> (fun () -> s.StepPred(x, x, t) |> ignore) "before SetTimesteps"
-              try
-                  s.StepPred(x, x, t) |> ignore
-              with :? InvalidOperationException as e ->
-                  Expect.stringContains e.Message "SetTimesteps" "names SetTimesteps"
-              try
-                  s.StepCorrect(x, x, t) |> ignore
-              with :? InvalidOperationException as e ->
-                  Expect.stringContains e.Message "SetTimesteps" "names SetTimesteps"
+              let e = throwsOf<InvalidOperationException> "StepPred before SetTimesteps" (fun () -> s.StepPred(x, x, t) |> ignore)
+              Expect.stringContains e.Message "SetTimesteps" "StepPred's error names SetTimesteps"
+              let e = throwsOf<InvalidOperationException> "StepCorrect before SetTimesteps" (fun () -> s.StepCorrect(x, x, t) |> ignore)
+              Expect.stringContains e.Message "SetTimesteps" "StepCorrect's error names SetTimesteps"
               let expectArg (name: string) (value: string) (f: unit -> obj) =
                   try
                       f () |> ignore
