@@ -101,9 +101,10 @@ type private Setup(problem: Mixture.Mixture, sde: Sde, samples: int) =
 /// batch-averaged norms) at 1000 steps within 1.5x the noise floor, both averaged over 4 independent
 /// draws (noise seeds 2024 .. 2027; exact sets from seeds 100 .. 103), since one sliced distance
 /// between 10,000-sample sets varies by about 10% from draw to draw; the adaptive probability flow at
-/// rtol = atol = 1e-5 and DPM-Solver-3M (noise prediction, logSNR grid) at 20 evaluations within 5% of the
+/// rtol = atol = 1e-5 and DPM-Solver-3M (noise prediction; `Samplers.dpmGrid`) at 20 evaluations within 5% of the
 /// converged distance. Returns one markdown row and whether all three hold.
-let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
+let private checks (sde: Sde) (problem: Mixture.Mixture) (setup: Setup) =
+    let name = Sde.describe sde
     let floors = setup.Floors 4
     let floor = Array.average floors
     let _, converged = setup.Measure Samplers.converged
@@ -112,8 +113,7 @@ let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
                setup.MeasureSeeded (Samplers.pcSeed + k) (Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000) |]
     let pcNfe, pc = fst pcRuns.[0], pcRuns |> Array.averageBy snd
     let flowNfe, flow = setup.Measure(Samplers.adaptiveFlow 1e-5)
-    let dpmNfe, dpm =
-        setup.Measure(Samplers.dpmSampling Samplers.noisePrediction (Schedule.create TimeGrid.LogSnr 20 Samplers.eps) Finish.NoFinish)
+    let dpmNfe, dpm = setup.Measure(Samplers.dpmSolver3M (Samplers.dpmGrid sde) 20)
     let rel d = 100.0 * (d / converged - 1.0)
     let ok = pc <= 1.5 * floor && rel flow <= 5.0 && rel dpm <= 5.0
     let mark b = if b then "yes" else "NO"
@@ -242,7 +242,7 @@ let private run (o: Options) =
                     say (sprintf "| %s | %d | %.4f |" name nfe d)
                 say ""
             if not o.Quick then
-                checkRows.Add(fst (checks (Sde.describe sde) problem setup))
+                checkRows.Add(fst (checks sde problem setup))
             let series =
                 [ for r in rows do
                       if r.Family <> "tuned" then
@@ -276,7 +276,7 @@ let private checksOnly (o: Options) =
         [ for _, sde in chosen do
               for problem in problems do
                   use setup = new Setup(problem, sde, o.Samples)
-                  let _, ok = checks (Sde.describe sde) problem setup
+                  let _, ok = checks sde problem setup
                   yield ok ]
     if List.forall id results then 0 else 1
 

@@ -131,6 +131,15 @@ let fixedBudget: FixedBudget list =
 /// The converged ODE of the benchmark: DPM-Solver++3M at 1000 evaluations.
 let converged = dpmSampling dataPrediction (Schedule.create logSnr 1000 eps) none
 
+/// The grid DPM-Solver is measured best with at 20 evaluations on each SDE (docs/dpm-solver-sweep-*.md):
+/// logSNR for VP and VE (for VE uniform in lambda is uniform in t), time-quadratic for sub-VP, whose
+/// lambda runs on to 9.1 at eps = 1e-3 (VP: 4.6) and where a logSNR grid spends a third of its steps
+/// at sigma < 0.01.
+let dpmGrid (sde: Sde) =
+    match sde with
+    | Sde.SubVp _ -> TimeGrid.Quadratic
+    | _ -> TimeGrid.LogSnr
+
 /// DPM-Solver-3M (noise prediction, multistep, order 3) with `steps` evaluations on a grid.
 let dpmSolver3M (grid: TimeGrid) (steps: int) = dpmSampling noisePrediction (Schedule.create grid steps eps) none
 
