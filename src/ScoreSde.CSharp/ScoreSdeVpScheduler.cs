@@ -118,6 +118,9 @@ public sealed class ScoreSdeVpScheduler
     /// <item>the step is dt = -1 / len(timesteps) (not the grid spacing (1 - eps) / (n - 1));</item>
     /// <item>noise is randn(x.shape) from <paramref name="generator"/>, in x's dtype, drawn after the mean.</item>
     /// </list>
+    /// The coefficients follow t's dtype as in diffusers: for a float32 <paramref name="t"/> they are computed
+    /// with diffusers' float32 operations in its order (std = sqrt(1 - exp(2 log_mean_coeff)), not expm1), so a
+    /// step matches Python to about 1e-7 of its largest value; a float64 t keeps float64 accuracy.
     /// </summary>
     /// <param name="score">Model output (noise prediction), shaped like x.</param>
     /// <param name="x">Current sample, batch first.</param>
