@@ -111,11 +111,13 @@ module DiffusersVp =
                 noise
 
     /// A Langevin corrector step (Song et al. 2021, Alg. 5) at time t with target signal-to-noise ratio
-    /// `snr`, treating `modelOutput` as a noise prediction like `stepPred`; alpha_i is taken from the
-    /// interval [t - dt, t] with the same dt = 1 / numTimesteps. Returns (sample, mean).
-    let stepCorrect
+    /// `snr` and the given norms, treating `modelOutput` as a noise prediction like `stepPred`; alpha_i
+    /// is taken from the interval [t - dt, t] with the same dt = 1 / numTimesteps. Returns (sample,
+    /// mean).
+    let stepCorrectWith
         (config: DiffusersVpConfig)
         (numTimesteps: int)
+        (norm: LangevinNorm)
         (modelOutput: Tensor)
         (x: Tensor)
         (t: Tensor)
@@ -127,15 +129,20 @@ module DiffusersVp =
         let sde = sde config
         let dt = 1.0 / float numTimesteps
         let alphas = ts |> Array.map (fun v -> Corrector.stepAlpha sde v (max (v - dt) 0.0))
-        Corrector.langevinWithOutput
-            sde
-            { Snr = snr; Steps = 1; Norm = LangevinNorm.PerSample }
-            ModelOutput.Noise
-            modelOutput
-            x
-            ts
-            alphas
-            noise
+        Corrector.langevinWithOutput sde { Snr = snr; Steps = 1; Norm = norm } ModelOutput.Noise modelOutput x ts alphas noise
+
+    /// `stepCorrectWith` with norms averaged over the batch, as the paper's code and diffusers'
+    /// ScoreSdeVeScheduler.step_correct do.
+    let stepCorrect
+        (config: DiffusersVpConfig)
+        (numTimesteps: int)
+        (modelOutput: Tensor)
+        (x: Tensor)
+        (t: Tensor)
+        (snr: float)
+        (noise: Noise)
+        =
+        stepCorrectWith config numTimesteps LangevinNorm.BatchMean modelOutput x t snr noise
 
     /// add_noise: the forward marginal x_t = alpha_t x_0 + sigma_t noise.
     let addNoise (config: DiffusersVpConfig) (original: Tensor) (noise: Tensor) (t: Tensor) : Tensor =

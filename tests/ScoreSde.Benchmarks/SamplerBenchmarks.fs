@@ -30,7 +30,7 @@ module SamplerCases =
             Steps = steps }
     let odeEuler = { Sampler.odeDefaults with Solver = OdeSolver.Euler; Steps = steps }
     let odeRk4 = { Sampler.odeDefaults with Solver = OdeSolver.Rk4; Steps = steps }
-    let dpm = { DpmSolver.defaults with Steps = steps }
+    let dpm = { DpmSolver.defaults with Algorithm = DpmAlgorithm.DpmSolverPlusPlus; Steps = steps }
 
     /// Adaptive Dormand-Prince 5(4) on the probability-flow ODE, per-sample step control, held to
     /// `steps` steps by its initial and largest step size (the analytic model's flow field is zero, so

@@ -185,31 +185,40 @@ let tests =
               Expect.isTrue (obj.ReferenceEquals(s.ScaleModelInput(x), x)) "identity"
           }
 
-          test "StepCorrect: Langevin step by hand, and AddNoise is the forward marginal" {
+          test "StepCorrect: Langevin step by hand (batch-averaged and per-sample norms), and AddNoise is the forward marginal" {
               let s = ScoreSdeVpScheduler()
               s.SetTimesteps(10)
               use x = torch.tensor([| 0.5; -1.0; 2.0; 0.25 |], dtype = torch.float64).reshape(2L, 2L)
               use out = torch.tensor([| 0.1; 0.3; -0.2; 0.4 |], dtype = torch.float64).reshape(2L, 2L)
               use t = torch.tensor (0.5, dtype = torch.float64)
-              use g = generator 8L
-              let o = s.StepCorrect(out, x, t, g, 0.2)
-              use g2 = generator 8L
-              let z = values (torch.randn ([| 2L; 2L |], dtype = torch.float64, generator = g2))
               let m = -0.25 * 0.25 * 19.9 - 0.5 * 0.5 * 0.1
               let sigma = sqrt (1.0 - exp (2.0 * m))
               // alpha_i = 1 - beta_i of [0.4, 0.5]: (alpha(0.5) / alpha(0.4))^2
               let m4 = -0.25 * 0.16 * 19.9 - 0.5 * 0.4 * 0.1
               let alphaI = exp (2.0 * (m - m4))
               let xs, os = values x, values out
-              for row in 0..1 do
-                  let grad = [| for j in 0..1 -> -os.[2 * row + j] / sigma |]
-                  let gn = sqrt (grad |> Array.sumBy (fun v -> v * v))
-                  let zn = sqrt ([| z.[2 * row]; z.[2 * row + 1] |] |> Array.sumBy (fun v -> v * v))
-                  let e = 2.0 * alphaI * (0.2 * zn / gn) ** 2.0
-                  for j in 0..1 do
-                      let i = 2 * row + j
-                      close 1e-12 (values o.PrevSampleMean).[i] (xs.[i] + e * grad.[j]) (sprintf "mean[%d]" i)
-                      close 1e-12 (values o.PrevSample).[i] (xs.[i] + e * grad.[j] + sqrt (2.0 * e) * z.[i]) (sprintf "sample[%d]" i)
+              for norm in [ None; Some LangevinNorm.BatchMean; Some LangevinNorm.PerSample ] do
+                  use g = generator 8L
+                  let o =
+                      match norm with
+                      | None -> s.StepCorrect(out, x, t, g, 0.2)
+                      | Some n -> s.StepCorrect(out, x, t, g, 0.2, n)
+                  use g2 = generator 8L
+                  let z = values (torch.randn ([| 2L; 2L |], dtype = torch.float64, generator = g2))
+                  let grad row = [| for j in 0..1 -> -os.[2 * row + j] / sigma |]
+                  let gn row = sqrt (grad row |> Array.sumBy (fun v -> v * v))
+                  let zn row = sqrt ([| z.[2 * row]; z.[2 * row + 1] |] |> Array.sumBy (fun v -> v * v))
+                  for row in 0..1 do
+                      // the default averages |z| and |s| over the batch (the paper's code, diffusers' step_correct)
+                      let e =
+                          match norm with
+                          | Some LangevinNorm.PerSample -> 2.0 * alphaI * (0.2 * zn row / gn row) ** 2.0
+                          | _ -> 2.0 * alphaI * (0.2 * (zn 0 + zn 1) / (gn 0 + gn 1)) ** 2.0
+                      for j in 0..1 do
+                          let i = 2 * row + j
+                          let what = sprintf "%A: element %d" norm i
+                          close 1e-12 (values o.PrevSampleMean).[i] (xs.[i] + e * (grad row).[j]) (what + " mean")
+                          close 1e-12 (values o.PrevSample).[i] (xs.[i] + e * (grad row).[j] + sqrt (2.0 * e) * z.[i]) (what + " sample")
               use noise = torch.tensor([| 1.0; 2.0; 3.0; 4.0 |], dtype = torch.float64).reshape(2L, 2L)
               let noisy = values (s.AddNoise(x, noise, t))
               let ns = values noise
@@ -306,6 +315,7 @@ let tests =
               expectArg "x" "null" (fun () -> box (s.StepPred(x, null, t)))
               expectArg "t" "null" (fun () -> box (s.StepPred(x, x, null)))
               expectArg "snr" "-1" (fun () -> box (s.StepCorrect(x, x, t, null, -1.0)))
+              expectArg "norm" "42" (fun () -> box (s.StepCorrect(x, x, t, null, 0.16, enum 42)))
           }
 
           test "the facade never modifies or disposes the caller's tensors" {
