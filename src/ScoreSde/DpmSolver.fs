@@ -75,7 +75,7 @@ type DpmThirdOrder =
     | TaylorExact
 
 /// The arithmetic of the DPM solvers' time grid and step coefficients (the element-wise combinations
-/// always run in the samples' dtype).
+/// always run in the samples' dtype). The adaptive method always computes in float64.
 [<RequireQualifiedAccess>]
 type DpmArithmetic =
     /// dpm_solver_pytorch.py's: float32 operations in its order (sigma_t = sqrt(1 - exp(2 m)); the
