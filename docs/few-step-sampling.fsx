@@ -40,23 +40,24 @@ let generator = new torch.Generator(7UL)
 let xT = Sampler.prior [| 4096L; 2L |] torch.float64 torch.CPU (Noise.fromGenerator generator)
 let latent = xT.data<float>().ToArray()
 
-// Settings are values: start from the defaults (DPM-Solver++ multistep order 3, 20 evaluations on the
-// logSNR grid) and change what you need.
+// Settings are values: start from the defaults (DPM-Solver multistep order 3 with the published update,
+// 20 evaluations on the logSNR grid) and change what you need.
+let plusPlus = DpmAlgorithm.DpmSolverPlusPlus
+
 let runs =
-    [ "DPM-Solver++3M, 15 evaluations", { DpmSolver.defaults with Steps = 15 }
-      "DPM-Solver-3M, 15 evaluations", { DpmSolver.defaults with Steps = 15; Algorithm = DpmAlgorithm.DpmSolver }
+    [ "DPM-Solver-3M, 15 evaluations", { DpmSolver.defaults with Steps = 15 }
+      "DPM-Solver++3M, 15 evaluations", { DpmSolver.defaults with Steps = 15; Algorithm = plusPlus }
+      "DPM-Solver-3M Taylor-exact, 15 evaluations", { DpmSolver.defaults with Steps = 15; ThirdOrder = DpmThirdOrder.TaylorExact }
       "DPM-Solver-3S, 15 evaluations, quadratic grid",
-      { DpmSolver.defaults with
-          Steps = 15
-          Algorithm = DpmAlgorithm.DpmSolver
-          Method = DpmMethod.SingleStep
-          Grid = TimeGrid.Quadratic }
+      { DpmSolver.defaults with Steps = 15; Method = DpmMethod.SingleStep; Grid = TimeGrid.Quadratic }
       "DPM-Solver++2M, explicit grid",
       { DpmSolver.defaults with
+          Algorithm = plusPlus
           Order = 2
           Grid = TimeGrid.Explicit [| 1.0; 0.6; 0.35; 0.2; 0.1; 0.05; 0.02; 0.008; 0.003; 0.001 |] }
       "adaptive DPM-Solver++-23, rtol = atol = 1e-3",
       { DpmSolver.defaults with
+          Algorithm = plusPlus
           Method = DpmMethod.Adaptive { DpmSolver.adaptiveDefaults with Rtol = 1e-3; Atol = 1e-3 } } ]
 
 let mutable failures = 0

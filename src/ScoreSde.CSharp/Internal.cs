@@ -31,6 +31,14 @@ internal static class Interop
         return source == NoiseSource.PerSample ? ScoreSde.NoiseModule.perSample(s) : ScoreSde.NoiseModule.fast(s);
     }
 
+    /// <summary>The core's Langevin norm; a value outside the enum is rejected naming the option.</summary>
+    internal static ScoreSde.LangevinNorm ToCore(LangevinNorm norm, string name) => norm switch
+    {
+        LangevinNorm.BatchMean => ScoreSde.LangevinNorm.BatchMean,
+        LangevinNorm.PerSample => ScoreSde.LangevinNorm.PerSample,
+        _ => throw new ArgumentOutOfRangeException(name, norm, $"{name} must be BatchMean or PerSample (got {norm})."),
+    };
+
     /// <summary>Rejects a noise source outside the enum, naming the option.</summary>
     internal static void CheckNoise(NoiseSource source, string prefix)
     {

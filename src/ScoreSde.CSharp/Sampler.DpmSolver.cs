@@ -114,8 +114,30 @@ public static partial class Sampler
                 options.Rtol, options.Atol, ScoreSde.DpmSolver.adaptiveDefaults.InitialStep,
                 ScoreSde.DpmSolver.adaptiveDefaults.Safety, options.MaxEvaluations)),
         };
+        var lowerOrderFinal = options.LowerOrderFinal switch
+        {
+            LowerOrderFinal.BelowSteps when options.LowerOrderFinalBelowSteps >= 1 =>
+                ScoreSde.LowerOrderFinal.NewBelowSteps(options.LowerOrderFinalBelowSteps),
+            LowerOrderFinal.BelowSteps => throw OutOfRange(nameof(options.LowerOrderFinalBelowSteps), options.LowerOrderFinalBelowSteps, "at least 1"),
+            LowerOrderFinal.Always => ScoreSde.LowerOrderFinal.Always,
+            LowerOrderFinal.Never => ScoreSde.LowerOrderFinal.Never,
+            _ => throw OutOfRange(nameof(options.LowerOrderFinal), options.LowerOrderFinal, "BelowSteps, Always or Never"),
+        };
+        var thirdOrder = options.ThirdOrder switch
+        {
+            DpmThirdOrder.Published => ScoreSde.DpmThirdOrder.Published,
+            DpmThirdOrder.TaylorExact => ScoreSde.DpmThirdOrder.TaylorExact,
+            _ => throw OutOfRange(nameof(options.ThirdOrder), options.ThirdOrder, "Published or TaylorExact"),
+        };
+        var arithmetic = options.Arithmetic switch
+        {
+            DpmArithmetic.PublishedForFloat32 => ScoreSde.DpmArithmetic.PublishedForFloat32,
+            DpmArithmetic.Published => ScoreSde.DpmArithmetic.Published,
+            DpmArithmetic.Float64 => ScoreSde.DpmArithmetic.Float64,
+            _ => throw OutOfRange(nameof(options.Arithmetic), options.Arithmetic, "PublishedForFloat32, Published or Float64"),
+        };
         return new ScoreSde.DpmSolverSettings(algorithm, method, options.Order, grid, options.Steps, options.Eps,
-                                              options.LowerOrderFinal, options.Denoise,
+                                              lowerOrderFinal, thirdOrder, arithmetic, options.Denoise,
                                               ScoreSde.Thresholding.NoThresholding, null);
     }
 }

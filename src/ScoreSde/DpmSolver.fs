@@ -50,6 +50,44 @@ type DpmMethod =
     /// Adaptive step size in lambda (orders 2 and 3); the grid and the step budget are not used.
     | Adaptive of DpmAdaptiveSettings
 
+/// When a multistep run lowers the orders of its final steps (the last step first order, the one
+/// before it at most second), which the papers find stabilises very few steps.
+[<RequireQualifiedAccess>]
+type LowerOrderFinal =
+    /// Full order to the end.
+    | Never
+    /// Whatever the number of steps.
+    | Always
+    /// Only when the run has fewer solver steps than this: dpm_solver_pytorch.py's rule is
+    /// BelowSteps 10 (the default), diffusers' DPMSolverMultistepScheduler's BelowSteps 15.
+    | BelowSteps of int
+
+/// The multistep third-order update's second difference.
+[<RequireQualifiedAccess>]
+type DpmThirdOrder =
+    /// dpm_solver_pytorch.py's update (the default): D2 = (D1_0 - D1_1) / (r0 + r1), which estimates
+    /// h^2 m'' / 2 while the Taylor term is phi_3(H) h^2 m'': second order formally, and the better one
+    /// at 10 to 20 evaluations (docs/dpm-solver.md).
+    | Published
+    /// D2 doubled so that the update matches the Taylor expansion: third order formally (measured 3 to 4
+    /// on the Gaussian flow), better only with many steps. Not the published solver_type 'taylor', whose
+    /// multistep third-order update equals 'dpmsolver''s.
+    | TaylorExact
+
+/// The arithmetic of the DPM solvers' time grid and step coefficients (the element-wise combinations
+/// always run in the samples' dtype). The adaptive method always computes in float64.
+[<RequireQualifiedAccess>]
+type DpmArithmetic =
+    /// dpm_solver_pytorch.py's: float32 operations in its order (sigma_t = sqrt(1 - exp(2 m)); the
+    /// grid from float32 lambdas, ending at inverse_lambda(lambda(eps)) = 1.0005e-3 for eps = 1e-3;
+    /// denoising at float32(eps)), whatever the samples' dtype, as the published code does.
+    | Published
+    /// float64 with sigma_t from expm1, grid ends at exactly T and eps.
+    | Float64
+    /// Published for float32 (and lower-precision) samples, Float64 for float64 samples (default):
+    /// float32 runs reproduce the published sampler, float64 runs keep float64 accuracy.
+    | PublishedForFloat32
+
 /// Settings of the DPM solvers.
 type DpmSolverSettings =
     {
@@ -63,10 +101,16 @@ type DpmSolverSettings =
         /// The number of model evaluations, met exactly (fixed-step methods).
         Steps: int
         Eps: float
-        /// Multistep: use lower orders in the final steps (order min(k, steps left)). Single-step: split
-        /// the budget as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps);
-        /// when false and the order divides the budget, every step has the full order.
-        LowerOrderFinal: bool
+        /// Multistep: when to use lower orders in the final steps (order min(k, steps left)); the rule
+        /// looks at the solver steps (Steps less the denoising evaluation). Single-step: the budget is
+        /// split as the DPM-Solver paper does (`singleStepOrders`, ending in lower-order steps; the
+        /// published 'singlestep') unless Never and the order divides the budget, when every step has
+        /// the full order (the published 'singlestep_fixed').
+        LowerOrderFinal: LowerOrderFinal
+        /// Multistep order 3: the published second difference or the Taylor-exact (doubled) one.
+        ThirdOrder: DpmThirdOrder
+        /// How the time grid and the step coefficients are computed.
+        Arithmetic: DpmArithmetic
         /// Spend the last evaluation on Tweedie's denoising step x_0 = E[x_0 | x_eps] (counts in Steps).
         Denoise: bool
         /// DPM-Solver++ only.
@@ -86,44 +130,42 @@ module DpmSolver =
     /// first step 0.05 in lambda, safety 0.9, at most 10,000 evaluations.
     let adaptiveDefaults = { Rtol = 0.05; Atol = 0.0078; InitialStep = 0.05; Safety = 0.9; MaxEvaluations = 10000 }
 
-    /// Defaults: DPM-Solver++ multistep order 3 (the second paper's recommendation), 20 evaluations on
-    /// the logSNR grid to eps = 1e-3, lower orders in the final steps, no denoising, no thresholding.
+    /// Defaults, chosen by measurement (docs/dpm-solver.md): DPM-Solver (noise prediction) multistep
+    /// order 3 with the published update, 20 evaluations on the logSNR grid to eps = 1e-3, the
+    /// published lower-order rule (BelowSteps 10), the published arithmetic for float32 samples, no
+    /// denoising, no thresholding. DPM-Solver++ is the better choice for guided sampling (large
+    /// guidance scales) and with thresholding.
     let defaults =
-        { Algorithm = DpmAlgorithm.DpmSolverPlusPlus
+        { Algorithm = DpmAlgorithm.DpmSolver
           Method = DpmMethod.MultiStep
           Order = 3
           Grid = TimeGrid.LogSnr
           Steps = 20
           Eps = 1e-3
-          LowerOrderFinal = true
+          LowerOrderFinal = LowerOrderFinal.BelowSteps 10
+          ThirdOrder = DpmThirdOrder.Published
+          Arithmetic = DpmArithmetic.PublishedForFloat32
           Denoise = false
           Thresholding = Thresholding.NoThresholding
           Observer = None }
 
+    /// Whether a multistep run of `solverSteps` steps lowers its final orders under the rule.
+    let lowersFinalOrders (rule: LowerOrderFinal) (solverSteps: int) =
+        match rule with
+        | LowerOrderFinal.Never -> false
+        | LowerOrderFinal.Always -> true
+        | LowerOrderFinal.BelowSteps n -> solverSteps < n
+
+    /// Whether a run on samples of this dtype uses the published float32 arithmetic.
+    let usesPublishedArithmetic (arithmetic: DpmArithmetic) (dtype: torch.ScalarType) =
+        match arithmetic with
+        | DpmArithmetic.Published -> true
+        | DpmArithmetic.Float64 -> false
+        | DpmArithmetic.PublishedForFloat32 -> dtype <> torch.float64
+
     /// phi_k(H) for k = 1, 2, 3: phi_1 = expm1(H), phi_2 = phi_1 / H - 1, phi_3 = phi_2 / H - 1/2,
-    /// i.e. phi_k(H) = sum_(j >= 1) H^j / (j + k - 1)!. A power series for small |H| avoids the
-    /// cancellation of the recurrence.
-    let phi (k: int) (h: float) : float =
-        if k < 1 || k > 3 then
-            Check.fail "k" k "1, 2 or 3"
-        if abs h < 1e-2 then
-            // terms H^j / (j + k - 1)! for j = 1..8: truncation error below 1e-2^9 / 9! ~ 1e-24
-            let mutable term = 1.0
-            let mutable sum = 0.0
-            let mutable fact = 1.0
-            for i in 1 .. k - 1 do
-                fact <- fact * float i
-            for j in 1..8 do
-                term <- term * h
-                fact <- fact * float (j + k - 1)
-                sum <- sum + term / fact
-            sum
-        else
-            let p1 = HostMath.expm1 h
-            match k with
-            | 1 -> p1
-            | 2 -> p1 / h - 1.0
-            | _ -> (p1 / h - 1.0) / h - 0.5
+    /// i.e. phi_k(H) = sum_(j >= 1) H^j / (j + k - 1)!, with a power series for small |H|.
+    let phi (k: int) (h: float) : float = DpmFloat64.phi k h
 
     /// Orders of the outer steps of a single-step run spending exactly `budget` evaluations, as the
     /// DPM-Solver paper splits it: order 3 takes [3; ...; 3; 2; 1] when budget = 0 mod 3, [3; ...; 3; 1]
@@ -214,39 +256,63 @@ module DpmSolver =
             if q <= 0.0 || q > 1.0 then
                 Check.fail "thresholding.quantile" q "in (0, 1]"
             Check.positive "thresholding.maxValue" m
+        match settings.LowerOrderFinal with
+        | LowerOrderFinal.BelowSteps n -> Check.positiveInt "lowerOrderFinal.belowSteps" n
+        | _ -> ()
 
     /// The solver's time points from T down to eps (without the denoising step): the step grid of a
-    /// multistep run, the outer step grid of a single-step run (uniform in lambda for the logSNR grid,
-    /// otherwise the budget's grid taken at the cumulative step orders), and each outer step's order.
-    let schedule (sde: VpSde) (settings: DpmSolverSettings) : float[] * int[] =
+    /// multistep run, the outer step grid of a single-step run (uniform in lambda for the logSNR grid
+    /// and for full-order steps, otherwise the budget's grid taken at the cumulative step orders), and
+    /// each outer step's order. `published` computes the grids as dpm_solver_pytorch.py does
+    /// (`DpmArithmetic.Published`).
+    let scheduleWith (published: bool) (sde: VpSde) (settings: DpmSolverSettings) : float[] * int[] =
         let solverSteps =
             match settings.Grid with
             | TimeGrid.Explicit ts -> ts.Length - 1
             | _ -> settings.Steps - (if settings.Denoise then 1 else 0)
-        let grid n = TimeGrid.points sde settings.Grid n settings.Eps
+        let grid n =
+            if published then
+                DpmPublished.timeSteps sde settings.Grid sde.T settings.Eps n
+            else
+                TimeGrid.points sde settings.Grid n settings.Eps
         match settings.Method with
-        | DpmMethod.MultiStep -> grid solverSteps, multiStepOrders settings.Order solverSteps settings.LowerOrderFinal
+        | DpmMethod.MultiStep ->
+            grid solverSteps, multiStepOrders settings.Order solverSteps (lowersFinalOrders settings.LowerOrderFinal solverSteps)
         | DpmMethod.SingleStep ->
+            let fixedOrder = settings.LowerOrderFinal = LowerOrderFinal.Never && solverSteps % settings.Order = 0
             let orders =
-                if not settings.LowerOrderFinal && solverSteps % settings.Order = 0 then
+                if fixedOrder then
                     Array.create (solverSteps / settings.Order) settings.Order
                 else
                     singleStepOrders settings.Order solverSteps
             let times =
                 match settings.Grid with
                 | TimeGrid.LogSnr -> grid orders.Length
+                | TimeGrid.Uniform
+                | TimeGrid.Quadratic when fixedOrder -> grid orders.Length
                 | _ ->
                     let fine = grid solverSteps
                     Array.scan (+) 0 orders |> Array.map (fun i -> fine.[i])
             times, orders
         | DpmMethod.Adaptive _ -> invalidArg "settings" "the adaptive method has no fixed schedule"
 
+    /// `scheduleWith` in float64 arithmetic.
+    let schedule (sde: VpSde) (settings: DpmSolverSettings) : float[] * int[] = scheduleWith false sde settings
+
     /// Per-run state: the model converted to the algorithm's prediction, a reusable time buffer and the
-    /// evaluation count.
-    type private Run(sde: VpSde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, x: Tensor) =
+    /// evaluation count. `published` selects the published float32 arithmetic for the conversion.
+    type private Run(sde: VpSde, model: Model, algorithm: DpmAlgorithm, thresholding: Thresholding, published: bool, x: Tensor) =
         let tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
         let dataPrediction = algorithm = DpmAlgorithm.DpmSolverPlusPlus
+
+        /// (a, b) with the prediction (data if `data`, else noise) = a x + b out at time t.
+        let conversion (data: bool) (t: float) =
+            if published then DpmPublished.predictionCoefficients sde model.Output data t
+            elif data then Model.dataCoefficientsAt sde model.Output t
+            else Model.noiseCoefficientsAt sde model.Output t
+
         member val Nfe = 0 with get, set
+        member _.Published = published
 
         /// Clip a data prediction in place as the thresholding setting asks.
         member private _.Threshold(d: Tensor) =
@@ -271,12 +337,25 @@ module DpmSolver =
         member this.Predict(x: Tensor, t: float) : Tensor =
             Tensors.fillHost tb t
             this.Nfe <- this.Nfe + 1
-            if not dataPrediction then
-                Model.noiseOf sde model x tb
-            else
-                let d = Model.dataOf sde model x tb
+            let d =
+                use scope = torch.NewDisposeScope()
+                let out = Model.eval model x tb
+                let a, b = conversion dataPrediction t
+                (Kernel.combine a x b out).MoveToOuterDisposeScope()
+            if dataPrediction then
                 this.Threshold d
-                d
+            d
+
+        /// Tweedie's denoising step x <- x_0(x, t), in place (thresholded like DPM-Solver++'s data
+        /// predictions, as the published denoise_to_zero_fn does).
+        member this.DenoiseInPlace(x: Tensor, t: float) =
+            Tensors.fillHost tb t
+            this.Nfe <- this.Nfe + 1
+            use scope = torch.NewDisposeScope()
+            let out = Model.eval model x tb
+            let a, b = conversion true t
+            Kernel.axpby x a out b
+            this.Threshold x
 
         /// The prediction m(x, t) written into dst (a buffer shaped like x, not x itself): the model's
         /// output converted with host coefficients, one pass on CPU tensors. No tensor is created
@@ -286,11 +365,7 @@ module DpmSolver =
             this.Nfe <- this.Nfe + 1
             use scope = torch.NewDisposeScope()
             let out = Model.eval model x tb
-            let a, b =
-                if dataPrediction then
-                    Model.dataCoefficientsAt sde model.Output t
-                else
-                    Model.noiseCoefficientsAt sde model.Output t
+            let a, b = conversion dataPrediction t
             if a = 0.0 then
                 dst.copy_ (out) |> ignore
                 if b <> 1.0 then
@@ -302,12 +377,7 @@ module DpmSolver =
                 this.Threshold dst
 
         /// (r, c, H) of the step from s to t: x_t = r x_s - c [phi_1(H) m_s + ...].
-        member _.Coefficients(s: float, t: float, ls: float, lt: float) =
-            let h = lt - ls
-            if dataPrediction then
-                VpSde.sigmaAt sde t / VpSde.sigmaAt sde s, VpSde.alphaAt sde t, -h
-            else
-                Math.Exp(VpSde.logMeanCoeffAt sde t - VpSde.logMeanCoeffAt sde s), VpSde.sigmaAt sde t, h
+        member _.Coefficients(s: float, t: float, ls: float, lt: float) = DpmFloat64.stepCoefficients sde dataPrediction s t ls lt
 
         interface IDisposable with
             member _.Dispose() = tb.Dispose()
@@ -338,96 +408,40 @@ module DpmSolver =
 
     // ---- single-step (DPM-Solver-k of the first paper; the "DPM-Solver" variant of the second) ----
 
-    /// Intermediate points of a single-step order-k step: order 2 at lambda fraction 1/2; order 3 at
-    /// 1/3 and 2/3.
-    let private fractions order =
+    /// One single-step update of order k (1 to 3) with the given coefficients, in place on x. ms is the
+    /// prediction at (x, s) (owned by the caller); u is a scratch buffer. When `lower` is given it
+    /// receives the order k - 1 solution that shares the evaluations (orders 2 and 3 only).
+    let private singleStep (run: Run) (order: int) (p: SingleStepPlan) (x: Tensor) (ms: Tensor) (u: Tensor) (lower: Tensor option) =
         match order with
-        | 2 -> 0.5, 0.0
-        | 3 -> 1.0 / 3.0, 2.0 / 3.0
-        | _ -> 0.0, 0.0
-
-    /// One single-step step of order k (1 to 3, intermediate fractions r1, r2) from s to t, in place on
-    /// x. ms is the prediction at (x, s) (owned by the caller); u is a scratch buffer. When `lower` is
-    /// given it receives the order k - 1 solution that shares the evaluations (orders 2 and 3 only; for
-    /// order 3 it is DPM-Solver-2 with r1 = 1/3).
-    let private singleStep
-        (run: Run)
-        (sde: VpSde)
-        (order: int)
-        (r1: float)
-        (r2: float)
-        (x: Tensor)
-        (ms: Tensor)
-        (u: Tensor)
-        (s: float)
-        (t: float)
-        (lower: Tensor option)
-        =
-        let ls, lt = lambdaOf sde s, lambdaOf sde t
-        let h = lt - ls
-        let r, c, hh = run.Coefficients(s, t, ls, lt)
-        let p1, p2 = phi 1 hh, phi 2 hh
-        match order with
-        | 1 -> combineInto x x r [ -c * p1, ms ]
+        | 1 -> combineInto x x p.A [ p.Ws, ms ]
         | 2 ->
-            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
-            let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
-            combineInto u x ra [ -ca * phi 1 ha, ms ]
-            use m1 = run.Predict(u, s1)
-            lower |> Option.iter (fun lo -> combineInto lo x r [ -c * p1, ms ])
-            // x_t = r x - c phi_1 m_s - c phi_1 / (2 r1) (m_1 - m_s)
-            let k = c * p1 / (2.0 * r1)
-            combineInto x x r [ -c * p1 + k, ms; -k, m1 ]
+            combineInto u x p.U1a [ p.U1s, ms ]
+            use m1 = run.Predict(u, p.S1)
+            lower |> Option.iter (fun lo -> combineInto lo x p.LowerA [ p.LowerS, ms ])
+            combineInto x x p.A [ p.Ws, ms; p.W1, m1 ]
         | _ ->
-            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
-            let s2 = VpSde.timeOfLambda sde (ls + r2 * h)
-            let ra, ca, ha = run.Coefficients(s, s1, ls, ls + r1 * h)
-            combineInto u x ra [ -ca * phi 1 ha, ms ]
-            use m1 = run.Predict(u, s1)
-            // u_2 = r x - c [phi_1(r2 H) m_s + (r2 / r1) phi_2(r2 H) (m_1 - m_s)]
-            let rb, cb, hb = run.Coefficients(s, s2, ls, ls + r2 * h)
-            let k2 = cb * (r2 / r1) * phi 2 hb
-            combineInto u x rb [ -cb * phi 1 hb + k2, ms; -k2, m1 ]
-            use m2 = run.Predict(u, s2)
-            lower
-            |> Option.iter (fun lo ->
-                let k = c * p1 / (2.0 * r1)
-                combineInto lo x r [ -c * p1 + k, ms; -k, m1 ])
-            // x_t = r x - c [phi_1(H) m_s + phi_2(H) / r2 (m_2 - m_s)]
-            let k3 = c * p2 / r2
-            combineInto x x r [ -c * p1 + k3, ms; -k3, m2 ]
+            combineInto u x p.U1a [ p.U1s, ms ]
+            use m1 = run.Predict(u, p.S1)
+            combineInto u x p.U2a [ p.U2s, ms; p.U21, m1 ]
+            use m2 = run.Predict(u, p.S2)
+            lower |> Option.iter (fun lo -> combineInto lo x p.LowerA [ p.LowerS, ms; p.Lower1, m1 ])
+            combineInto x x p.A [ p.Ws, ms; p.W2, m2 ]
 
     // ---- multistep (the second paper's multistep DPM-Solver(++)-2M and -3M) ----
-
-    /// Coefficients on (m_0, m_1, m_2) (newest first) of the bracket phi_1 m_0 + phi_2 D_1 + phi_3 D_2
-    /// (order 3) or phi_1 m_0 + phi_1 / 2 D_1 (order 2), given the lambda spacings h (this step) and
-    /// h0, h1 (the previous two).
-    let private multiStepWeights (order: int) (hh: float) (h: float) (h0: float) (h1: float) : float[] =
-        let p1 = phi 1 hh
-        match order with
-        | 1 -> [| p1; 0.0; 0.0 |]
-        | 2 ->
-            // D_1 = (m_0 - m_1) / r0, r0 = h0 / h
-            let r0 = h0 / h
-            [| p1 * (1.0 + 0.5 / r0); -p1 * 0.5 / r0; 0.0 |]
-        | _ ->
-            let p2, p3 = phi 2 hh, phi 3 hh
-            let r0, r1 = h0 / h, h1 / h
-            let d10 = [| 1.0 / r0; -1.0 / r0; 0.0 |]
-            let d11 = [| 0.0; 1.0 / r1; -1.0 / r1 |]
-            let diff = Array.map2 (-) d10 d11
-            let d1 = Array.map2 (fun a b -> a + r0 / (r0 + r1) * b) d10 diff
-            // (D_1^0 - D_1^1) / (r0 + r1) estimates h^2 m'' / 2; the Taylor term is phi_3 h^2 m''.
-            let d2 = diff |> Array.map (fun v -> 2.0 * v / (r0 + r1))
-            [| p1 + p2 * d1.[0] + p3 * d2.[0]; p2 * d1.[1] + p3 * d2.[1]; p2 * d1.[2] + p3 * d2.[2] |]
 
     // ---- entry points ----
 
     let private runFixed (sde: VpSde) (settings: DpmSolverSettings) (run: Run) (x: Tensor) =
-        let ts, orders = schedule sde settings
+        let published = run.Published
+        let dataPrediction = settings.Algorithm = DpmAlgorithm.DpmSolverPlusPlus
+        let ts, orders = scheduleWith published sde settings
         match settings.Method with
         | DpmMethod.MultiStep ->
             let lambdas = ts |> Array.map (lambdaOf sde)
+            let d2Factor =
+                match settings.ThirdOrder with
+                | DpmThirdOrder.Published -> 1.0
+                | DpmThirdOrder.TaylorExact -> 2.0
             // A ring of preallocated prediction buffers, one per order: step i writes slot i mod n, and
             // the j-th newest prediction is slot (i - j) mod n. Nothing is allocated per step.
             let n = settings.Order
@@ -437,12 +451,17 @@ module DpmSolver =
                     run.PredictInto(x, ts.[i], slots.[i % n])
                     let newest j = slots.[(i - j + n * 3) % n]
                     let k = orders.[i]
-                    let r, c, hh = run.Coefficients(ts.[i], ts.[i + 1], lambdas.[i], lambdas.[i + 1])
-                    let h = lambdas.[i + 1] - lambdas.[i]
-                    let h0 = if i >= 1 then lambdas.[i] - lambdas.[i - 1] else 0.0
-                    let h1 = if i >= 2 then lambdas.[i - 1] - lambdas.[i - 2] else 0.0
-                    let w = multiStepWeights k hh h h0 h1
-                    combineInto x x r [ for j in 0 .. k - 1 -> -c * w.[j], newest j ]
+                    let a, ws =
+                        if published then
+                            DpmPublished.multiStep sde dataPrediction k d2Factor (Array.init k (fun j -> ts.[i - j])) ts.[i + 1]
+                        else
+                            let r, c, hh = run.Coefficients(ts.[i], ts.[i + 1], lambdas.[i], lambdas.[i + 1])
+                            let h = lambdas.[i + 1] - lambdas.[i]
+                            let h0 = if i >= 1 then lambdas.[i] - lambdas.[i - 1] else 0.0
+                            let h1 = if i >= 2 then lambdas.[i - 1] - lambdas.[i - 2] else 0.0
+                            let w = DpmFloat64.multiStepWeights k d2Factor hh h h0 h1
+                            r, Array.init k (fun j -> -c * w.[j])
+                    combineInto x x a [ for j in 0 .. k - 1 -> ws.[j], newest j ]
                     settings.Observer |> Option.iter (fun f -> f i ts.[i + 1] x)
             finally
                 for m in slots do
@@ -450,10 +469,16 @@ module DpmSolver =
         | _ ->
             use u = torch.empty_like (x)
             for i in 0 .. orders.Length - 1 do
-                let s, t = ts.[i], ts.[i + 1]
+                let s, t, k = ts.[i], ts.[i + 1], orders.[i]
                 use ms = run.Predict(x, s)
-                let r1, r2 = fractions orders.[i]
-                singleStep run sde orders.[i] r1 r2 x ms u s t None
+                let plan =
+                    if published then
+                        let r1, r2 = DpmPublished.fractions sde settings.Grid k s t
+                        DpmPublished.singleStep sde dataPrediction k r1 r2 s t
+                    else
+                        let r1, r2 = DpmFloat64.fractions sde settings.Grid k s t
+                        DpmFloat64.singleStep sde dataPrediction k r1 r2 s t
+                singleStep run k plan x ms u None
                 settings.Observer |> Option.iter (fun f -> f i t x)
         ts.[ts.Length - 1]
 
@@ -488,7 +513,14 @@ module DpmSolver =
                         )
                     )
                 higher.copy_ (x) |> ignore
-                singleStep run sde order r1 r2 higher ms u s t (Some lower)
+                singleStep
+                    run
+                    order
+                    (DpmFloat64.singleStep sde (settings.Algorithm = DpmAlgorithm.DpmSolverPlusPlus) order r1 r2 s t)
+                    higher
+                    ms
+                    u
+                    (Some lower)
                 let err =
                     use scope = torch.NewDisposeScope()
                     use rtol = Tensors.scalar a.Rtol
@@ -532,16 +564,19 @@ module DpmSolver =
         use _noGrad = torch.no_grad ()
         let x = xT.clone ()
         try
-            use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, x)
+            // the adaptive method always computes in float64 (see `DpmArithmetic`)
+            let published =
+                match settings.Method with
+                | DpmMethod.Adaptive _ -> false
+                | _ -> usesPublishedArithmetic settings.Arithmetic x.dtype
+            use run = new Run(sde, model, settings.Algorithm, settings.Thresholding, published, x)
             let tEnd =
                 match settings.Method with
                 | DpmMethod.Adaptive a -> runAdaptive sde settings a run x
                 | _ -> runFixed sde settings run x
             if settings.Denoise then
-                use tb = Tensors.fullTime x.shape.[0] tEnd x.dtype x.device
-                use d = Model.dataOf sde model x tb
-                x.copy_ (d) |> ignore
-                run.Nfe <- run.Nfe + 1
+                // the published denoise_to_zero evaluates at float32(eps), not at the grid's last time
+                run.DenoiseInPlace(x, (if published then DpmPublished.f32 settings.Eps else tEnd))
             { Samples = x; Nfe = run.Nfe }
         with _ ->
             x.Dispose()

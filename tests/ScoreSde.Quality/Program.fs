@@ -18,15 +18,22 @@ let private repoRoot () =
     | Some r -> r
     | None -> (up (DirectoryInfo AppContext.BaseDirectory)).Value
 
-type private Options = { Quick: bool; Sweep: bool; Samples: int; Problems: string list; OutDir: string option }
+type private Options =
+    { Quick: bool
+      Sweep: bool
+      Correctors: bool
+      Samples: int
+      Problems: string list
+      OutDir: string option }
 
-let private usage = "usage: ScoreSde.Quality [--quick | --sweep] [--samples N] [--problem a|b] [--out DIR]"
+let private usage = "usage: ScoreSde.Quality [--quick | --sweep | --correctors] [--samples N] [--problem a|b] [--out DIR]"
 
 let rec private parse (o: Options) (args: string list) =
     match args with
     | [] -> o
     | "--quick" :: rest -> parse { o with Quick = true } rest
     | "--sweep" :: rest -> parse { o with Sweep = true } rest
+    | "--correctors" :: rest -> parse { o with Correctors = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -34,6 +41,13 @@ let rec private parse (o: Options) (args: string list) =
     | "--problem" :: p :: rest when p = "a" || p = "b" -> parse { o with Problems = o.Problems @ [ p ] } rest
     | "--out" :: dir :: rest -> parse { o with OutDir = Some dir } rest
     | a :: _ -> failwithf "unknown argument '%s'\n%s" a usage
+
+/// The mixtures named by --problem (both by default).
+let private selectedProblems (o: Options) =
+    (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems)
+    |> List.map (function
+        | "a" -> Mixture.circle8
+        | _ -> Mixture.unequal16)
 
 let private budgetsFull = [| 10; 15; 20; 50; 100; 200; 1000 |]
 let private budgetsQuick = [| 10; 20; 100 |]
@@ -57,11 +71,7 @@ let private run (o: Options) =
         | None when o.Quick -> Path.Combine(Path.GetTempPath(), "scoresde-quality")
         | None -> Path.Combine(repoRoot (), "docs")
     Directory.CreateDirectory outDir |> ignore
-    let problems =
-        (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems)
-        |> List.map (function
-            | "a" -> Mixture.circle8
-            | _ -> Mixture.unequal16)
+    let problems = selectedProblems o
     let report = Text.StringBuilder()
     let say (s: string) =
         printfn "%s" s
@@ -172,11 +182,7 @@ let private sweep (o: Options) =
     torch.set_num_threads 1
     let sde = VpSde.standard
     let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
-    let problems =
-        (if o.Problems.IsEmpty then [ "a"; "b" ] else o.Problems)
-        |> List.map (function
-            | "a" -> Mixture.circle8
-            | _ -> Mixture.unequal16)
+    let problems = selectedProblems o
     let report = Text.StringBuilder()
     let say (s: string) =
         printfn "%s" s
@@ -197,7 +203,7 @@ let private sweep (o: Options) =
         use xT = torch.randn ([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
         use metric = new Metric.Reference(dirs, reference)
         let converged =
-            let r = DpmSolver.sample sde model { DpmSolver.defaults with Steps = 1000 } xT
+            let r = DpmSolver.sample sde model { DpmSolver.defaults with Algorithm = DpmAlgorithm.DpmSolverPlusPlus; Steps = 1000 } xT
             use x = r.Samples
             metric.Distance x
         say ""
@@ -208,7 +214,8 @@ let private sweep (o: Options) =
                       for alg, an in [ DpmAlgorithm.DpmSolver, "DPM-Solver-"; DpmAlgorithm.DpmSolverPlusPlus, "DPM-Solver++" ] do
                           for meth, mn in [ DpmMethod.MultiStep, "M"; DpmMethod.SingleStep, "S" ] do
                               for order in [ 2; 3 ] do
-                                  for lof in [ true; false ] do
+                                  // at 10 and 20 evaluations the published rule (below 10 steps) never lowers
+                                  for lof in [ LowerOrderFinal.Never; LowerOrderFinal.Always ] do
                                       let settings =
                                           { DpmSolver.defaults with
                                               Algorithm = alg
@@ -220,7 +227,13 @@ let private sweep (o: Options) =
                                       let r = DpmSolver.sample sde model settings xT
                                       use x = r.Samples
                                       yield
-                                          sprintf "%s%d%s, %s grid%s" an order mn gname (if lof then "" else ", no lower-order final"),
+                                          sprintf
+                                              "%s%d%s, %s grid%s"
+                                              an
+                                              order
+                                              mn
+                                              gname
+                                              (if lof = LowerOrderFinal.Always then ", lower-order final" else ""),
                                           metric.Distance x ]
                 |> List.sortBy snd
             say ""
@@ -234,11 +247,84 @@ let private sweep (o: Options) =
     File.WriteAllText(md, report.ToString())
     printfn "wrote %s" md
 
+/// The PC sampler's correctors at 200 steps: reverse diffusion with each corrector (one step per time,
+/// snr 0.16) and without one, from the same latents and the benchmark's PC noise seed.
+let private correctors (o: Options) =
+    Native.ensureLoaded ()
+    torch.set_num_threads 1
+    let sde = VpSde.standard
+    let steps = 200
+    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    let problems = selectedProblems o
+    let configs =
+        [ "Langevin, batch-averaged norms (default; the paper's code, diffusers' step_correct)",
+          Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+          "Langevin, per-sample norms", Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.PerSample }
+          "annealed Langevin", Corrector.annealedLangevin 0.16 1
+          "no corrector", Corrector.NoCorrector ]
+    let table =
+        [ for problem in problems ->
+              let model = Model.noise (Mixture.noiseModel sde problem)
+              use dirs = Metric.directions problem.Dim 256 7L
+              use g1 = new torch.Generator(1UL)
+              use g2 = new torch.Generator(2UL)
+              use g3 = new torch.Generator(3UL)
+              use reference = Mixture.sample problem o.Samples g1
+              use second = Mixture.sample problem o.Samples g2
+              use xT = torch.randn ([| int64 o.Samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
+              use metric = new Metric.Reference(dirs, reference)
+              let floor = metric.Distance second
+              let cells =
+                  [ for name, c in configs ->
+                        let settings = { Sampler.pcDefaults with Corrector = c; Steps = steps }
+                        let r = Sampler.predictorCorrector sde model settings (Noise.fromSeed Samplers.pcSeed torch.CPU) xT
+                        use x = r.Samples
+                        let d = metric.Distance x
+                        eprintfn "  [%s] %-40s %.4f (%d evaluations)" problem.Name name d r.Nfe
+                        d ]
+              problem, floor, cells ]
+    let report = Text.StringBuilder()
+    let say (s: string) =
+        printfn "%s" s
+        report.AppendLine s |> ignore
+    say (
+        sprintf
+            "Reverse diffusion + corrector, %d steps to eps 1e-3, snr 0.16, one corrector step per time; sliced W1 (256 directions) between %d generated and %d exact samples; float64."
+            steps
+            o.Samples
+            o.Samples
+    )
+    say ""
+    say (
+        "| corrector | "
+        + (table |> List.map (fun (p, _, _) -> sprintf "(%s) %s" p.Name p.Description) |> String.concat " | ")
+        + " |"
+    )
+    say ("|---|" + (table |> List.map (fun _ -> "---:|") |> String.concat ""))
+    let none = table |> List.map (fun (_, _, cells) -> List.last cells)
+    configs
+    |> List.iteri (fun i (name, _) ->
+        let cell (_, _, cells: float list) n =
+            let d = cells.[i]
+            if i = configs.Length - 1 then
+                sprintf "%.4f" d
+            else
+                sprintf "%.4f (%+.0f%%)" d (100.0 * (d / n - 1.0))
+        say (sprintf "| %s | %s |" name (List.map2 cell table none |> String.concat " | ")))
+    say (sprintf "| noise floor (two exact sets) | %s |" (table |> List.map (fun (_, f, _) -> sprintf "%.4f" f) |> String.concat " | "))
+    Directory.CreateDirectory outDir |> ignore
+    let md = Path.Combine(outDir, "correctors-results.md")
+    File.WriteAllText(md, report.ToString())
+    printfn "wrote %s" md
+
 [<EntryPoint>]
 let main argv =
     try
-        let o = parse { Quick = false; Sweep = false; Samples = 10000; Problems = []; OutDir = None } (List.ofArray argv)
-        if o.Sweep then sweep o else run o
+        let o =
+            parse { Quick = false; Sweep = false; Correctors = false; Samples = 10000; Problems = []; OutDir = None } (List.ofArray argv)
+        if o.Sweep then sweep o
+        elif o.Correctors then correctors o
+        else run o
         0
     with Failure msg ->
         eprintfn "%s" msg

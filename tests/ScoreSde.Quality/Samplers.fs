@@ -104,16 +104,16 @@ let fixedBudget: FixedBudget list =
         Run = dpm { d with Algorithm = noiseAlg; Method = DpmMethod.MultiStep; Order = 3 } }
       { Name = "DPM-Solver++2S"
         Family = "DPM"
-        Run = dpm { d with Method = DpmMethod.SingleStep; Order = 2 } }
+        Run = dpm { d with Algorithm = dataAlg; Method = DpmMethod.SingleStep; Order = 2 } }
       { Name = "DPM-Solver++3S"
         Family = "DPM"
-        Run = dpm { d with Method = DpmMethod.SingleStep; Order = 3 } }
+        Run = dpm { d with Algorithm = dataAlg; Method = DpmMethod.SingleStep; Order = 3 } }
       { Name = "DPM-Solver++2M"
         Family = "DPM"
-        Run = dpm { d with Method = DpmMethod.MultiStep; Order = 2 } }
+        Run = dpm { d with Algorithm = dataAlg; Method = DpmMethod.MultiStep; Order = 2 } }
       { Name = "DPM-Solver++3M"
         Family = "DPM"
-        Run = dpm { d with Method = DpmMethod.MultiStep; Order = 3 } }
+        Run = dpm { d with Algorithm = dataAlg; Method = DpmMethod.MultiStep; Order = 3 } }
       // variations: grids, final steps, denoising
       { Name = "DPM-Solver-3M, time-quadratic grid"
         Family = "tuned"
@@ -124,18 +124,45 @@ let fixedBudget: FixedBudget list =
       { Name = "DPM-Solver-3M, EDM grid rho 7"
         Family = "tuned"
         Run = fewSteps (dpmEdm 7.0 { d with Algorithm = noiseAlg }) }
-      { Name = "DPM-Solver-3M, no lower-order final"
+      { Name = "DPM-Solver-3M, lower-order final always"
         Family = "tuned"
-        Run = fewSteps (dpm { d with Algorithm = noiseAlg; LowerOrderFinal = false }) }
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; LowerOrderFinal = LowerOrderFinal.Always }) }
+      { Name = "DPM-Solver-3M, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver++3M, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver-3M, time-uniform grid"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; Grid = TimeGrid.Uniform }) }
+      { Name = "DPM-Solver-3M, time-uniform grid, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; Grid = TimeGrid.Uniform; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver++3M, time-uniform grid"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; Grid = TimeGrid.Uniform }) }
+      { Name = "DPM-Solver++3M, time-uniform grid, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; Grid = TimeGrid.Uniform; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver-3M, time-quadratic grid, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; Grid = TimeGrid.Quadratic; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver++3M, time-quadratic grid, Taylor-exact"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; Grid = TimeGrid.Quadratic; ThirdOrder = DpmThirdOrder.TaylorExact }) }
+      { Name = "DPM-Solver-3M, published float32 arithmetic"
+        Family = "tuned"
+        Run = fewSteps (dpm { d with Algorithm = noiseAlg; Arithmetic = DpmArithmetic.Published }) }
       { Name = "DPM-Solver-3M, denoised"
         Family = "tuned"
         Run = fewSteps (dpm { d with Algorithm = noiseAlg; Denoise = true }) }
       { Name = "DPM-Solver++3M, time-quadratic grid"
         Family = "tuned"
-        Run = fewSteps (dpm { d with Grid = TimeGrid.Quadratic }) }
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; Grid = TimeGrid.Quadratic }) }
       { Name = "DPM-Solver++3S, time-quadratic grid"
         Family = "tuned"
-        Run = fewSteps (dpm { d with Method = DpmMethod.SingleStep; Grid = TimeGrid.Quadratic }) } ]
+        Run = fewSteps (dpm { d with Algorithm = dataAlg; Method = DpmMethod.SingleStep; Grid = TimeGrid.Quadratic }) } ]
 
 /// Adaptive samplers, each at a few tolerances.
 let adaptive: Adaptive list =

@@ -229,6 +229,45 @@ let tests =
                   expectFixtureGaussian s (sprintf "scoresde sample --sampler %s (seed 0)" sampler)
           }
 
+          test "the DPM sampler's lower-order rule and third-order update are options" {
+              use temp = tempDir "clidpm"
+              let dir = temp.Path
+              for extra in
+                  [ [ "--lower-order-final"; "never"; "--third-order"; "taylor-exact" ]
+                    [ "--lower-order-final"; "below15"; "--algorithm"; "dpm-solver++" ] ] do
+                  let out = Path.Combine(dir, "g.npy")
+                  cliOk (
+                      [ "sample"
+                        "--model"
+                        fixture "gaussian_eps_t999.pt"
+                        "--time-scale"
+                        "999"
+                        "--sampler"
+                        "dpm"
+                        "--steps"
+                        "20"
+                        "--n"
+                        "4000"
+                        "--out"
+                        out ]
+                      @ extra
+                  )
+                  |> ignore
+                  use s = DataFile.load out torch.float64
+                  expectFixtureGaussian s (sprintf "scoresde sample --sampler dpm %A (seed 0)" extra)
+              cliFails
+                  [ "sample"
+                    "--model"
+                    fixture "gaussian_eps_t999.pt"
+                    "--sampler"
+                    "dpm"
+                    "--lower-order-final"
+                    "sometimes"
+                    "--out"
+                    Path.Combine(dir, "x.csv") ]
+                  "--lower-order-final"
+          }
+
           test "likelihood of the TorchScript Gaussian matches its closed-form density" {
               use temp = tempDir "clilik"
               let dir = temp.Path

@@ -146,6 +146,39 @@ let gaussianScoreModel (sde: VpSde) (g: Gaussian) : Tensor -> Tensor -> Tensor =
         let score = -(x.to_type (torch.float64) - a * mu) / var
         score.to_type(x.dtype).MoveToOuterDisposeScope()
 
+/// The means of a 2-D mixture of 8 equal isotropic Gaussians (std 0.1) on the unit circle: the first
+/// problem of the quality benchmark (tests/ScoreSde.Quality).
+let ringMeans = Array.init 8 (fun k -> let a = 2.0 * Math.PI * float k / 8.0 in [| Math.Cos a; Math.Sin a |])
+
+/// The ring mixture's exact noise prediction: p_t is the mixture of N(alpha_t m_k, v_t I) with
+/// v_t = alpha_t^2 0.01 + sigma_t^2, so eps = -sigma_t sum_k r_k (alpha_t m_k - x) / v_t with
+/// responsibilities r_k by a softmax; in float64 with its own alpha/sigma formulas, cast to x's dtype.
+let ringNoiseModel (sde: VpSde) : Tensor -> Tensor -> Tensor =
+    fun (x: Tensor) (t: Tensor) ->
+        use scope = torch.NewDisposeScope()
+        let t64 = t.to_type(torch.float64).reshape([| -1L; 1L |]) // [B, 1] (or [1, 1])
+        let m = t64 * t64 * (-0.25 * (sde.BetaMax - sde.BetaMin)) - t64 * (0.5 * sde.BetaMin)
+        let a = m.exp ()
+        let s2 = 1.0 - a * a
+        let v = a * a * 0.01 + s2 // [B, 1]
+        let means = torch.tensor(Array.concat ringMeans, dtype = torch.float64).reshape([| 8L; 2L |])
+        let x64 = x.to_type (torch.float64)
+        let centres = a.unsqueeze (2L) * means.unsqueeze (0L) // [B, 8, 2]
+        let diff = centres - x64.unsqueeze (1L) // alpha m_k - x
+        let logits = -(diff.square().sum(2L)) / (v * 2.0) // [B, 8]
+        let r = torch.softmax (logits, 1)
+        let score = (r.unsqueeze (2L) * diff).sum(1L) / v
+        let eps = -(s2.sqrt ()) * score
+        eps.to_type(x.dtype).MoveToOuterDisposeScope()
+
+/// n exact samples [n, 2] of the ring mixture in float64 from a generator.
+let ringSample (n: int64) (g: torch.Generator) : Tensor =
+    use scope = torch.NewDisposeScope()
+    let k = torch.randint (8L, [| n |], generator = g)
+    let means = torch.tensor(Array.concat ringMeans, dtype = torch.float64).reshape([| 8L; 2L |])
+    let z = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
+    (means.index_select (0L, k) + z * 0.1).MoveToOuterDisposeScope()
+
 /// Per-dimension sample mean and standard deviation of [N, D] samples.
 let moments (x: Tensor) : float[] * float[] =
     use x64 = x.to_type (torch.float64)
