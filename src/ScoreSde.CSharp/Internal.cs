@@ -31,6 +31,14 @@ internal static class Interop
         return source == NoiseSource.PerSample ? ScoreSde.NoiseModule.perSample(s) : ScoreSde.NoiseModule.fast(s);
     }
 
+    /// <summary>The core's Langevin norm; a value outside the enum is rejected naming the option.</summary>
+    internal static ScoreSde.LangevinNorm ToCore(LangevinNorm norm, string name) => norm switch
+    {
+        LangevinNorm.BatchMean => ScoreSde.LangevinNorm.BatchMean,
+        LangevinNorm.PerSample => ScoreSde.LangevinNorm.PerSample,
+        _ => throw new ArgumentOutOfRangeException(name, norm, $"{name} must be BatchMean or PerSample (got {norm})."),
+    };
+
     /// <summary>Rejects a noise source outside the enum, naming the option.</summary>
     internal static void CheckNoise(NoiseSource source, string prefix)
     {
@@ -125,6 +133,7 @@ internal static class Interop
             if (c == core) return f;
         if (OptionNames.Contains(core)) return "options." + char.ToUpperInvariant(core[0]) + core[1..];
         if (core == "grid" || core.StartsWith("grid[", StringComparison.Ordinal)) return "options.Times";
+        if (core == "lowerOrderFinal.belowSteps") return "options.LowerOrderFinalBelowSteps";
         return core;
     }
 

@@ -74,6 +74,9 @@ public sealed class ScoreSdeVpScheduler
     /// <item>the step is dt = -1 / len(timesteps) (not the grid spacing (1 - eps) / (n - 1));</item>
     /// <item>noise is randn(x.shape) from <paramref name="generator"/>, in x's dtype, drawn after the mean.</item>
     /// </list>
+    /// The coefficients follow t's dtype as in diffusers: for a float32 <paramref name="t"/> they are computed
+    /// with diffusers' float32 operations in its order (std = sqrt(1 - exp(2 log_mean_coeff)), not expm1), so a
+    /// step matches Python to about 1e-7 of its largest value; a float64 t keeps float64 accuracy.
     /// </summary>
     /// <param name="score">Model output (noise prediction), shaped like x.</param>
     /// <param name="x">Current sample, batch first.</param>
@@ -94,24 +97,30 @@ public sealed class ScoreSdeVpScheduler
     }
 
     /// <summary>
-    /// One Langevin corrector step at time t (Song et al. 2021, Algorithm 5), beyond diffusers:
-    /// step e = 2 alpha_i (snr |z| / |s|)^2 per sample, mean = x + e s, sample = mean + sqrt(2 e) z,
+    /// One Langevin corrector step at time t (Song et al. 2021, Algorithm 5), beyond diffusers' VP class:
+    /// step e = 2 alpha_i (snr |z| / |s|)^2, mean = x + e s, sample = mean + sqrt(2 e) z,
     /// with s = -modelOutput / sigma_t and alpha_i = 1 - beta_i of the interval [t - 1/len(timesteps), t].
+    /// The norms |z| and |s| are averaged over the batch by default, as the paper's code and diffusers'
+    /// <c>ScoreSdeVeScheduler.step_correct</c> do (<see cref="LangevinNorm"/>).
     /// </summary>
     /// <param name="modelOutput">Model output (noise prediction) at (x, t), shaped like x.</param>
     /// <param name="x">Current sample.</param>
     /// <param name="t">Current time: 0-d or one value per batch element, in (0, 1].</param>
     /// <param name="generator">Noise source (see <see cref="StepPred"/>).</param>
     /// <param name="snr">Target signal-to-noise ratio, positive (default 0.16, the paper's VP value).</param>
+    /// <param name="norm">How |z| and |s| are measured (default <see cref="LangevinNorm.BatchMean"/>;
+    /// <see cref="LangevinNorm.PerSample"/> is biased on low-dimensional data).</param>
     /// <returns>The corrected sample and its mean.</returns>
     /// <exception cref="InvalidOperationException"><see cref="SetTimesteps"/> has not been called.</exception>
-    public SdeOutput StepCorrect(Tensor modelOutput, Tensor x, Tensor t, Generator? generator = null, double snr = 0.16)
+    public SdeOutput StepCorrect(Tensor modelOutput, Tensor x, Tensor t, Generator? generator = null, double snr = 0.16,
+                                 LangevinNorm norm = LangevinNorm.BatchMean)
     {
         ArgumentNullException.ThrowIfNull(modelOutput);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(t);
+        var coreNorm = Interop.ToCore(norm, nameof(norm));
         int n = StepsOrThrow(nameof(StepCorrect));
-        var r = ScoreSde.DiffusersVp.stepCorrect(_core, n, modelOutput, x, t, snr, _noise.For(generator, x.device));
+        var r = ScoreSde.DiffusersVp.stepCorrectWith(_core, n, coreNorm, modelOutput, x, t, snr, _noise.For(generator, x.device));
         return new SdeOutput(r.Sample, r.Mean);
     }
 

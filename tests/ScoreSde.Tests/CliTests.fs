@@ -183,59 +183,6 @@ let tests =
               Expect.isTrue (sd.[1] > 0.25 && sd.[1] < 0.75) (sprintf "std y %g near 0.5" sd.[1])
           }
 
-          test "--sde: train stores the SDE in the model file, sample and likelihood use it, a different --sde is refused" {
-              use temp = tempDir "clisde"
-              let dir = temp.Path
-              for name, described in [ "ve", "VE-SDE, sigma 0.01..50"; "subvp", "sub-VP SDE, beta 0.1..20" ] do
-                  let model = Path.Combine(dir, "model-" + name)
-                  let out =
-                      cliOk
-                          [ "train"
-                            "--dataset"
-                            "ring"
-                            "--sde"
-                            name
-                            "--steps"
-                            "40"
-                            "--points"
-                            "500"
-                            "--batch-size"
-                            "64"
-                            "--out"
-                            model ]
-                  Expect.stringContains out described "training log names the SDE"
-                  use loaded = ModelFile.loadNative model
-                  Expect.equal (Sde.name loaded.Info.Sde) name "stored in config.json"
-                  for sampler in
-                      [ [ "pc"; "--steps"; "8" ]
-                        [ "ode" ]
-                        [ "ode"; "--solver"; "rk4"; "--steps"; "8" ]
-                        [ "dpm"; "--steps"; "8" ] ] do
-                      let label = String.Join("-", sampler)
-                      let csv = Path.Combine(dir, sprintf "%s-%s.csv" name label)
-                      cliOk ([ "sample"; "--model"; model; "--n"; "20"; "--out"; csv; "--quiet"; "--sampler" ] @ sampler)
-                      |> ignore
-                      Expect.equal (rows csv).Length 20 (sprintf "%s %s: 20 samples" name label)
-                  let data = Path.Combine(dir, "points.csv")
-                  File.WriteAllLines(data, [| "0.9,0.1"; "-0.2,0.8"; "0.0,-1.0" |])
-                  let lik = cliOk [ "likelihood"; "--model"; model; "--data"; data; "--quiet" ]
-                  Expect.stringContains lik "bits/dim" (sprintf "%s: likelihood" name)
-                  cliFails
-                      [ "sample"; "--model"; model; "--sde"; "vp"; "--n"; "5"; "--out"; Path.Combine(dir, "x.csv") ]
-                      "does not match the SDE the model"
-              cliFails [ "train"; "--dataset"; "ring"; "--sde"; "cld"; "--out"; Path.Combine(dir, "m") ] "--sde"
-          }
-
-          test "demo with --sde subvp runs every sampler on the sub-VP SDE" {
-              use temp = tempDir "demosub"
-              let dir = temp.Path
-              let out = cliOk [ "demo"; "--sde"; "subvp"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]
-              for e in ScoreSde.Cli.Samplers.all do
-                  Expect.stringContains out e.Demo.Label (sprintf "table row for %s" e.Name)
-              use loaded = ModelFile.loadNative (Path.Combine(dir, "model"))
-              Expect.equal loaded.Info.Sde Sde.standardSubVp "the demo's model file"
-          }
-
           test "demo on a tiny budget writes every figure, the model and the table" {
               use temp = tempDir "demo"
               let dir = temp.Path
@@ -280,6 +227,45 @@ let tests =
                   Expect.stringContains log logged (sprintf "%s: what ran" sampler)
                   use s = DataFile.load out torch.float64
                   expectFixtureGaussian s (sprintf "scoresde sample --sampler %s (seed 0)" sampler)
+          }
+
+          test "the DPM sampler's lower-order rule and third-order update are options" {
+              use temp = tempDir "clidpm"
+              let dir = temp.Path
+              for extra in
+                  [ [ "--lower-order-final"; "never"; "--third-order"; "taylor-exact" ]
+                    [ "--lower-order-final"; "below15"; "--algorithm"; "dpm-solver++" ] ] do
+                  let out = Path.Combine(dir, "g.npy")
+                  cliOk (
+                      [ "sample"
+                        "--model"
+                        fixture "gaussian_eps_t999.pt"
+                        "--time-scale"
+                        "999"
+                        "--sampler"
+                        "dpm"
+                        "--steps"
+                        "20"
+                        "--n"
+                        "4000"
+                        "--out"
+                        out ]
+                      @ extra
+                  )
+                  |> ignore
+                  use s = DataFile.load out torch.float64
+                  expectFixtureGaussian s (sprintf "scoresde sample --sampler dpm %A (seed 0)" extra)
+              cliFails
+                  [ "sample"
+                    "--model"
+                    fixture "gaussian_eps_t999.pt"
+                    "--sampler"
+                    "dpm"
+                    "--lower-order-final"
+                    "sometimes"
+                    "--out"
+                    Path.Combine(dir, "x.csv") ]
+                  "--lower-order-final"
           }
 
           test "likelihood of the TorchScript Gaussian matches its closed-form density" {
