@@ -24,13 +24,14 @@ type private Options =
       Sweep: bool
       Checks: bool
       Correctors: bool
+      Pc: bool
       Samples: int
       Problems: string list
       Sdes: string list
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
@@ -42,6 +43,7 @@ let rec private parse (o: Options) (args: string list) =
     | "--sweep" :: rest -> parse { o with Sweep = true } rest
     | "--checks" :: rest -> parse { o with Checks = true } rest
     | "--correctors" :: rest -> parse { o with Correctors = true } rest
+    | "--pc" :: rest -> parse { o with Pc = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -85,10 +87,8 @@ let private run (o: Options) =
     let suffix = if o.Quick then "-quick" else ""
     let checkRows = ResizeArray<string>()
     for sdeName, sde in chosen do
-        let report = Text.StringBuilder()
-        let say (s: string) =
-            printfn "%s" s
-            report.AppendLine s |> ignore
+        let report = Report.Log()
+        let say = report.Say
         say (
             sprintf
                 "Sliced Wasserstein-1 (%d random directions) between %d generated and %d exact samples; float64; %s, eps %g.%s"
@@ -205,10 +205,8 @@ let private sweep (o: Options) =
     let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
     let problems, chosen = selected o
     for sdeName, sde in chosen do
-        let report = Text.StringBuilder()
-        let say (s: string) =
-            printfn "%s" s
-            report.AppendLine s |> ignore
+        let report = Report.Log()
+        let say = report.Say
         let grids: (string * (int -> Schedule)) list =
             [ yield "logSNR", (fun n -> Schedule.create TimeGrid.LogSnr n Samplers.eps)
               yield "time-quadratic", (fun n -> Schedule.create TimeGrid.Quadratic n Samplers.eps)
@@ -277,10 +275,8 @@ let private correctors (o: Options) =
                         eprintfn "  [%s] %-40s %.4f (%d evaluations)" problem.Name name d nfe
                         d ]
               problem, setup.Floor, cells ]
-    let report = Text.StringBuilder()
-    let say (s: string) =
-        printfn "%s" s
-        report.AppendLine s |> ignore
+    let report = Report.Log()
+    let say = report.Say
     say (
         sprintf
             "Reverse diffusion + corrector, %d steps to eps 1e-3, snr 0.16, one corrector step per time; sliced W1 (256 directions) between %d generated and %d exact samples; float64."
@@ -320,15 +316,27 @@ let main argv =
                   Sweep = false
                   Checks = false
                   Correctors = false
+                  Pc = false
                   Samples = 10000
                   Problems = []
                   Sdes = []
                   OutDir = None }
                 (List.ofArray argv)
-        if o.Sweep then sweep o
-        elif o.Checks then exit (checksOnly o)
-        elif o.Correctors then correctors o
-        else run o
+        if o.Sweep then
+            sweep o
+        elif o.Checks then
+            exit (checksOnly o)
+        elif o.Correctors then
+            correctors o
+        elif o.Pc then
+            Native.ensureLoaded ()
+            torch.set_num_threads 1
+            let problems, chosen = selected o
+            let md = Path.Combine(defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")), "pc-1000-steps.md")
+            File.WriteAllText(md, PcStudy.run chosen problems o.Samples)
+            printfn "wrote %s" md
+        else
+            run o
         0
     with Failure msg ->
         eprintfn "%s" msg

@@ -76,6 +76,13 @@ let close (tol: float) (actual: float) (expected: float) (what: string) =
     if Double.IsNaN actual || abs (actual - expected) > tol then
         failtestf "%s: got %.10g, expected %.10g (tolerance %.3g, error %.3g)" what actual expected tol (abs (actual - expected))
 
+/// Element-wise comparison: |actual.[i] - expected.[i]| <= tol (1 + |expected.[i]|) for every i; `what i`
+/// names element i in the message.
+let closeElements (tol: float) (actual: float[]) (expected: float[]) (what: int -> string) =
+    Expect.equal actual.Length expected.Length (sprintf "%s: element count" (what 0))
+    for i in 0 .. expected.Length - 1 do
+        close (tol * (1.0 + abs expected.[i])) actual.[i] expected.[i] (what i)
+
 /// Relative comparison.
 let closeRel (rtol: float) (actual: float) (expected: float) (what: string) = close (rtol * abs expected) actual expected what
 

@@ -13,18 +13,6 @@ let private gauss = PredictorTests.gauss
 let private eps = 1e-3
 let private d = dpmDefaults
 
-/// Latents for the Gaussian flow tests (float64, seed 4).
-let private latent () =
-    use g = generator 4L
-    torch.randn ([| 64L; 4L |], dtype = torch.float64, generator = g)
-
-let private expectParam (name: string) (f: unit -> unit) =
-    try
-        f ()
-        failtestf "expected an ArgumentException naming %s" name
-    with :? ArgumentException as e ->
-        Expect.equal e.ParamName name (sprintf "parameter named (message: %s)" e.Message)
-
 open ScoreSde.CSharp
 
 [<Tests>]

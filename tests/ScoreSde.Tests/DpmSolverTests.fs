@@ -16,7 +16,7 @@ let private algorithms = [ DpmAlgorithm.DpmSolver; DpmAlgorithm.DpmSolverPlusPlu
 let private fixedMethods = [ DpmMethod.SingleStep; DpmMethod.MultiStep ]
 
 /// Latents for the Gaussian flow tests (float64, seed 4).
-let private latent () =
+let latent () =
     use g = generator 4L
     torch.randn ([| 64L; 4L |], dtype = torch.float64, generator = g)
 
@@ -37,7 +37,8 @@ let private spy (f: Tensor -> Tensor -> Tensor) =
         f x t),
     calls
 
-let private expectParam (name: string) (f: unit -> unit) =
+/// Run f and require an ArgumentException whose ParamName is `name`.
+let expectParam (name: string) (f: unit -> unit) =
     try
         f ()
         failtestf "expected an ArgumentException naming %s" name

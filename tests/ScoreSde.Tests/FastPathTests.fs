@@ -349,12 +349,7 @@ let tests =
                       step strided
                       let a, b = values fused, values strided
                       let tol = if dtype = torch.float32 then 1e-5 else 1e-12
-                      for i in 0 .. a.Length - 1 do
-                          close
-                              (tol * (1.0 + abs a.[i]))
-                              b.[i]
-                              a.[i]
-                              (sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
+                      closeElements tol b a (fun i -> sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
           }
 
           test "time buffers are filled in place, only where they lie (contiguous, offset and strided views, any dtype)" {
