@@ -36,6 +36,12 @@ let private usage =
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
 
+/// Where a run writes its tables: --out, else the repository's docs/.
+let private docsDir (o: Options) =
+    match o.OutDir with
+    | Some dir -> dir
+    | None -> Path.Combine(repoRoot (), "docs")
+
 let rec private parse (o: Options) (args: string list) =
     match args with
     | [] -> o
@@ -202,7 +208,7 @@ let private checksOnly (o: Options) =
 let private sweep (o: Options) =
     Native.ensureLoaded ()
     torch.set_num_threads 1
-    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    let outDir = docsDir o
     let problems, chosen = selected o
     for sdeName, sde in chosen do
         let report = Report.Log()
@@ -258,7 +264,7 @@ let private correctors (o: Options) =
     torch.set_num_threads 1
     let sde = Sde.standardVp
     let steps = 200
-    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    let outDir = docsDir o
     let problems, _ = selected o
     let configs =
         [ "Langevin, batch-averaged norms (default; the paper's code, diffusers' step_correct)",
@@ -332,7 +338,7 @@ let main argv =
             Native.ensureLoaded ()
             torch.set_num_threads 1
             let problems, chosen = selected o
-            let md = Path.Combine(defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")), "pc-1000-steps.md")
+            let md = Path.Combine(docsDir o, "pc-1000-steps.md")
             File.WriteAllText(md, PcStudy.run chosen problems o.Samples)
             printfn "wrote %s" md
         else
