@@ -95,7 +95,7 @@ internal static class Interop
     internal static long EntropySeed() =>
         BitConverter.ToInt64(RandomNumberGenerator.GetBytes(8)) & long.MaxValue;
 
-    /// <summary>Wraps a C# model delegate as a core model.</summary>
+    /// <summary>Wraps a C# model delegate as a core model (the prediction is an option's).</summary>
     internal static ScoreSde.Model ToModel(Func<Tensor, Tensor, Tensor> model, ModelPrediction prediction)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -105,7 +105,7 @@ internal static class Interop
             ModelPrediction.Noise => ScoreSde.ModelModule.noise(f),
             ModelPrediction.Score => ScoreSde.ModelModule.score(f),
             ModelPrediction.Data => ScoreSde.ModelModule.data(f),
-            _ => throw new ArgumentOutOfRangeException(nameof(prediction), prediction, $"prediction must be Noise, Score or Data (got {prediction}).")
+            _ => throw new ArgumentOutOfRangeException("options.Prediction", prediction, $"options.Prediction must be Noise, Score or Data (got {prediction}).")
         };
     }
 

@@ -250,6 +250,7 @@ let tests =
               expectArg "options.Predictor" (fun () -> run (PcOptions(Predictor = enum 42)) [| 2L; 4L |])
               expectArg "options.Noise" (fun () -> run (PcOptions(Noise = enum 42)) [| 2L; 4L |])
               expectArg "options.LangevinNorm" (fun () -> run (PcOptions(LangevinNorm = enum 42)) [| 2L; 4L |])
+              expectArg "options.Prediction" (fun () -> run (PcOptions(Prediction = enum 42)) [| 2L; 4L |])
               expectArg "options.Noise" (fun () -> box (Sampler.ProbabilityFlow(VpSde(), model, [| 2L; 4L |], OdeOptions(Noise = enum 42))))
               expectArg "options.Noise" (fun () -> box (Sampler.DpmSolver(VpSde(), model, [| 2L; 4L |], DpmSolverOptions(Noise = enum 42))))
               expectArg "model" (fun () -> box (Sampler.PredictorCorrector(VpSde(), null, [| 2L |], PcOptions())))
