@@ -25,13 +25,14 @@ type private Options =
       Checks: bool
       Correctors: bool
       Pc: bool
+      Grids: bool
       Samples: int
       Problems: string list
       Sdes: string list
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc | --grids] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
@@ -50,6 +51,7 @@ let rec private parse (o: Options) (args: string list) =
     | "--checks" :: rest -> parse { o with Checks = true } rest
     | "--correctors" :: rest -> parse { o with Correctors = true } rest
     | "--pc" :: rest -> parse { o with Pc = true } rest
+    | "--grids" :: rest -> parse { o with Grids = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -323,6 +325,7 @@ let main argv =
                   Checks = false
                   Correctors = false
                   Pc = false
+                  Grids = false
                   Samples = 10000
                   Problems = []
                   Sdes = []
@@ -334,12 +337,13 @@ let main argv =
             exit (checksOnly o)
         elif o.Correctors then
             correctors o
-        elif o.Pc then
+        elif o.Pc || o.Grids then
             Native.ensureLoaded ()
             torch.set_num_threads 1
             let problems, chosen = selected o
-            let md = Path.Combine(docsDir o, "pc-1000-steps.md")
-            File.WriteAllText(md, PcStudy.run chosen problems o.Samples)
+            let file, study = if o.Pc then "pc-1000-steps.md", Studies.pc else "dpm-grids-20.md", Studies.dpmGrids
+            let md = Path.Combine(docsDir o, file)
+            File.WriteAllText(md, study chosen problems o.Samples)
             printfn "wrote %s" md
         else
             run o

@@ -89,6 +89,13 @@ let private logSnr, none = TimeGrid.LogSnr, Finish.NoFinish
 /// dimensions, see README).
 let batchLangevin = Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
 
+/// The predictor-corrector sampler of the item-4 checks (docs/sdes.md): reverse diffusion + Langevin
+/// (batch-averaged norms) at snr 0.08 and 1000 steps. At the paper's CIFAR-10 snr of 0.16 the
+/// unadjusted Langevin step is too large for the 16-D mixture's narrowest mode (std 0.05 beside modes
+/// up to 0.5 that set the batch-averaged step): its stationary spread is about 5% too wide there
+/// (docs/pc-1000-steps.md measures both).
+let pcCheck = pcSampling Predictor.ReverseDiffusion (Corrector.langevin 0.08 1) 1000
+
 /// Samplers run at every budget.
 let fixedBudget: FixedBudget list =
     let dpmRow name settings = { Name = name; Family = "DPM"; At = dpm settings logSnr none }
@@ -145,17 +152,18 @@ let fixedBudget: FixedBudget list =
 /// The converged ODE of the benchmark: DPM-Solver++3M at 1000 evaluations.
 let converged = dpmSampling dataPrediction (Schedule.create logSnr 1000 eps) none
 
-/// The grid DPM-Solver is measured best with at 20 evaluations on each SDE (docs/dpm-solver-sweep-*.md):
-/// logSNR for VP and VE (for VE uniform in lambda is uniform in t), time-quadratic for sub-VP, whose
-/// lambda runs on to 9.1 at eps = 1e-3 (VP: 4.6) and where a logSNR grid spends a third of its steps
-/// at sigma < 0.01.
-let dpmGrid (sde: Sde) =
-    match sde with
-    | Sde.SubVp _ -> TimeGrid.Quadratic
-    | _ -> TimeGrid.LogSnr
-
 /// DPM-Solver-3M (noise prediction, multistep, order 3) with `steps` evaluations on a grid.
 let dpmSolver3M (grid: TimeGrid) (steps: int) = dpmSampling noisePrediction (Schedule.create grid steps eps) none
+
+/// DPM-Solver-3M with `steps` evaluations on the schedule measured best for each SDE at 20 evaluations
+/// (docs/sdes.md; docs/dpm-solver-sweep-*.md): the time-quadratic grid for VP and sub-VP, and for VE
+/// EDM's grid (rho 7) with lower orders in the last two steps. The library's logSNR grid spends a third
+/// of its steps at sigma < 0.01 with sub-VP, whose lambda runs on to 9.1 at eps = 1e-3 (VP: 4.6).
+let dpmFor (sde: Sde) (steps: int) =
+    match sde with
+    | Sde.Ve _ ->
+        dpmSampling { noisePrediction with LowerOrderFinal = LowerOrderFinal.Always } (Schedule.ofTimes (edmGrid 7.0 sde steps eps)) none
+    | _ -> dpmSolver3M TimeGrid.Quadratic steps
 
 /// The adaptive probability flow (Dormand-Prince 5(4), one step size for the batch) at a tolerance.
 let adaptiveFlow (tol: float) =

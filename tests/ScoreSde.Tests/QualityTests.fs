@@ -18,7 +18,7 @@ let tests =
     testList
         "Sampler quality (issue 12, item 4)"
         [ test
-              "PC at 1000 steps within 1.5x the noise floor; adaptive flow and DPM-Solver-3M at 20 evaluations within 5% of the converged distance (every SDE)" {
+              "PC at 1000 steps within 1.5x the noise floor; adaptive flow and DPM-Solver-3M at 20 evaluations (the SDE's schedule) within 5% of the converged distance (every SDE)" {
               let problem = Mixture.circle8
               use dirs = Metric.directions problem.Dim 256 7L
               use g1 = generator 1L
@@ -42,15 +42,15 @@ let tests =
                       let r = Samplers.runSeeded seed sde model sampling xT
                       use x = r.Samples
                       metric.Distance x
-                  // the paper's PC sampler (reverse diffusion + Langevin, batch-averaged norms) against the floor:
+                  // the PC sampler of the checks (reverse diffusion + Langevin at snr 0.08, batch-averaged norms)
+                  // against the floor:
                   // 4 independent draws, each from its own latents (seeds 200 .. 203) and noise (2024 .. 2027)
                   let pc =
                       [| for k in 0L .. 3L ->
                              use gk = generator (200L + k)
                              use zk = torch.randn ([| int64 n; 2L |], dtype = torch.float64, generator = gk)
                              use latent = zk.mul (sc (Sde.priorStd sde))
-                             let sampling = Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000
-                             let r = Samplers.runSeeded (Samplers.pcSeed + k) sde model sampling latent
+                             let r = Samplers.runSeeded (Samplers.pcSeed + k) sde model Samplers.pcCheck latent
                              use x = r.Samples
                              metric.Distance x |]
                       |> Array.average
@@ -62,7 +62,7 @@ let tests =
                   // (common random numbers), so their difference to it is solver error, not Monte Carlo noise.
                   let converged = measure 0L Samplers.converged
                   let flow = measure 0L (Samplers.adaptiveFlow 1e-5)
-                  let dpm = measure 0L (Samplers.dpmSolver3M (Samplers.dpmGrid sde) 20)
+                  let dpm = measure 0L (Samplers.dpmFor sde 20)
                   printfn
                       "%s, %d samples: floor %.4f, PC (1000 steps) %.4f (%.2fx), converged %.4f, flow at 1e-5 %+.1f%%, DPM-Solver-3M at 20 %+.1f%%"
                       name
