@@ -41,7 +41,7 @@ let docs () =
     run
         "dotnet"
         (sprintf
-            "fsdocs build --properties Configuration=Release --output \"%s\" --clean --strict --parameters root %s fsdocs-license-link %s"
+            "fsdocs build --properties Configuration=Release --projects src/ScoreSde/ScoreSde.fsproj src/ScoreSde.CSharp/ScoreSde.CSharp.csproj --output \"%s\" --clean --strict --parameters root %s fsdocs-license-link %s"
             output
             rootUrl
             (Uri(Path.Combine(root, "LICENSE")).AbsoluteUri))

@@ -23,6 +23,11 @@ let tests =
                         "build"
                         "--properties"
                         "Configuration=" + buildConfiguration
+                        // only the libraries: cracking every project of the solution needs all of them
+                        // restored, which a clean checkout's test build does not do
+                        "--projects"
+                        "src/ScoreSde/ScoreSde.fsproj"
+                        "src/ScoreSde.CSharp/ScoreSde.CSharp.csproj"
                         "--output"
                         output
                         "--strict" ]
