@@ -4,8 +4,9 @@
 //   dotnet fsi build.fsx clean    remove bin/ and obj/ folders
 //   dotnet fsi build.fsx pack     NuGet packages ScoreSde and ScoreSde.CSharp (+ symbols) into out/packages
 //   dotnet fsi build.fsx docs     API reference (XML docs) and docs/ pages with fsdocs, into out/docs
-//   dotnet fsi build.fsx quality  accuracy-versus-evaluations benchmark of every sampler (about 15 min;
-//                                 writes docs/dpm-solver-results.md and docs/dpm-solver-{a,b}.png)
+//   dotnet fsi build.fsx quality  accuracy-versus-evaluations benchmark of every sampler on the three
+//                                 SDEs (about 45 min; writes docs/quality-{vp,subvp,ve}.md, their
+//                                 plots and docs/quality-checks.md)
 //   dotnet fsi build.fsx quality-quick   the same on fewer samplers and budgets (a few minutes)
 //   dotnet fsi build.fsx bench [--quick] [--filter PATTERN] [other benchmark options]
 //                                  BenchmarkDotNet suite (docs/performance.md); the options after
@@ -51,7 +52,7 @@ let targets: (string * string * (unit -> unit)) list =
       "test", "run the test suite, which also executes docs/*.fsx", (fun () -> run "dotnet" "run --project tests/ScoreSde.Tests -c Release")
       "bench", "benchmarks (options after it: --quick, --filter PATTERN, --threads 1,2, --no-memory, --no-paired)", (fun () -> bench [])
       "quality",
-      "accuracy versus evaluations of every sampler, into docs/ (~15 min)",
+      "accuracy versus evaluations of every sampler on the three SDEs, into docs/ (~45 min)",
       (fun () -> run "dotnet" "run --project tests/ScoreSde.Quality -c Release")
       "quality-quick",
       "the quality benchmark on fewer samplers and budgets (a few minutes)",

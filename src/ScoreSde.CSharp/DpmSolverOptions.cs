@@ -72,7 +72,7 @@ public enum DpmArithmetic
 }
 
 /// <summary>Options of <see cref="Sampler.DpmSolver"/>.</summary>
-public sealed class DpmSolverOptions
+public sealed class DpmSolverOptions : SamplerOptions
 {
     /// <summary>The number of model evaluations, used exactly (default 20); at least 1 (2 with
     /// <see cref="Denoise"/>). Not used by the adaptive method or with <see cref="Times"/>.</summary>
@@ -116,19 +116,7 @@ public sealed class DpmSolverOptions
     /// <summary>The adaptive method stops with an error beyond this many evaluations (default 10,000).</summary>
     public int MaxEvaluations { get; set; } = 10000;
     /// <summary>The starting state x_T (not modified); null draws it from N(0, I) with the generator. Its
-    /// shape must equal the sample shape; its dtype and device are used instead of <see cref="Dtype"/>
-    /// and <see cref="Device"/>.</summary>
+    /// shape must equal the sample shape; its dtype and device are used instead of <see cref="SamplerOptions.Dtype"/>
+    /// and <see cref="SamplerOptions.Device"/>.</summary>
     public Tensor? Latent { get; set; }
-    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
-    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
-    /// <summary>Where the prior draw comes from (default <see cref="NoiseSource.Generator"/>).</summary>
-    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
-    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
-    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
-    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
-    public long? NoiseSeed { get; set; }
-    /// <summary>Dtype of the samples (default float32).</summary>
-    public ScalarType Dtype { get; set; } = ScalarType.Float32;
-    /// <summary>Device of the samples (default CPU).</summary>
-    public Device Device { get; set; } = CPU;
 }

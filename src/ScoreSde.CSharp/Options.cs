@@ -73,8 +73,32 @@ public enum NoiseSource
     Fast,
 }
 
+/// <summary>What every entry point that calls a model needs to know about it.</summary>
+public abstract class ModelOptions
+{
+    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
+    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
+}
+
+/// <summary>The options every sampler shares: the model's output, the noise source, and the dtype and device
+/// of the samples.</summary>
+public abstract class SamplerOptions : ModelOptions
+{
+    /// <summary>Where the noise comes from (the prior draw, and a stochastic sampler's step noise; default
+    /// <see cref="NoiseSource.Generator"/>).</summary>
+    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
+    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
+    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
+    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
+    public long? NoiseSeed { get; set; }
+    /// <summary>Dtype of the samples (default float32).</summary>
+    public ScalarType Dtype { get; set; } = ScalarType.Float32;
+    /// <summary>Device of the samples (default CPU).</summary>
+    public Device Device { get; set; } = CPU;
+}
+
 /// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>
-public sealed class PcOptions
+public sealed class PcOptions : SamplerOptions
 {
     /// <summary>Number of predictor steps on a uniform grid from 1 down to <see cref="Eps"/> (default 1000).</summary>
     public int Steps { get; set; } = 1000;
@@ -93,18 +117,6 @@ public sealed class PcOptions
     public double Eps { get; set; } = 1e-3;
     /// <summary>Return the mean of the final update, without its noise (default true).</summary>
     public bool Denoise { get; set; } = true;
-    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
-    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
-    /// <summary>Where the noise comes from (default <see cref="NoiseSource.Generator"/>).</summary>
-    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
-    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
-    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
-    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
-    public long? NoiseSeed { get; set; }
-    /// <summary>Dtype of the samples (default float32).</summary>
-    public ScalarType Dtype { get; set; } = ScalarType.Float32;
-    /// <summary>Device of the samples (default CPU).</summary>
-    public Device Device { get; set; } = CPU;
 }
 
 /// <summary>Samples and the number of model evaluations used to make them.</summary>

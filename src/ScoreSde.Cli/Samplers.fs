@@ -5,7 +5,7 @@ open System.CommandLine
 open TorchSharp
 open ScoreSde
 
-/// A sampler configured and ready to run.
+/// A sampler configured and ready to run through the library's entry point (`Sampler.sample`).
 type SamplerRun =
     {
         /// Short name (as on the command line).
@@ -14,8 +14,8 @@ type SamplerRun =
         Label: string
         /// Steps the observer will see (for the progress bar); 0 when not known in advance.
         Steps: int
-        /// Run from the prior draw xT (not modified); the observer sees every step's state.
-        Run: VpSde -> Model -> Noise -> Tensor -> Observer option -> SampleResult
+        /// The run's method, schedule and finish.
+        Sampling: Sampling
     }
 
 /// A sampler the command line offers: its options on `sample` and its settings in `demo`.
@@ -73,8 +73,13 @@ module Samplers =
 
     let private predictor = Opt.choice "--predictor" "PC predictor" (List.map fst predictors) (Some "reverse-diffusion")
     let private corrector = Opt.choice "--corrector" "PC corrector" [ "langevin"; "annealed"; "none" ] (Some "langevin")
+    /// The library's PC sampler (`Sampling.pc`): its predictor and corrector are the defaults here.
+    let private pcPredictor, pcCorrector =
+        match Sampling.pc.Method with
+        | Method.PredictorCorrector(p, c) -> p, c
+        | _ -> Predictor.ReverseDiffusion, Corrector.langevin 0.16 1
     let private langevinDefaults =
-        match Sampler.pcDefaults.Corrector with
+        match pcCorrector with
         | Corrector.Langevin l -> l
         | _ -> { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
     let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some langevinDefaults.Snr)
@@ -90,7 +95,6 @@ module Samplers =
 
     /// The PC sampler with given pieces.
     let pcRun (p: Predictor) (c: Corrector) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = stepCount; Eps = epsValue }
         let correctorText =
             match c with
             | Corrector.NoCorrector -> ""
@@ -98,7 +102,10 @@ module Samplers =
         { Name = "pc"
           Label = sprintf "PC: %s%s, %d steps" (Predictor.name p) correctorText stepCount
           Steps = stepCount
-          Run = fun sde model noise xT observer -> Sampler.predictorCorrector sde model { settings with Observer = observer } noise xT }
+          Sampling =
+            { Sampling.pc with
+                Method = Method.PredictorCorrector(p, c)
+                Schedule = Schedule.uniform stepCount epsValue } }
 
     let private pcFromCommandLine (pr: ParseResult) =
         let p = predictors |> List.find (fun (n, _) -> n = Opt.choiceValue pr predictor) |> snd
@@ -119,7 +126,7 @@ module Samplers =
           Summary = "predictor-corrector sampler of the reverse-time SDE (Song et al. 2021, Alg. 1)"
           Options = [ predictor; corrector; snr; correctorSteps; langevinNorm ]
           FromCommandLine = pcFromCommandLine
-          Demo = pcRun Predictor.ReverseDiffusion Sampler.pcDefaults.Corrector 250 1e-3 }
+          Demo = pcRun pcPredictor pcCorrector 250 1e-3 }
 
     // ---- probability-flow ODE: adaptive Dormand-Prince or a fixed-step solver ----
 
@@ -133,36 +140,28 @@ module Samplers =
 
     /// The fixed-step probability-flow sampler.
     let odeRun (s: OdeSolver) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { Sampler.odeDefaults with Solver = s; Steps = stepCount; Eps = epsValue }
         { Name = "ode"
           Label = sprintf "ODE: %s, %d steps" (OdeSolver.name s) stepCount
           Steps = stepCount
-          Run = fun sde model _ xT observer -> Sampler.probabilityFlow sde model { settings with Observer = observer } xT }
+          Sampling =
+            { Sampling.flow with
+                Method = Method.ProbabilityFlow(OdeMethod.FixedStep s)
+                Schedule = Schedule.uniform stepCount epsValue } }
 
     /// The adaptive probability-flow sampler (Dormand-Prince 5(4), one step size for the batch, as
-    /// the paper's code and `ProbabilityFlow.defaults`).
+    /// the paper's code and `Sampling.flow`).
     let adaptiveOdeRun (r: float) (a: float) (epsValue: float) : SamplerRun =
         let adaptive =
-            match ProbabilityFlow.defaults.Method with
-            | OdeMethod.Dopri5 d -> { d with Rtol = r; Atol = a }
+            match Sampling.flow.Method with
+            | Method.ProbabilityFlow(OdeMethod.Dopri5 d) -> { d with Rtol = r; Atol = a }
             | _ -> { AdaptiveOde.defaults with Rtol = r; Atol = a; Control = StepControl.BatchGlobal }
         { Name = "ode"
           Label = sprintf "ODE: Dopri5, rtol %g, atol %g" r a
           Steps = 0
-          Run =
-            fun sde model _ xT observer ->
-                // the adaptive observer sees one time per sample; with batch-global control they agree
-                let watch =
-                    observer
-                    |> Option.map (fun f ->
-                        fun (i: int) (t: Tensor) (x: Tensor) ->
-                            use t0 = t.[0L]
-                            f i (t0.to_type(torch.float64).item<float>()) x)
-                let settings =
-                    { ProbabilityFlow.defaults with
-                        Method = OdeMethod.Dopri5 { adaptive with Observer = watch }
-                        Eps = epsValue }
-                ProbabilityFlow.sample sde model settings xT }
+          Sampling =
+            { Sampling.flow with
+                Method = Method.ProbabilityFlow(OdeMethod.Dopri5 adaptive)
+                Schedule = { Sampling.flow.Schedule with Eps = epsValue } } }
 
     let ode =
         { Name = "ode"
@@ -216,9 +215,9 @@ module Samplers =
             (Some(nameOf thirdOrders DpmSolver.defaults.ThirdOrder))
 
     /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
-    let dpmRunWith (settings: DpmSolverSettings) : SamplerRun =
+    let dpmRunWith (settings: DpmSolverSettings) (stepCount: int) (epsValue: float) : SamplerRun =
         let name = if settings.Algorithm = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
-        let k, stepCount = settings.Order, settings.Steps
+        let k = settings.Order
         let label, progressSteps =
             match settings.Method with
             | DpmMethod.MultiStep -> sprintf "%s-%dM, %d steps" name k stepCount, stepCount
@@ -227,17 +226,14 @@ module Samplers =
         { Name = "dpm"
           Label = label
           Steps = progressSteps
-          Run = fun sde model _ xT observer -> DpmSolver.sample sde model { settings with Observer = observer } xT }
+          Sampling =
+            { Sampling.dpmSolver with
+                Method = Method.DpmSolver settings
+                Schedule = { Sampling.dpmSolver.Schedule with Steps = stepCount; Eps = epsValue } } }
 
     /// DPM-Solver with the given algorithm, method, order, steps and eps, the library's defaults otherwise.
     let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
-        dpmRunWith
-            { DpmSolver.defaults with
-                Algorithm = alg
-                Method = method
-                Order = k
-                Steps = stepCount
-                Eps = epsValue }
+        dpmRunWith { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k } stepCount epsValue
 
     let dpm =
         { Name = "dpm"
@@ -252,23 +248,18 @@ module Samplers =
                         Algorithm = pick algorithms algorithm
                         Order = int (Opt.choiceValue pr order)
                         LowerOrderFinal = pick lowerOrderRules lowerOrderFinal
-                        ThirdOrder = pick thirdOrders thirdOrder
-                        Eps = pr.GetValue eps }
+                        ThirdOrder = pick thirdOrders thirdOrder }
                 match Opt.choiceValue pr dpmMethod with
                 | "adaptive" ->
                     noSteps pr "--method adaptive"
                     let a = DpmSolver.adaptiveDefaults
-                    dpmRunWith
-                        { settings with
-                            Method = DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }
-                            Steps = 0 }
+                    let adaptive = { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }
+                    dpmRunWith { settings with Method = DpmMethod.Adaptive adaptive } 0 (pr.GetValue eps)
                 | m ->
                     noTolerances pr (sprintf "--method %s" m)
-                    dpmRunWith
-                        { settings with
-                            Method = (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep)
-                            Steps = stepsOr pr DpmSolver.defaults.Steps }
-          Demo = dpmRunWith DpmSolver.defaults }
+                    let method = if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep
+                    dpmRunWith { settings with Method = method } (stepsOr pr Sampling.dpmSolver.Schedule.Steps) (pr.GetValue eps)
+          Demo = dpmRunWith DpmSolver.defaults Sampling.dpmSolver.Schedule.Steps Sampling.dpmSolver.Schedule.Eps }
 
     /// Every sampler the command line offers, in the order `demo` runs them.
     let all = [ pc; ode; dpm ]
@@ -281,3 +272,15 @@ module Samplers =
 
     /// The entry named on the command line.
     let selected (pr: ParseResult) = all |> List.find (fun e -> e.Name = Opt.choiceValue pr choice)
+
+    /// The SDEs the command line offers, with the paper's parameters.
+    let sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
+
+    /// An `--sde` option (`value`: its default; None when the model file decides).
+    let sdeOption (description: string) (value: string option) = Opt.choice "--sde" description (List.map fst sdes) value
+
+    /// The SDE named by an `--sde` option, if given.
+    let sdeValue (pr: ParseResult) (o: Option<string>) =
+        match pr.GetValue o with
+        | null -> None
+        | name -> sdes |> List.tryFind (fun (n, _) -> n = name.ToLowerInvariant()) |> Option.map snd

@@ -78,8 +78,9 @@ module Corrector =
         | Corrector.Langevin _ -> "Langevin"
         | Corrector.AnnealedLangevin _ -> "annealed Langevin"
 
-    /// alpha_i of the step from t down to s: 1 - beta_i of that interval.
-    let stepAlpha (sde: VpSde) (t: float) (s: float) = 1.0 - VpSde.intervalBeta sde t s
+    /// alpha_i of the step from t down to s (`Sde.langevinAlphaAt`): 1 - beta_i of that interval for VP
+    /// and sub-VP, 1 for VE.
+    let stepAlpha (sde: Sde) (t: float) (s: float) = Sde.langevinAlphaAt sde t s
 
     // Per-sample L2 norms of a [B, ...] tensor as [B, 1, ...] (broadcastable against it): one
     // reduction pass over the trailing dims, no reshaped copy.
@@ -182,7 +183,7 @@ module Corrector =
     /// the model's output is not proportional to it (data predictions); noise and score models use their
     /// output directly with the factor folded into host scalars, so no tensor of x's size is created.
     let private langevinStep
-        (sde: VpSde)
+        (sde: Sde)
         (model: Model)
         (x: Tensor)
         (tBatch: Tensor)
@@ -216,7 +217,7 @@ module Corrector =
     /// drawn into the tensor that becomes the sample, the mean is one fused addcmul, and besides the
     /// two results only the two [B]-element norms (and, for data predictions, the score) are created.
     let langevinWithOutput
-        (sde: VpSde)
+        (sde: Sde)
         (settings: LangevinSettings)
         (output: ModelOutput)
         (out: Tensor)
@@ -262,7 +263,7 @@ module Corrector =
     /// (shaped like x, only touched for data-prediction models) as working memory. Nothing of x's size
     /// is allocated; Langevin's per-sample norms create two [B]-element tensors per step.
     let internal correctWith
-        (sde: VpSde)
+        (sde: Sde)
         (corrector: Corrector)
         (model: Model)
         (x: Tensor)
@@ -281,13 +282,13 @@ module Corrector =
         match corrector with
         | Corrector.NoCorrector -> 0
         | Corrector.Langevin s -> run s.Steps (FromNorms(s.Norm, s.Snr))
-        | Corrector.AnnealedLangevin s -> run s.Steps (Fixed((s.Snr * VpSde.sigmaAt sde t) ** 2.0))
+        | Corrector.AnnealedLangevin s -> run s.Steps (Fixed((s.Snr * Sde.sigmaAt sde t) ** 2.0))
 
     /// Run the corrector at time t for its configured number of steps, in place on x. `lastWithoutNoise`
     /// leaves x at the mean of the final step (used when the sampler's last update is a corrector).
     /// Returns the number of model evaluations.
     let correctInPlace
-        (sde: VpSde)
+        (sde: Sde)
         (corrector: Corrector)
         (model: Model)
         (x: Tensor)

@@ -24,13 +24,13 @@ module DiffusersVp =
     /// Validate a configuration (clear errors naming the field and the value).
     let validate (config: DiffusersVpConfig) =
         Check.positiveInt "numTrainTimesteps" config.NumTrainTimesteps
-        VpSde.create config.BetaMin config.BetaMax |> ignore
+        VpSchedule.create config.BetaMin config.BetaMax |> ignore
         Check.finite "samplingEps" config.SamplingEps
         if config.SamplingEps <= 0.0 || config.SamplingEps >= 1.0 then
             Check.fail "samplingEps" config.SamplingEps "in (0, 1)"
 
     /// The SDE of a configuration.
-    let sde (config: DiffusersVpConfig) = VpSde.create config.BetaMin config.BetaMax
+    let sde (config: DiffusersVpConfig) = Sde.vp config.BetaMin config.BetaMax
 
     /// The timesteps of set_timesteps(n): linspace(1, samplingEps, n) as float32 on the device
     /// (torch's default dtype, as in diffusers).
@@ -149,4 +149,4 @@ module DiffusersVp =
         Check.floating "original" original
         Check.notNull "noise" noise
         Check.notNull "t" t
-        VpSde.perturb (sde config) original t noise
+        Sde.perturb (sde config) original t noise

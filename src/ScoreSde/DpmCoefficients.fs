@@ -43,8 +43,8 @@ module internal SingleStepPlan =
           LowerS = w
           Lower1 = 0.0 }
 
-/// The float64 arithmetic of the DPM solvers (`DpmArithmetic.Float64`): sigma_t from expm1, phi_k with a
-/// power series near 0, every coefficient a host double.
+/// The float64 arithmetic of the DPM solvers (`DpmArithmetic.Float64`) for any SDE: its alpha, sigma and
+/// lambda (`Sde`, sigma_t from expm1), phi_k with a power series near 0, every coefficient a host double.
 [<RequireQualifiedAccess>]
 module internal DpmFloat64 =
     /// phi_k(H) for k = 1, 2, 3: phi_1 = expm1(H), phi_2 = phi_1 / H - 1, phi_3 = phi_2 / H - 1/2,
@@ -73,19 +73,19 @@ module internal DpmFloat64 =
             | _ -> (p1 / h - 1.0) / h - 0.5
 
     /// (r, c, H) of the step from s to t (lambdas ls, lt): x_t = r x_s - c [phi_1(H) m_s + ...].
-    let stepCoefficients (sde: VpSde) (dataPrediction: bool) (s: float) (t: float) (ls: float) (lt: float) =
+    let stepCoefficients (sde: Sde) (dataPrediction: bool) (s: float) (t: float) (ls: float) (lt: float) =
         let h = lt - ls
         if dataPrediction then
-            VpSde.sigmaAt sde t / VpSde.sigmaAt sde s, VpSde.alphaAt sde t, -h
+            Sde.sigmaAt sde t / Sde.sigmaAt sde s, Sde.alphaAt sde t, -h
         else
-            Math.Exp(VpSde.logMeanCoeffAt sde t - VpSde.logMeanCoeffAt sde s), VpSde.sigmaAt sde t, h
+            Math.Exp(Sde.logAlphaAt sde t - Sde.logAlphaAt sde s), Sde.sigmaAt sde t, h
 
     /// The fractions r1 (and r2) of a single-step update of order k from s to t in float64: the lambdas
     /// of the update's own k-interval grid of the run's type, (lambda_i - lambda_s) / (lambda_t -
     /// lambda_s), as the published sampler's timesteps_inner: 1/2 or 1/3 and 2/3 on the logSNR grid
     /// (and on explicit grids), the lambdas of equally spaced times (or square roots of times) on the
     /// uniform (quadratic) grid.
-    let fractions (sde: VpSde) (grid: TimeGrid) (order: int) (s: float) (t: float) : float * float =
+    let fractions (sde: Sde) (grid: TimeGrid) (order: int) (s: float) (t: float) : float * float =
         let inner (f: float) =
             match grid with
             | TimeGrid.Quadratic ->
@@ -98,14 +98,14 @@ module internal DpmFloat64 =
         | (TimeGrid.LogSnr | TimeGrid.Explicit _), 2 -> 0.5, 0.0
         | (TimeGrid.LogSnr | TimeGrid.Explicit _), _ -> 1.0 / 3.0, 2.0 / 3.0
         | _ ->
-            let ls, lt = VpSde.lambdaAt sde s, VpSde.lambdaAt sde t
-            let fraction i = (VpSde.lambdaAt sde (inner (float i / float order)) - ls) / (lt - ls)
+            let ls, lt = Sde.lambdaAt sde s, Sde.lambdaAt sde t
+            let fraction i = (Sde.lambdaAt sde (inner (float i / float order)) - ls) / (lt - ls)
             fraction 1, (if order > 2 then fraction 2 else 0.0)
 
     /// The float64 coefficients of a single-step update of order k (1 to 3) from s to t with fractions
     /// r1, r2; the lower-order solution is DPM-Solver-1 (order 2) or DPM-Solver-2 with r1 (order 3).
-    let singleStep (sde: VpSde) (dataPrediction: bool) (order: int) (r1: float) (r2: float) (s: float) (t: float) : SingleStepPlan =
-        let ls, lt = VpSde.lambdaAt sde s, VpSde.lambdaAt sde t
+    let singleStep (sde: Sde) (dataPrediction: bool) (order: int) (r1: float) (r2: float) (s: float) (t: float) : SingleStepPlan =
+        let ls, lt = Sde.lambdaAt sde s, Sde.lambdaAt sde t
         let h = lt - ls
         let r, c, hh = stepCoefficients sde dataPrediction s t ls lt
         let p1, p2 = phi 1 hh, phi 2 hh
@@ -113,7 +113,7 @@ module internal DpmFloat64 =
         if order = 1 then
             first
         else
-            let s1 = VpSde.timeOfLambda sde (ls + r1 * h)
+            let s1 = Sde.timeOfLambda sde (ls + r1 * h)
             let ra, ca, ha = stepCoefficients sde dataPrediction s s1 ls (ls + r1 * h)
             // DPM-Solver-2: x_t = r x - c phi_1 m_s - c phi_1 / (2 r1) (m_1 - m_s)
             let k = c * p1 / (2.0 * r1)
@@ -121,7 +121,7 @@ module internal DpmFloat64 =
             if order = 2 then
                 { plan with Ws = -c * p1 + k; W1 = -k }
             else
-                let s2 = VpSde.timeOfLambda sde (ls + r2 * h)
+                let s2 = Sde.timeOfLambda sde (ls + r2 * h)
                 // u_2 = r x - c [phi_1(r2 H) m_s + (r2 / r1) phi_2(r2 H) (m_1 - m_s)]
                 let rb, cb, hb = stepCoefficients sde dataPrediction s s2 ls (ls + r2 * h)
                 let k2 = cb * (r2 / r1) * phi 2 hb
@@ -161,7 +161,7 @@ module internal DpmFloat64 =
             [| p1 + p2 * d1.[0] + p3 * d2.[0]; p2 * d1.[1] + p3 * d2.[1]; p2 * d1.[2] + p3 * d2.[2] |]
 
 /// The arithmetic of dpm_solver_pytorch.py (LuChengTHU/dpm-solver), the published DPM-Solver, for
-/// the linear VP-SDE: its noise schedule (NoiseScheduleVP 'linear'), time grids (get_time_steps) and
+/// the linear VP-SDE (its only noise schedule of this kind; runs with sub-VP and VE compute in float64): its noise schedule (NoiseScheduleVP 'linear'), time grids (get_time_steps) and
 /// update coefficients, computed with float32 operations in its order, the Python constants
 /// rounded to float32 where PyTorch rounds them. Every value is a float32 held in a double. The
 /// element-wise combinations themselves run in the samples' dtype (`DpmSolver`), folded into one
@@ -189,16 +189,16 @@ module internal DpmPublished =
     let private log1p32 (v: float) = f32 (HostMath.log1p v)
 
     /// marginal_log_mean_coeff: -0.25 t^2 (beta_1 - beta_0) - 0.5 t beta_0.
-    let logMeanCoeff (sde: VpSde) (t: float) = (-0.25 *! (t *! t)) *! f32 (sde.BetaMax - sde.BetaMin) -! (0.5 *! t) *! f32 sde.BetaMin
+    let logMeanCoeff (sde: VpSchedule) (t: float) = (-0.25 *! (t *! t)) *! f32 (sde.BetaMax - sde.BetaMin) -! (0.5 *! t) *! f32 sde.BetaMin
 
     /// marginal_alpha: exp(m).
-    let alpha (sde: VpSde) (t: float) = exp32 (logMeanCoeff sde t)
+    let alpha (sde: VpSchedule) (t: float) = exp32 (logMeanCoeff sde t)
 
     /// marginal_std: sqrt(1 - exp(2 m)).
-    let sigma (sde: VpSde) (t: float) = sqrt32 (1.0 -! exp32 (2.0 *! logMeanCoeff sde t))
+    let sigma (sde: VpSchedule) (t: float) = sqrt32 (1.0 -! exp32 (2.0 *! logMeanCoeff sde t))
 
     /// marginal_lambda: m - 0.5 log(1 - exp(2 m)).
-    let lambda (sde: VpSde) (t: float) =
+    let lambda (sde: VpSchedule) (t: float) =
         let m = logMeanCoeff sde t
         m -! 0.5 *! log32 (1.0 -! exp32 (2.0 *! m))
 
@@ -207,7 +207,7 @@ module internal DpmPublished =
 
     /// inverse_lambda: with tmp = 2 (beta_1 - beta_0) logaddexp(-2 lambda, 0) and
     /// Delta = beta_0^2 + tmp, t = tmp / (sqrt(Delta) + beta_0) / (beta_1 - beta_0).
-    let inverseLambda (sde: VpSde) (l: float) =
+    let inverseLambda (sde: VpSchedule) (l: float) =
         let spread = sde.BetaMax - sde.BetaMin
         let tmp = f32 (2.0 * spread) *! logAddExp (-2.0 *! l) 0.0
         let delta = f32 (sde.BetaMin ** 2.0) +! tmp
@@ -229,7 +229,7 @@ module internal DpmPublished =
     /// get_time_steps(skip_type, t_T, t_0, N): the N + 1 times of a grid from tStart to tEnd.
     /// logSNR: uniform in lambda between lambda(t_T) and lambda(t_0), mapped back by inverse_lambda;
     /// time_uniform: linspace(t_T, t_0); time_quadratic: linspace(sqrt(t_T), sqrt(t_0)) squared.
-    let timeSteps (sde: VpSde) (grid: TimeGrid) (tStart: float) (tEnd: float) (n: int) : float[] =
+    let timeSteps (sde: VpSchedule) (grid: TimeGrid) (tStart: float) (tEnd: float) (n: int) : float[] =
         match grid with
         | TimeGrid.LogSnr -> linspace (lambda sde (f32 tStart)) (lambda sde (f32 tEnd)) (n + 1) |> Array.map (inverseLambda sde)
         | TimeGrid.Uniform -> linspace tStart tEnd (n + 1)
@@ -239,7 +239,7 @@ module internal DpmPublished =
     /// The fractions r1 (and r2) of a single-step update of order k from s to t: the lambdas of the
     /// update's own k-interval grid of the run's type (the published sampler's timesteps_inner),
     /// (lambda_i - lambda_0) / (lambda_k - lambda_0). Explicit grids use the logSNR rule.
-    let fractions (sde: VpSde) (grid: TimeGrid) (order: int) (s: float) (t: float) : float * float =
+    let fractions (sde: VpSchedule) (grid: TimeGrid) (order: int) (s: float) (t: float) : float * float =
         if order <= 1 then
             0.0, 0.0
         else
@@ -254,7 +254,7 @@ module internal DpmPublished =
     /// (a, b) with the model's prediction for the solver = a x + b out at time t: the noise prediction
     /// of model_wrapper's noise_pred_fn ("noise": out; "x_start": (x - alpha out) / sigma; "score":
     /// -sigma out), and for DPM-Solver++ data_prediction_fn's (x - sigma eps) / alpha of it.
-    let predictionCoefficients (sde: VpSde) (output: ModelOutput) (dataPrediction: bool) (t: float) : float * float =
+    let predictionCoefficients (sde: VpSchedule) (output: ModelOutput) (dataPrediction: bool) (t: float) : float * float =
         let a, s = alpha sde t, sigma sde t
         let na, nb =
             match output with
@@ -266,7 +266,7 @@ module internal DpmPublished =
         else (1.0 - s * na) / a, -s * nb / a
 
     /// dpm_solver_first_update from s to t: (A, w) with x_t = A x + w m_s.
-    let firstOrder (sde: VpSde) (dataPrediction: bool) (s: float) (t: float) : float * float =
+    let firstOrder (sde: VpSchedule) (dataPrediction: bool) (s: float) (t: float) : float * float =
         let h = lambda sde t -! lambda sde s
         if dataPrediction then
             sigma sde t /! sigma sde s, -(alpha sde t *! expm132 (-h))
@@ -278,7 +278,7 @@ module internal DpmPublished =
     /// 'dpmsolver') from times.[0] (the newest evaluation) to t, with times newest first: (A, w) with
     /// x_t = A x + sum_j w_j m_j, m_0 the newest prediction. `d2Factor` scales the third-order update's
     /// second difference D2 = (D1_0 - D1_1) / (r0 + r1): 1 as published, 2 for the Taylor-exact form.
-    let multiStep (sde: VpSde) (dataPrediction: bool) (order: int) (d2Factor: float) (times: float[]) (t: float) : float * float[] =
+    let multiStep (sde: VpSchedule) (dataPrediction: bool) (order: int) (d2Factor: float) (times: float[]) (t: float) : float * float[] =
         match order with
         | 1 ->
             let a, w = firstOrder sde dataPrediction times.[0] t
@@ -321,7 +321,7 @@ module internal DpmPublished =
     /// singlestep_dpm_solver_second_update and singlestep_dpm_solver_third_update, solver_type
     /// 'dpmsolver') from s to t with fractions r1, r2 (`fractions`). The lower-order solution is only
     /// filled in for order 1 (the adaptive method, its only user, computes in float64).
-    let singleStep (sde: VpSde) (dataPrediction: bool) (order: int) (r1: float) (r2: float) (s: float) (t: float) : SingleStepPlan =
+    let singleStep (sde: VpSchedule) (dataPrediction: bool) (order: int) (r1: float) (r2: float) (s: float) (t: float) : SingleStepPlan =
         let ls = lambda sde s
         let h = lambda sde t -! ls
         let las = logMeanCoeff sde s

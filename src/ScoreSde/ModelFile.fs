@@ -10,7 +10,7 @@ open TorchSharp
 /// What a saved or imported model is: how to call it and what its samples look like.
 type ModelInfo =
     {
-        Sde: VpSde
+        Sde: Sde
         /// The network is called with t * TimeScale (1 for networks trained on t in [0, 1]; 999 for
         /// networks trained on the paper code's discrete labels t * 999).
         TimeScale: float
@@ -39,7 +39,7 @@ type LoadedModel =
 /// Options for importing a TorchScript file (written by PyTorch's `torch.jit.save`).
 type TorchScriptOptions =
     {
-        Sde: VpSde
+        Sde: Sde
         TimeScale: float
         Output: ModelOutput
         /// Shape of one sample without the batch dimension.
@@ -89,10 +89,24 @@ module ModelFile =
                     forward x ts)
               Output = output }
 
+    /// The SDE as config.json stores it: its type ("vp", "subvp" or "ve") and its parameters.
+    let sdeJson (sde: Sde) : JsonObject =
+        let o = JsonObject()
+        o.["type"] <- JsonValue.Create(Sde.name sde)
+        match sde with
+        | Sde.Vp s
+        | Sde.SubVp s ->
+            o.["betaMin"] <- JsonValue.Create s.BetaMin
+            o.["betaMax"] <- JsonValue.Create s.BetaMax
+        | Sde.Ve s ->
+            o.["sigmaMin"] <- JsonValue.Create s.SigmaMin
+            o.["sigmaMax"] <- JsonValue.Create s.SigmaMax
+        o
+
     /// Save a trained network and its metadata into directory `dir` (created if needed; existing
     /// config.json and weights.bin are replaced). `training` is free-form metadata stored under
     /// "training" in config.json.
-    let save (dir: string) (net: ScoreNet) (sde: VpSde) (standardisation: Standardisation option) (training: JsonObject) =
+    let save (dir: string) (net: ScoreNet) (sde: Sde) (standardisation: Standardisation option) (training: JsonObject) =
         Check.notNull "net" net
         if String.IsNullOrWhiteSpace dir then
             Check.fail "dir" dir "a directory path"
@@ -119,13 +133,7 @@ module ModelFile =
         config.["dtype"] <- JsonValue.Create(dtypeName net.Dtype)
         config.["output"] <- JsonValue.Create "noise"
         config.["timeScale"] <- JsonValue.Create 1.0
-        config.["sde"] <-
-            JsonObject(
-                dict
-                    [ "type", JsonValue.Create "vp" :> JsonNode
-                      "betaMin", JsonValue.Create sde.BetaMin
-                      "betaMax", JsonValue.Create sde.BetaMax ]
-            )
+        config.["sde"] <- sdeJson sde
         match standardisation with
         | Some st -> config.["standardisation"] <- JsonObject(dict [ "shift", floats st.Shift :> JsonNode; "scale", floats st.Scale ])
         | None -> ()
@@ -189,12 +197,17 @@ module ModelFile =
               Embedding = get<int> path network "embedding"
               MaxFrequency = get<float> path network "maxFrequency" }
         let sdeNode = field path root "sde"
-        let sdeKind = get<string> path sdeNode "type"
-        if sdeKind <> "vp" then
-            FileError.fail path (sprintf "SDE type '%s' is not supported (expected 'vp')" sdeKind)
+        let number = get<float> path sdeNode
+        let create, a, b =
+            match get<string> path sdeNode "type" with
+            | "vp" -> Sde.vp, "betaMin", "betaMax"
+            | "subvp" -> Sde.subVp, "betaMin", "betaMax"
+            | "ve" -> Sde.ve, "sigmaMin", "sigmaMax"
+            | kind -> FileError.fail path (sprintf "SDE type '%s' is not supported (expected vp, subvp or ve)" kind)
+        let a, b = number a, number b
         let sde =
             try
-                VpSde.create (get<float> path sdeNode "betaMin") (get<float> path sdeNode "betaMax")
+                create a b
             with :? ArgumentException as e ->
                 FileError.fail path e.Message
         let dtype =

@@ -90,15 +90,16 @@ open TorchSharp
 open ScoreSde
 
 Native.ensureLoaded ()
-let sde = VpSde.standard
+let sde = Sde.standardVp
 // N(0, I) data: the exact noise prediction is sigma_t x, sigma_t^2 = 1 - exp(-t^2 (20 - 0.1) / 2 - 0.1 t).
 let model =
     Model.noise (fun x t ->
         let tc = t.reshape (-1L, 1L)
         (1.0 - (tc * tc * -9.95 - tc * 0.1).exp ()).sqrt () * x)
 let g = new torch.Generator(7UL, torch.CPU)
-let xT = Sampler.prior [| 4000L; 2L |] torch.float64 torch.CPU (Noise.fromGenerator g)
-let r = DpmSolver.sample sde model DpmSolver.defaults xT
+let noise = Noise.fromGenerator g
+let xT = Sampler.prior sde [| 4000L; 2L |] torch.float64 torch.CPU noise
+let r = Sampler.sample sde model Sampling.dpmSolver noise xT
 printfn "std %%.4f" (r.Samples.std().item<float> ())
 printfn "glue %%s" (System.IO.File.ReadLines "/proc/self/maps" |> Seq.find (fun l -> l.Contains "libLibTorchSharp") |> fun l -> l.Substring(l.IndexOf '/'))
 """

@@ -10,13 +10,13 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 /// A fixture case as the library's settings.
 let private settingsOf (case: JsonElement) (arithmetic: DpmArithmetic) =
     let denoise = case.GetProperty("denoise").GetBoolean()
     let steps = case.GetProperty("steps").GetInt32()
-    { DpmSolver.defaults with
+    { dpmDefaults with
         Algorithm =
             (if case.GetProperty("algorithm").GetString() = "dpmsolver++" then
                  DpmAlgorithm.DpmSolverPlusPlus
@@ -62,7 +62,7 @@ let private sampleError (case: JsonElement) (arithmetic: DpmArithmetic) (dtype: 
     use g = generator 3L
     use x32 = torch.randn ([| 16L; 2L |], generator = g)
     use xT = x32.to_type (dtype)
-    let r = DpmSolver.sample sde (Model.noise (ringNoiseModel sde)) (settingsOf case arithmetic) xT
+    let r = dpmSample sde (Model.noise (ringNoiseModel sde)) (settingsOf case arithmetic) xT
     use x = r.Samples
     Expect.equal x.dtype dtype "dtype kept"
     let ours = values x
@@ -78,7 +78,8 @@ let tests =
               use doc = JsonDocument.Parse(File.ReadAllText(NoiseTests.fixture "dpm_reference.json"))
               let mutable worst = 0.0
               for case in doc.RootElement.GetProperty("cases").EnumerateArray() do
-                  let times, _ = DpmSolver.scheduleWith true sde (settingsOf case DpmArithmetic.Published)
+                  let run = settingsOf case DpmArithmetic.Published
+                  let times, _ = DpmSolver.scheduleWith (Some VpSchedule.standard) sde run.Settings run.Sampling.Schedule run.Denoise
                   let reference = floats (case.GetProperty("times"))
                   Expect.equal times.Length reference.Length (describe case + ": grid length")
                   for i in 0 .. times.Length - 1 do
