@@ -66,6 +66,6 @@ public static partial class Sampler
             ScoreSde.Method.NewDpmSolver(settings),
             new ScoreSde.Schedule(grid, options.Steps, options.Eps),
             options.Denoise ? ScoreSde.Finish.Tweedie : ScoreSde.Finish.NoFinish,
-            null);
+            null, null);
     }
 }

@@ -22,13 +22,14 @@ type private Options =
     { Quick: bool
       Sweep: bool
       Checks: bool
+      Conditional: bool
       Samples: int
       Problems: string list
       Sdes: string list
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --conditional] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
@@ -39,6 +40,7 @@ let rec private parse (o: Options) (args: string list) =
     | "--quick" :: rest -> parse { o with Quick = true } rest
     | "--sweep" :: rest -> parse { o with Sweep = true } rest
     | "--checks" :: rest -> parse { o with Checks = true } rest
+    | "--conditional" :: rest -> parse { o with Conditional = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -347,14 +349,21 @@ let main argv =
                 { Quick = false
                   Sweep = false
                   Checks = false
+                  Conditional = false
                   Samples = 10000
                   Problems = []
                   Sdes = []
                   OutDir = None }
                 (List.ofArray argv)
-        if o.Sweep then sweep o
-        elif o.Checks then exit (checksOnly o)
-        else run o
+        if o.Sweep then
+            sweep o
+        elif o.Checks then
+            exit (checksOnly o)
+        elif o.Conditional then
+            let problems, chosen = selected o
+            ConditionalBench.run chosen problems o.Samples (defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")))
+        else
+            run o
         0
     with Failure msg ->
         eprintfn "%s" msg

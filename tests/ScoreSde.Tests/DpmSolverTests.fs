@@ -21,7 +21,11 @@ let private latent () =
 
 /// A DPM-Solver run: the method's settings with a schedule and a finish.
 let private dpm (settings: DpmSolverSettings) (schedule: Schedule) (finish: Finish) =
-    { Method = Method.DpmSolver settings; Schedule = schedule; Finish = finish; Observer = None }
+    { Method = Method.DpmSolver settings
+      Schedule = schedule
+      Finish = finish
+      Observer = None
+      Condition = None }
 
 /// `steps` evaluations on the logSNR grid down to eps.
 let private logSnr (steps: int) = Schedule.create TimeGrid.LogSnr steps eps
