@@ -59,9 +59,16 @@ public static partial class Sampler
                 options.Rtol, options.Atol, defaults.InitialStep, defaults.Safety, options.MaxEvaluations)),
             _ => throw OutOfRange(nameof(options.Method), options.Method, "SingleStep, MultiStep or Adaptive"),
         };
+        var thresholding = options.Thresholding switch
+        {
+            Thresholding.None => ScoreSde.Thresholding.NoThresholding,
+            Thresholding.Static => ScoreSde.Thresholding.NewStatic(options.ThresholdMax),
+            Thresholding.Dynamic => ScoreSde.Thresholding.NewDynamic(options.ThresholdQuantile, options.ThresholdMax),
+            _ => throw OutOfRange(nameof(options.Thresholding), options.Thresholding, "None, Static or Dynamic"),
+        };
         var settings = ScoreSde.DpmSolver.defaults;
         settings = new ScoreSde.DpmSolverSettings(algorithm, method, options.Order, settings.Grid, settings.Steps, settings.Eps,
-                                                  options.LowerOrderFinal, settings.Denoise, settings.Thresholding, null);
+                                                  options.LowerOrderFinal, settings.Denoise, thresholding, null);
         return new ScoreSde.Sampling(
             ScoreSde.Method.NewDpmSolver(settings),
             new ScoreSde.Schedule(grid, options.Steps, options.Eps),

@@ -23,13 +23,14 @@ type private Options =
       Sweep: bool
       Checks: bool
       Conditional: bool
+      Guided: bool
       Samples: int
       Problems: string list
       Sdes: string list
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --conditional] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --conditional | --guided] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
@@ -41,6 +42,7 @@ let rec private parse (o: Options) (args: string list) =
     | "--sweep" :: rest -> parse { o with Sweep = true } rest
     | "--checks" :: rest -> parse { o with Checks = true } rest
     | "--conditional" :: rest -> parse { o with Conditional = true } rest
+    | "--guided" :: rest -> parse { o with Guided = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -350,6 +352,7 @@ let main argv =
                   Sweep = false
                   Checks = false
                   Conditional = false
+                  Guided = false
                   Samples = 10000
                   Problems = []
                   Sdes = []
@@ -359,6 +362,9 @@ let main argv =
             sweep o
         elif o.Checks then
             exit (checksOnly o)
+        elif o.Guided then
+            let problems, chosen = selected o
+            GuidedBench.run chosen problems o.Samples (defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")))
         elif o.Conditional then
             let problems, chosen = selected o
             ConditionalBench.run chosen problems o.Samples (defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")))
