@@ -113,7 +113,7 @@ check
     "and it is biased here: between 0.5 (no information) and the exact weight"
 
 // 2. Classifier guidance at scale 1 with the exact classifier p(class | x_t): the guided score is class 0's.
-let classifier: Classifier = fun x t -> classLogDensities x t
+let classifier (x: torch.Tensor) (t: torch.Tensor) = classLogDensities x t
 let guided = Guidance.classifier sde unconditional classifier (torch.tensor [| 0L |]) 1.0
 let toClass0 = (Sampler.sample sde guided Sampling.dpmSolver (Noise.fromSeed 3L torch.CPU) xT).Samples
 let mean0 = toClass0.mean([| 0L |]).data<float>().ToArray()

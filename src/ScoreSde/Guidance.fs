@@ -8,10 +8,6 @@ open TorchSharp
 /// that classifier-free guidance needs, trained by dropping labels). It must not modify its inputs.
 type ConditionalModel = { Forward: Tensor -> Tensor -> Tensor -> Tensor; Output: ModelOutput; NullLabel: int64 }
 
-/// A time-dependent classifier: (x, t) -> [B, classes] logits or log-probabilities of each class for
-/// the noisy x at time t (t as the samplers pass it: one time per sample). It must be differentiable in x.
-type Classifier = Tensor -> Tensor -> Tensor
-
 /// How classifier-free guidance evaluates its conditional and unconditional predictions.
 [<RequireQualifiedAccess>]
 type GuidanceEvaluation =
@@ -100,7 +96,7 @@ module Guidance =
 
     /// grad_x of sum_i log softmax(classifier(x, t))_(i, y_i), by autograd with gradients enabled around
     /// this call only (the samplers run without them).
-    let private classifierGradient (classifier: Classifier) (x: Tensor) (t: Tensor) (labels: Tensor) : Tensor =
+    let private classifierGradient (classifier: Tensor -> Tensor -> Tensor) (x: Tensor) (t: Tensor) (labels: Tensor) : Tensor =
         use _grad = torch.enable_grad ()
         use xg = x.detach ()
         xg.requires_grad_ (true) |> ignore
@@ -135,11 +131,13 @@ module Guidance =
 
     /// Classifier guidance (Song et al. 2021, Sec. 5; Dhariwal & Nichol 2021): the score plus `scale`
     /// times grad_x log p(y | x, t) of a time-dependent classifier, for the labels y (one per sample or
-    /// one for the batch). The guided model has the model's output kind: the gradient is converted to
+    /// one for the batch). The classifier maps (x, t) to [B, classes] logits or log-probabilities of
+    /// each class for the noisy x at time t (t as the samplers pass it, one time per sample), and must be
+    /// differentiable in x. The guided model has the model's output kind: the gradient is converted to
     /// it (noise: -sigma_t scale grad; data: sigma_t^2 / alpha_t scale grad). The classifier's gradient
     /// comes from autograd with gradients enabled around its call only. Scale 1 with the exact
     /// classifier gives the exact class-conditional score.
-    let classifier (sde: Sde) (model: Model) (classifier: Classifier) (labels: Tensor) (scale: float) : Model =
+    let classifier (sde: Sde) (model: Model) (classifier: Tensor -> Tensor -> Tensor) (labels: Tensor) (scale: float) : Model =
         Sde.validate sde
         checkLabels labels
         Check.finite "scale" scale

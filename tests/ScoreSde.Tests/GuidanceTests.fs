@@ -80,7 +80,7 @@ let tests =
               // mode is as it was, and the result does not require gradients.
               let sde = Sde.standardVp
               use lin = torch.nn.Linear(16L, 5L, dtype = torch.float64)
-              let cls: Classifier = fun x _ -> lin.forward x
+              let cls: Tensor -> Tensor -> Tensor = fun x _ -> lin.forward x
               let model = Guidance.classifier sde (Model.noise (Mixture.noiseModel sde problem)) cls (torch.tensor ([| 1L |])) 2.0
               use xT = points 8L 43L
               let wasEnabled = torch.is_grad_enabled ()
@@ -158,11 +158,12 @@ let tests =
                   "labels"
                   (fun () -> box ((Guidance.classifier sde model cls (torch.tensor ([| 5L |])) 1.0).Forward x tb))
                   "a label beyond the classes"
-              let wrongShape: Classifier = fun x _ -> x.sum ()
+              let wrongShape: Tensor -> Tensor -> Tensor = fun x _ -> x.sum ()
               Expect.throwsT<InvalidOperationException>
                   (fun () -> (Guidance.classifier sde model wrongShape (torch.tensor ([| 1L |])) 1.0).Forward x tb |> ignore)
                   "a classifier returning a scalar"
-              let constant: Classifier = fun x _ -> torch.zeros ([| x.shape.[0]; 5L |], dtype = torch.float64, requires_grad = true)
+              let constant: Tensor -> Tensor -> Tensor =
+                  fun x _ -> torch.zeros ([| x.shape.[0]; 5L |], dtype = torch.float64, requires_grad = true)
               Expect.throwsT<InvalidOperationException>
                   (fun () -> (Guidance.classifier sde model constant (torch.tensor ([| 1L |])) 1.0).Forward x tb |> ignore)
                   "a classifier that ignores x"
