@@ -77,25 +77,22 @@ module Condition =
         use back = product.movedim ([| -1L |], [| 1L |])
         back.contiguous ()
 
+    /// U v (or U^T v) along dimension 1 with U converted to v's dtype and device; a copy of v for None.
+    let private inBasis (name: string) (transpose: bool) (basis: Tensor option) (v: Tensor) : Tensor =
+        Check.floating name v
+        match basis with
+        | None -> v.clone ()
+        | Some u ->
+            use uc = u.``to`` (v.dtype, v.device)
+            use ut = if transpose then uc.t () else uc.alias ()
+            applyBasis ut v
+
     /// The coordinates U x of x in a basis (dimension 1 transformed; x itself for None, as a copy): what
     /// `Values` holds for data x.
-    let coordinates (basis: Tensor option) (x: Tensor) : Tensor =
-        Check.floating "x" x
-        match basis with
-        | None -> x.clone ()
-        | Some u ->
-            use uc = u.``to`` (x.dtype, x.device)
-            applyBasis uc x
+    let coordinates (basis: Tensor option) (x: Tensor) : Tensor = inBasis "x" false basis x
 
     /// The data U^T y of coordinates y (the inverse of `coordinates`).
-    let ofCoordinates (basis: Tensor option) (y: Tensor) : Tensor =
-        Check.floating "y" y
-        match basis with
-        | None -> y.clone ()
-        | Some u ->
-            use uc = u.``to`` (y.dtype, y.device)
-            use ut = uc.t ()
-            applyBasis ut y
+    let ofCoordinates (basis: Tensor option) (y: Tensor) : Tensor = inBasis "y" true basis y
 
     /// Check a condition on its own and against the method (ArgumentException naming the setting).
     let internal validate (kind: StepKind) (c: Condition) =

@@ -33,18 +33,9 @@ module Guidance =
         use expanded = flat.expand ([| b |])
         expanded.``to`` (device)
 
+    /// The conditional model at (x, t, labels), its output's shape checked as any model's (`Model.eval`).
     let private evalConditional (model: ConditionalModel) (x: Tensor) (t: Tensor) (labels: Tensor) =
-        let out = model.Forward x t labels
-        if isNull out || not (Check.shapesEqual out x) then
-            raise (
-                InvalidOperationException(
-                    sprintf
-                        "The conditional model returned shape %A for input shape %A; it must return a tensor shaped like x."
-                        (if isNull out then null else out.shape)
-                        x.shape
-                )
-            )
-        out
+        Model.eval { Forward = (fun x t -> model.Forward x t labels); Output = model.Output } x t
 
     /// The conditional model for fixed labels (one per sample, or one for the batch), as a `Model`.
     /// The labels are the caller's: not copied, so they must stay alive and unchanged while it is used.

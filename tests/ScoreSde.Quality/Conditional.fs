@@ -78,25 +78,12 @@ let sampleComponent (m: Mixture) (k: int) (n: int) (g: torch.Generator) : Tensor
     let z = torch.randn ([| int64 n; int64 m.Dim |], dtype = torch.float64, generator = g)
     (mean + std * z).MoveToOuterDisposeScope()
 
-/// The time read from a batch's time tensor (the samplers share one time over the batch).
-let private sharedTime (t: Tensor) =
-    use ts = t.to_type(torch.float64).flatten()
-    let tv = ts.[0L].item<float>()
-    use first = torch.tensor (tv, dtype = torch.float64)
-    use same = ts.eq (first)
-    if not (same.all().item<bool>()) then
-        failwith "the exact mixture functions expect one time for the whole batch"
-    tv
-
 /// The exact time-dependent classifier: log p(k | x_t) for every component k, [B, K], differentiable
 /// in x (float64 inside, returned in x's dtype): the class-conditional marginals at t are
 /// N(alpha_t m_k, (alpha_t^2 s_k^2 + sigma_t^2) I), weighted by w_k and normalised. Called at every
 /// sampler step, so its Scalars are bound for the native calls (see the guide).
 let classifier (sde: Sde) (m: Mixture) : Tensor -> Tensor -> Tensor =
-    let k, d = int64 m.Modes, int64 m.Dim
-    let means = torch.tensor(Array.concat m.Means, dtype = torch.float64).reshape([| k; d |])
-    let vars0 = torch.tensor(Array.concat m.Stds |> Array.map (fun s -> s * s), dtype = torch.float64).reshape([| k; d |])
-    let logW = torch.tensor(m.Weights |> Array.map Math.Log, dtype = torch.float64).reshape([| 1L; k |])
+    let means, vars0, logW = parameters m
     fun (x: Tensor) (t: Tensor) ->
         use scope = torch.NewDisposeScope()
         let a, s2 = marginal sde (sharedTime t)
@@ -117,9 +104,8 @@ let classifier (sde: Sde) (m: Mixture) : Tensor -> Tensor -> Tensor =
 /// (a Gaussian: eps = -sigma_t (alpha_t m_k - x) / v_k), label K (the null label) the mixture's
 /// (`Mixture.noiseModel`). Labels: an int64 tensor with one label per sample.
 let conditionalNoise (sde: Sde) (m: Mixture) : Tensor -> Tensor -> Tensor -> Tensor =
-    let k, d = int64 m.Modes, int64 m.Dim
-    let means = torch.tensor(Array.concat m.Means, dtype = torch.float64).reshape([| k; d |])
-    let vars0 = torch.tensor(Array.concat m.Stds |> Array.map (fun s -> s * s), dtype = torch.float64).reshape([| k; d |])
+    let k = int64 m.Modes
+    let means, vars0, _ = parameters m
     let unconditional = noiseModel sde m
     fun (x: Tensor) (t: Tensor) (labels: Tensor) ->
         use scope = torch.NewDisposeScope()

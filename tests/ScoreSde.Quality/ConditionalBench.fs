@@ -129,10 +129,8 @@ let private cell (nfe: int, d: float) (floor: float) = sprintf "%.4f (%.2fx, %d)
 let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (outDir: string) =
     Native.ensureLoaded ()
     torch.set_num_threads 1
-    let report = StringBuilder()
-    let say (s: string) =
-        printfn "%s" s
-        report.AppendLine s |> ignore
+    let log = Report.Log()
+    let say = log.Say
     say (
         sprintf
             "Sliced Wasserstein-1 (256 directions) between %d conditional samples and %d exact conditional samples, float64, eps %g. Cells: distance (ratio to the noise floor, model evaluations)."
@@ -190,7 +188,4 @@ let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (o
                 (c.Reference :> IDisposable).Dispose()
             say ""
             say (sprintf "Time: %.0f s." clock.Elapsed.TotalSeconds)
-    Directory.CreateDirectory outDir |> ignore
-    let md = Path.Combine(outDir, "conditional-results.md")
-    File.WriteAllText(md, report.ToString())
-    printfn "wrote %s" md
+    log.Write outDir "conditional-results.md"

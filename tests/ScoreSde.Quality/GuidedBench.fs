@@ -90,10 +90,8 @@ let timing (say: string -> unit) =
 let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (outDir: string) =
     Native.ensureLoaded ()
     torch.set_num_threads 1
-    let report = StringBuilder()
-    let say (s: string) =
-        printfn "%s" s
-        report.AppendLine s |> ignore
+    let log = Report.Log()
+    let say = log.Say
     say (
         sprintf
             "Classifier-free guidance of the exact class-conditional mixture model, %d samples, float64, eps %g. Cells: RMS distance to the reference's samples from the same latents / sliced W1 to them. Reference: DPM-Solver++2M with 1000 evaluations (its distance to DPM-Solver-3M with 1000 in the header)."
@@ -154,7 +152,4 @@ let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (o
     say
         "Classifier-free guidance, one call on 2B against two calls on B (class-conditional MLP 3 x 128 on 16-D, float32, one thread, median of 30 alternating blocks):"
     timing say
-    Directory.CreateDirectory outDir |> ignore
-    let md = Path.Combine(outDir, "guided-results.md")
-    File.WriteAllText(md, report.ToString())
-    printfn "wrote %s" md
+    log.Write outDir "guided-results.md"

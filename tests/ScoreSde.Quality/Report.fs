@@ -11,6 +11,21 @@ type Row = { Name: string; Family: string; Cells: (int * float) option[] }
 
 let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.InvariantCulture)
 
+/// Lines printed as they come and kept for a markdown file.
+type Log() =
+    let sb = StringBuilder()
+
+    member _.Say(line: string) =
+        printfn "%s" line
+        sb.AppendLine line |> ignore
+
+    /// Write the lines to outDir/name.
+    member _.Write (outDir: string) (name: string) =
+        System.IO.Directory.CreateDirectory outDir |> ignore
+        let path = System.IO.Path.Combine(outDir, name)
+        System.IO.File.WriteAllText(path, sb.ToString())
+        printfn "wrote %s" path
+
 /// A markdown table: one column per budget; a cell that used fewer evaluations than requested shows
 /// them in brackets.
 let table (budgets: int[]) (rows: Row list) : string =
