@@ -62,14 +62,17 @@ if not (trained < 0.5 * prior) then
 
 // 6. Save in the library's format (config.json + weights.bin) and load it back: same outputs.
 let dir = Path.Combine(Path.GetTempPath(), sprintf "scoresde-doc-%d" (Environment.ProcessId))
-ModelFile.save dir result.Ema sde None (Text.Json.Nodes.JsonObject())
-let loaded = ModelFile.loadNative dir
-let x = torch.randn ([| 8L; 2L |], generator = g)
-let t = torch.rand ([| 8L |], generator = g)
 let same =
-    use _noGrad = torch.no_grad ()
-    (result.Ema.forward (x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
+    try
+        ModelFile.save dir result.Ema sde None (Text.Json.Nodes.JsonObject())
+        let loaded = ModelFile.loadNative dir
+        let x = torch.randn ([| 8L; 2L |], generator = g)
+        let t = torch.rand ([| 8L |], generator = g)
+        use _noGrad = torch.no_grad ()
+        (result.Ema.forward (x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
+    finally
+        if Directory.Exists dir then
+            Directory.Delete(dir, true)
 printfn "saved to %s and loaded back: %s" dir (if same then "identical outputs" else "DIFFERENT outputs")
-Directory.Delete(dir, true)
 if not same then
     exit 1

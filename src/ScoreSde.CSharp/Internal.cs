@@ -32,6 +32,14 @@ internal static class Interop
         return source == NoiseSource.PerSample ? ScoreSde.NoiseModule.perSample(s) : ScoreSde.NoiseModule.fast(s);
     }
 
+    /// <summary>The core's Langevin norm; a value outside the enum is rejected naming the option.</summary>
+    internal static ScoreSde.LangevinNorm ToCore(LangevinNorm norm, string name) => norm switch
+    {
+        LangevinNorm.BatchMean => ScoreSde.LangevinNorm.BatchMean,
+        LangevinNorm.PerSample => ScoreSde.LangevinNorm.PerSample,
+        _ => throw new ArgumentOutOfRangeException(name, norm, $"{name} must be BatchMean or PerSample (got {norm})."),
+    };
+
     /// <summary>Rejects a noise source outside the enum, naming the option.</summary>
     internal static void CheckNoise(NoiseSource source, string prefix)
     {
@@ -84,11 +92,15 @@ internal static class Interop
            ("basis", "options.Condition.Basis"), ("replacement", "options.Condition.Replacement"));
     }
 
+    /// <summary>An optional C# value as the core's F# option (null is None).</summary>
+    internal static Microsoft.FSharp.Core.FSharpOption<double>? Option(double? value) =>
+        value is { } v ? Microsoft.FSharp.Core.FSharpOption<double>.Some(v) : null;
+
     /// <summary>A 63-bit seed from the operating system's entropy source.</summary>
     internal static long EntropySeed() =>
         BitConverter.ToInt64(RandomNumberGenerator.GetBytes(8)) & long.MaxValue;
 
-    /// <summary>Wraps a C# model delegate as a core model.</summary>
+    /// <summary>Wraps a C# model delegate as a core model (the prediction is an option's).</summary>
     internal static ScoreSde.Model ToModel(Func<Tensor, Tensor, Tensor> model, ModelPrediction prediction)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -98,7 +110,7 @@ internal static class Interop
             ModelPrediction.Noise => ScoreSde.ModelModule.noise(f),
             ModelPrediction.Score => ScoreSde.ModelModule.score(f),
             ModelPrediction.Data => ScoreSde.ModelModule.data(f),
-            _ => throw new ArgumentOutOfRangeException(nameof(prediction), prediction, $"prediction must be Noise, Score or Data (got {prediction}).")
+            _ => throw new ArgumentOutOfRangeException("options.Prediction", prediction, $"options.Prediction must be Noise, Score or Data (got {prediction}).")
         };
     }
 
@@ -128,6 +140,7 @@ internal static class Interop
         if (core == "thresholding.bound" || core == "thresholding.maxValue") return "options.ThresholdMax";
         if (core == "thresholding.quantile") return "options.ThresholdQuantile";
         if (core == "grid" || core.StartsWith("grid[", StringComparison.Ordinal)) return "options.Times";
+        if (core == "lowerOrderFinal.belowSteps") return "options.LowerOrderFinalBelowSteps";
         return core;
     }
 

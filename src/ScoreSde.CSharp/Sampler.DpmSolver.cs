@@ -66,9 +66,28 @@ public static partial class Sampler
             Thresholding.Dynamic => ScoreSde.Thresholding.NewDynamic(options.ThresholdQuantile, options.ThresholdMax),
             _ => throw OutOfRange(nameof(options.Thresholding), options.Thresholding, "None, Static or Dynamic"),
         };
-        var settings = ScoreSde.DpmSolver.defaults;
-        settings = new ScoreSde.DpmSolverSettings(algorithm, method, options.Order, settings.Grid, settings.Steps, settings.Eps,
-                                                  options.LowerOrderFinal, settings.Denoise, thresholding, null);
+        var lowerOrderFinal = options.LowerOrderFinal switch
+        {
+            LowerOrderFinal.BelowSteps => ScoreSde.LowerOrderFinal.NewBelowSteps(options.LowerOrderFinalBelowSteps),
+            LowerOrderFinal.Always => ScoreSde.LowerOrderFinal.Always,
+            LowerOrderFinal.Never => ScoreSde.LowerOrderFinal.Never,
+            _ => throw OutOfRange(nameof(options.LowerOrderFinal), options.LowerOrderFinal, "BelowSteps, Always or Never"),
+        };
+        var thirdOrder = options.ThirdOrder switch
+        {
+            DpmThirdOrder.Published => ScoreSde.DpmThirdOrder.Published,
+            DpmThirdOrder.TaylorExact => ScoreSde.DpmThirdOrder.TaylorExact,
+            _ => throw OutOfRange(nameof(options.ThirdOrder), options.ThirdOrder, "Published or TaylorExact"),
+        };
+        var arithmetic = options.Arithmetic switch
+        {
+            DpmArithmetic.PublishedForFloat32 => ScoreSde.DpmArithmetic.PublishedForFloat32,
+            DpmArithmetic.Published => ScoreSde.DpmArithmetic.Published,
+            DpmArithmetic.Float64 => ScoreSde.DpmArithmetic.Float64,
+            _ => throw OutOfRange(nameof(options.Arithmetic), options.Arithmetic, "PublishedForFloat32, Published or Float64"),
+        };
+        var settings = new ScoreSde.DpmSolverSettings(algorithm, method, options.Order, lowerOrderFinal, thirdOrder, arithmetic,
+                                                      thresholding);
         return new ScoreSde.Sampling(
             ScoreSde.Method.NewDpmSolver(settings),
             new ScoreSde.Schedule(grid, options.Steps, options.Eps),

@@ -40,8 +40,7 @@ public static partial class Sampler
         {
             Corrector.None => ScoreSde.Corrector.NoCorrector,
             Corrector.Langevin => ScoreSde.Corrector.NewLangevin(new ScoreSde.LangevinSettings(
-                options.Snr, options.CorrectorSteps,
-                options.BatchAveragedNorms ? ScoreSde.LangevinNorm.BatchMean : ScoreSde.LangevinNorm.PerSample)),
+                options.Snr, options.CorrectorSteps, Interop.ToCore(options.LangevinNorm, "options.LangevinNorm"))),
             Corrector.AnnealedLangevin => ScoreSde.Corrector.NewAnnealedLangevin(new ScoreSde.AnnealedLangevinSettings(options.Snr, options.CorrectorSteps)),
             _ => throw new ArgumentOutOfRangeException("options.Corrector", options.Corrector, $"options.Corrector is not a known corrector (got {options.Corrector}).")
         };

@@ -68,15 +68,11 @@ public abstract class Sde
     }
 }
 
-/// <summary>The variance-preserving SDE with a linear schedule, beta(t) = betaMin + t (betaMax - betaMin):
-/// f = -beta / 2, g^2 = beta, alpha^2 + sigma^2 = 1, prior N(0, I).</summary>
-public sealed class VpSde : Sde
+/// <summary>An SDE on the linear beta schedule beta(t) = betaMin + t (betaMax - betaMin): the base of
+/// <see cref="VpSde"/> and <see cref="SubVpSde"/>.</summary>
+public abstract class BetaScheduleSde : Sde
 {
-    /// <summary>Creates the SDE.</summary>
-    /// <param name="betaMin">beta(0), positive (default 0.1).</param>
-    /// <param name="betaMax">beta(1), at least betaMin (default 20).</param>
-    /// <exception cref="ArgumentException">betaMin is not positive or betaMax is below betaMin.</exception>
-    public VpSde(double betaMin = 0.1, double betaMax = 20.0) : base(ScoreSde.SdeModule.vp(betaMin, betaMax))
+    private protected BetaScheduleSde(ScoreSde.Sde core, double betaMin, double betaMax) : base(core)
     {
         _schedule = new ScoreSde.VpSchedule(betaMin, betaMax);
     }
@@ -94,30 +90,32 @@ public sealed class VpSde : Sde
     public double Beta(double t) => ScoreSde.VpScheduleModule.betaAt(_schedule, t);
 }
 
-/// <summary>The sub-VP SDE (Song et al. 2021): the VP drift with g^2 = beta(t) (1 - alpha^4), so
-/// sigma(t) = 1 - alpha(t)^2 (below the VP's); prior N(0, I). Its likelihoods were the paper's best.</summary>
-public sealed class SubVpSde : Sde
+/// <summary>The variance-preserving SDE with a linear schedule, beta(t) = betaMin + t (betaMax - betaMin):
+/// f = -beta / 2, g^2 = beta, alpha^2 + sigma^2 = 1, prior N(0, I).</summary>
+public sealed class VpSde : BetaScheduleSde
 {
     /// <summary>Creates the SDE.</summary>
     /// <param name="betaMin">beta(0), positive (default 0.1).</param>
     /// <param name="betaMax">beta(1), at least betaMin (default 20).</param>
     /// <exception cref="ArgumentException">betaMin is not positive or betaMax is below betaMin.</exception>
-    public SubVpSde(double betaMin = 0.1, double betaMax = 20.0) : base(ScoreSde.SdeModule.subVp(betaMin, betaMax))
+    public VpSde(double betaMin = 0.1, double betaMax = 20.0)
+        : base(ScoreSde.SdeModule.vp(betaMin, betaMax), betaMin, betaMax)
     {
-        _schedule = new ScoreSde.VpSchedule(betaMin, betaMax);
     }
+}
 
-    private readonly ScoreSde.VpSchedule _schedule;
-
-    /// <summary>beta(0).</summary>
-    public double BetaMin => _schedule.BetaMin;
-
-    /// <summary>beta(1).</summary>
-    public double BetaMax => _schedule.BetaMax;
-
-    /// <summary>beta(t).</summary>
-    /// <param name="t">Time in [0, 1].</param>
-    public double Beta(double t) => ScoreSde.VpScheduleModule.betaAt(_schedule, t);
+/// <summary>The sub-VP SDE (Song et al. 2021): the VP drift with g^2 = beta(t) (1 - alpha^4), so
+/// sigma(t) = 1 - alpha(t)^2 (below the VP's); prior N(0, I). Its likelihoods were the paper's best.</summary>
+public sealed class SubVpSde : BetaScheduleSde
+{
+    /// <summary>Creates the SDE.</summary>
+    /// <param name="betaMin">beta(0), positive (default 0.1).</param>
+    /// <param name="betaMax">beta(1), at least betaMin (default 20).</param>
+    /// <exception cref="ArgumentException">betaMin is not positive or betaMax is below betaMin.</exception>
+    public SubVpSde(double betaMin = 0.1, double betaMax = 20.0)
+        : base(ScoreSde.SdeModule.subVp(betaMin, betaMax), betaMin, betaMax)
+    {
+    }
 }
 
 /// <summary>The variance-exploding SDE (Song et al. 2021): sigma(t) = sigmaMin (sigmaMax / sigmaMin)^t,

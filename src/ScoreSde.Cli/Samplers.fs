@@ -73,14 +73,25 @@ module Samplers =
 
     let private predictor = Opt.choice "--predictor" "PC predictor" (List.map fst predictors) (Some "reverse-diffusion")
     let private corrector = Opt.choice "--corrector" "PC corrector" [ "langevin"; "annealed"; "none" ] (Some "langevin")
-    let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some 0.16)
-    let private correctorSteps = Opt.intAtLeast 1 "--corrector-steps" "Corrector steps per time point" (Some 1)
+    /// The library's PC sampler (`Sampling.pc`): its predictor and corrector are the defaults here.
+    let private pcPredictor, pcCorrector =
+        match Sampling.pc.Method with
+        | Method.PredictorCorrector(p, c) -> p, c
+        | _ -> Predictor.ReverseDiffusion, Corrector.langevin 0.16 1
+    let private langevinDefaults =
+        match pcCorrector with
+        | Corrector.Langevin l -> l
+        | _ -> { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+    let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some langevinDefaults.Snr)
+    let private correctorSteps =
+        Opt.intAtLeast 1 "--corrector-steps" "Corrector steps per time point" (Some langevinDefaults.Steps)
+    let private norms = [ "batch", LangevinNorm.BatchMean; "sample", LangevinNorm.PerSample ]
     let private langevinNorm =
         Opt.choice
             "--langevin-norm"
-            "How Langevin measures |z|/|score|: 'batch' averages over the batch (the paper's choice, right for low-dimensional data); 'sample' uses each sample's own norms"
-            [ "batch"; "sample" ]
-            (Some "batch")
+            "How Langevin measures |z|/|score|: 'batch' averages over the batch (the library's default and the paper's choice); 'sample' uses each sample's own norms, which biases low-dimensional data (docs/correctors.md); for batch-independent sampling use --corrector annealed"
+            (List.map fst norms)
+            (Some(norms |> List.find (fun (_, n) -> n = langevinDefaults.Norm) |> fst))
 
     /// The PC sampler with given pieces.
     let pcRun (p: Predictor) (c: Corrector) (stepCount: int) (epsValue: float) : SamplerRun =
@@ -104,11 +115,7 @@ module Samplers =
             | "none" -> Corrector.NoCorrector
             | "annealed" -> Corrector.annealedLangevin (pr.GetValue snr) k
             | _ ->
-                let norm =
-                    if Opt.choiceValue pr langevinNorm = "sample" then
-                        LangevinNorm.PerSample
-                    else
-                        LangevinNorm.BatchMean
+                let norm = norms |> List.find (fun (n, _) -> n = Opt.choiceValue pr langevinNorm) |> snd
                 Corrector.Langevin { Snr = pr.GetValue snr; Steps = k; Norm = norm }
         noTolerances pr "the PC sampler"
         pcRun p c (stepsOr pr 500) (pr.GetValue eps)
@@ -119,7 +126,7 @@ module Samplers =
           Summary = "predictor-corrector sampler of the reverse-time SDE (Song et al. 2021, Alg. 1)"
           Options = [ predictor; corrector; snr; correctorSteps; langevinNorm ]
           FromCommandLine = pcFromCommandLine
-          Demo = pcRun Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }) 250 1e-3 }
+          Demo = pcRun pcPredictor pcCorrector 250 1e-3 }
 
     // ---- probability-flow ODE: adaptive Dormand-Prince or a fixed-step solver ----
 
@@ -174,26 +181,45 @@ module Samplers =
     // ---- DPM-Solver ----
 
     let private algorithms = [ "dpm-solver", DpmAlgorithm.DpmSolver; "dpm-solver++", DpmAlgorithm.DpmSolverPlusPlus ]
+    let private nameOf (choices: (string * 'T) list) (value: 'T) = choices |> List.find (fun (_, v) -> v = value) |> fst
     let private algorithm =
         Opt.choice
             "--algorithm"
-            "DPM: noise-prediction DPM-Solver (best for unguided models) or data-prediction DPM-Solver++"
+            "DPM: noise-prediction DPM-Solver (the default, best for unguided models) or data-prediction DPM-Solver++ (guided sampling)"
             (List.map fst algorithms)
-            (Some "dpm-solver")
-    let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some "3")
+            (Some(nameOf algorithms DpmSolver.defaults.Algorithm))
+    let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some(string DpmSolver.defaults.Order))
     let private dpmMethod =
         Opt.choice
             "--method"
             "DPM: multistep, single-step, or adaptive step size (orders 2 and 3)"
             [ "multistep"; "singlestep"; "adaptive" ]
             (Some "multistep")
+    let private lowerOrderRules =
+        [ "below10", LowerOrderFinal.BelowSteps 10
+          "below15", LowerOrderFinal.BelowSteps 15
+          "always", LowerOrderFinal.Always
+          "never", LowerOrderFinal.Never ]
+    let private lowerOrderFinal =
+        Opt.choice
+            "--lower-order-final"
+            "DPM multistep: lower the final steps' orders below 10 steps (dpm_solver_pytorch.py), below 15 (diffusers), always or never"
+            (List.map fst lowerOrderRules)
+            (Some(nameOf lowerOrderRules DpmSolver.defaults.LowerOrderFinal))
+    let private thirdOrders = [ "published", DpmThirdOrder.Published; "taylor-exact", DpmThirdOrder.TaylorExact ]
+    let private thirdOrder =
+        Opt.choice
+            "--third-order"
+            "DPM multistep order 3: the published update or the Taylor-exact one (doubled second difference)"
+            (List.map fst thirdOrders)
+            (Some(nameOf thirdOrders DpmSolver.defaults.ThirdOrder))
 
     /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
-    let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k }
-        let name = if alg = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
+    let dpmRunWith (settings: DpmSolverSettings) (stepCount: int) (epsValue: float) : SamplerRun =
+        let name = if settings.Algorithm = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
+        let k = settings.Order
         let label, progressSteps =
-            match method with
+            match settings.Method with
             | DpmMethod.MultiStep -> sprintf "%s-%dM, %d steps" name k stepCount, stepCount
             | DpmMethod.SingleStep -> sprintf "%s-%dS, %d evaluations" name k stepCount, 0
             | DpmMethod.Adaptive a -> sprintf "%s-%d adaptive, rtol %g, atol %g" name k a.Rtol a.Atol, 0
@@ -205,28 +231,35 @@ module Samplers =
                 Method = Method.DpmSolver settings
                 Schedule = { Sampling.dpmSolver.Schedule with Steps = stepCount; Eps = epsValue } } }
 
+    /// DPM-Solver with the given algorithm, method, order, steps and eps, the library's defaults otherwise.
+    let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
+        dpmRunWith { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k } stepCount epsValue
+
     let dpm =
         { Name = "dpm"
           Summary = "DPM-Solver: exponential integrators of the probability-flow ODE for 10 to 20 model evaluations (Lu et al. 2022)"
-          Options = [ algorithm; order; dpmMethod ]
+          Options = [ algorithm; order; dpmMethod; lowerOrderFinal; thirdOrder ]
           FromCommandLine =
             fun pr ->
-                let alg = algorithms |> List.find (fun (n, _) -> n = Opt.choiceValue pr algorithm) |> snd
-                let k = int (Opt.choiceValue pr order)
+                let pick (choices: (string * 'T) list) (o: Option<string>) =
+                    choices |> List.find (fun (n, _) -> n = Opt.choiceValue pr o) |> snd
+                let settings =
+                    { DpmSolver.defaults with
+                        Algorithm = pick algorithms algorithm
+                        Order = int (Opt.choiceValue pr order)
+                        LowerOrderFinal = pick lowerOrderRules lowerOrderFinal
+                        ThirdOrder = pick thirdOrders thirdOrder }
                 match Opt.choiceValue pr dpmMethod with
                 | "adaptive" ->
                     noSteps pr "--method adaptive"
                     let a = DpmSolver.adaptiveDefaults
-                    dpmRun
-                        alg
-                        (DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol })
-                        k
-                        0
-                        (pr.GetValue eps)
+                    let adaptive = { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }
+                    dpmRunWith { settings with Method = DpmMethod.Adaptive adaptive } 0 (pr.GetValue eps)
                 | m ->
                     noTolerances pr (sprintf "--method %s" m)
-                    dpmRun alg (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep) k (stepsOr pr 20) (pr.GetValue eps)
-          Demo = dpmRun DpmAlgorithm.DpmSolver DpmMethod.MultiStep 3 20 1e-3 }
+                    let method = if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep
+                    dpmRunWith { settings with Method = method } (stepsOr pr Sampling.dpmSolver.Schedule.Steps) (pr.GetValue eps)
+          Demo = dpmRunWith DpmSolver.defaults Sampling.dpmSolver.Schedule.Steps Sampling.dpmSolver.Schedule.Eps }
 
     /// Every sampler the command line offers, in the order `demo` runs them.
     let all = [ pc; ode; dpm ]

@@ -81,7 +81,6 @@ module AdaptiveOde =
     /// The solver loop on x (the caller's copy, updated in place and returned as the state).
     let private solve (settings: AdaptiveSettings) (fieldInto: TimeFieldInto) (x: Tensor) (t0: float) (t1: float) : AdaptiveResult =
         use w = new Dopri5.Work(settings, fieldInto, x, t0, t1)
-        let sc = w.Sc
         w.EvalInto(w.Ks.[0], x, w.T)
         (use scope = torch.NewDisposeScope()
          if not (w.Ks.[0].isfinite().all().item<bool>()) then
@@ -108,25 +107,25 @@ module AdaptiveOde =
             steps <- steps + 1
             use scope = torch.NewDisposeScope()
             let remaining = (w.T - t1) * (-w.Direction) // >= 0; zero once a sample is done
-            let active = remaining.gt (sc 0.0)
+            let active = remaining.gt (w.Sc(0.0))
             let hUsed = torch.minimum (w.HAbs, remaining) // zero for finished samples
             let h = hUsed * w.Direction
-            let tNew = torch.where (w.HAbs.ge (remaining), torch.full_like (w.T, sc t1), w.T + h)
+            let tNew = torch.where (w.HAbs.ge (remaining), torch.full_like (w.T, w.Sc(t1)), w.T + h)
             let hb = h.reshape (w.BShape)
             Dopri5.attempt w x hb h tNew
             let err = Dopri5.errorNorm settings w x hb
             let acc, rej = Dopri5.control settings w err hUsed active
             Dopri5.accept w x acc rej tNew
             // the only per-step host read: [any sample still running; any step size below its floor]
-            let running' = w.T.ne (sc t1)
-            let floor = w.T.abs().mul(sc (10.0 * epsMachine)).clamp_min(sc minStep)
+            let running' = w.T.ne (w.Sc(t1))
+            let floor = w.T.abs().mul(w.Sc(10.0 * epsMachine)).clamp_min(w.Sc(minStep))
             let tooSmall = w.HAbs.lt(floor).logical_and(running')
             let flags = torch.stack([| running'.any (); tooSmall.any () |], 0L).cpu().data<bool>().ToArray()
             settings.Observer
             |> Option.iter (fun observe ->
                 // the time every sample has reached: the slowest sample's
-                let reached = if w.Direction < 0.0 then w.T.max () else w.T.min ()
-                observe (steps - 1) (reached.to_type(torch.float64).item<float>()) x)
+                let ts = Tensors.readHost w.T
+                observe (steps - 1) (if w.Direction < 0.0 then Array.max ts else Array.min ts) x)
             if flags.[1] then
                 stepTooSmall settings w tooSmall err
             running <- flags.[0]

@@ -7,9 +7,15 @@ open TorchSharp
 [<RequireQualifiedAccess>]
 type LangevinNorm =
     /// One step size per sample, from that sample's own norms: samples never influence each other,
-    /// so results do not depend on the batch.
+    /// but the step then depends on the state (e ~ 1 / |score(x)|^2), an unadjusted Langevin step
+    /// whose stationary law is tilted towards p(x) |score(x)|^2, by about 1/D in D dimensions.
+    /// Measured (docs/correctors.md, reverse diffusion + Langevin, 200 steps, 10,000 samples): sliced
+    /// W1 0.170 against 0.0096 without a corrector on a 2-D mixture, 0.028 against 0.0115 in 16-D.
+    /// Negligible for images; for batch-independent results on low-dimensional data use the annealed
+    /// corrector instead (unbiased by the state, independent of the batch).
     | PerSample
-    /// The paper code's choice: norms averaged over the batch, one step size for all samples.
+    /// The paper code's choice, and diffusers' (step_correct): norms averaged over the batch, one step
+    /// size for all samples (the default). Samples of a batch influence each other's step size.
     | BatchMean
 
 /// Settings of the Langevin corrector.
@@ -31,13 +37,18 @@ type Corrector =
     | NoCorrector
     /// Step e = 2 alpha_i (r |z| / |s|)^2; mean = x + e s; x = mean + sqrt(2 e) z.
     | Langevin of LangevinSettings
-    /// Step e = 2 alpha_i (r sigma_t)^2; same update.
+    /// Step e = 2 alpha_i (r sigma_t)^2; same update. This is the Langevin step size with the batch's
+    /// |z|^2 / |s|^2 replaced by its value from the SDE's known marginal: the perturbation kernel's
+    /// score is -z / sigma_t, so |z|^2 / |s|^2 = sigma_t^2. Fixed at each time, it neither depends on
+    /// the batch nor tilts the stationary law: the corrector for batch-size independent sampling
+    /// (`Noise.perSample`).
     | AnnealedLangevin of AnnealedLangevinSettings
 
 [<RequireQualifiedAccess>]
 module Corrector =
-    /// Langevin corrector with per-sample norms.
-    let langevin (snr: float) (steps: int) = Corrector.Langevin { Snr = snr; Steps = steps; Norm = LangevinNorm.PerSample }
+    /// Langevin corrector with batch-averaged norms (the paper code's and diffusers' choice; see
+    /// `LangevinNorm` for per-sample norms and what they cost).
+    let langevin (snr: float) (steps: int) = Corrector.Langevin { Snr = snr; Steps = steps; Norm = LangevinNorm.BatchMean }
 
     /// Annealed Langevin corrector.
     let annealedLangevin (snr: float) (steps: int) = Corrector.AnnealedLangevin { Snr = snr; Steps = steps }

@@ -138,9 +138,12 @@ module Dopri5 =
               torch.zeros ([| batch |], dtype = torch.int64, device = device)
               torch.full ([| batch |], sc t0, dtype = dtype, device = device) ]
         member val Nfe = 0 with get, set
-        member _.Sc v = sc v
+        /// The solve's cached Scalar of a value (a method: call it directly, a function value of it would
+        /// allocate per use).
+        member _.Sc(v: float) : Scalar = sc v
         member _.Batch = batch
-        member _.BShape = Array.init (int (x.dim ())) (fun i -> if i = 0 then batch else 1L)
+        /// [B, 1, ...]: a per-sample vector broadcast over the state.
+        member val BShape = Array.init (int (x.dim ())) (fun i -> if i = 0 then batch else 1L)
         member _.Direction = if t1 >= t0 then 1.0 else -1.0
         member _.Ks = ks
         member _.Stage = owned.[0]
@@ -184,23 +187,22 @@ module Dopri5 =
     /// Wanner's estimate (Solving ODEs I, II.4): h0 from the sizes of y and f, h1 from a
     /// finite-difference estimate of f's change, min(100 h0, h1). ks.[0] holds f(x, t0).
     let internal initialStep (settings: AdaptiveSettings) (w: Work) (x: Tensor) (span: float) =
-        let sc = w.Sc
         match settings.InitialStep with
-        | Some h -> w.HAbs.fill_ (sc (min h span)) |> ignore
+        | Some h -> w.HAbs.fill_ (w.Sc(min h span)) |> ignore
         | None ->
             let k0 = w.Ks.[0]
             let scale = x.abs () * settings.Rtol + settings.Atol
             let d0 = w.Norm(x.clone (), scale)
             let d1 = w.Norm(k0.clone (), scale)
-            let small = d0.lt(sc 1e-5).logical_or(d1.lt (sc 1e-5))
-            let h0 = torch.where(small, torch.full_like (d0, sc 1e-6), d0 / d1 * 0.01).clamp_max(sc span)
+            let small = d0.lt(w.Sc(1e-5)).logical_or(d1.lt (w.Sc(1e-5)))
+            let h0 = torch.where(small, torch.full_like (d0, w.Sc(1e-6)), d0 / d1 * 0.01).clamp_max(w.Sc(span))
             let y1 = x + k0 * (h0 * w.Direction).reshape(w.BShape)
             w.EvalInto(w.Stage, y1, w.T + h0 * w.Direction)
             let d2 = w.Norm(w.Stage - k0, scale) / h0
             let dmax = torch.maximum (d1, d2)
-            let h1 = torch.where (dmax.le (sc 1e-15), (h0 * 1e-3).clamp_min(sc 1e-6), (dmax / 0.01).pow(sc -0.2))
-            w.HAbs.copy_ (torch.minimum(h0 * 100.0, h1).clamp_max(sc span)) |> ignore
-        settings.MaxStep |> Option.iter (fun m -> w.HAbs.clamp_max_ (sc m) |> ignore)
+            let h1 = torch.where (dmax.le (w.Sc(1e-15)), (h0 * 1e-3).clamp_min(w.Sc(1e-6)), (dmax / 0.01).pow(w.Sc(-0.2)))
+            w.HAbs.copy_ (torch.minimum(h0 * 100.0, h1).clamp_max(w.Sc(span))) |> ignore
+        settings.MaxStep |> Option.iter (fun m -> w.HAbs.clamp_max_ (w.Sc(m)) |> ignore)
 
     /// One attempted step from x with step sizes hb ([B, 1, ...], signed): stages 2 to 7; the input of
     /// stage 7 is the order-5 solution, the candidate state, left in YNew (first same as last).
@@ -211,7 +213,7 @@ module Dopri5 =
             coupling.[i]
             |> Array.iteri (fun j a ->
                 if a <> 0.0 then
-                    target.addcmul_ (w.Ks.[j], hb, w.Sc a) |> ignore)
+                    target.addcmul_ (w.Ks.[j], hb, w.Sc(a)) |> ignore)
             let ti = if nodes.[i] = 1.0 then tNew else w.T + h * nodes.[i]
             w.EvalInto(w.Ks.[i], target, ti)
 
@@ -219,16 +221,15 @@ module Dopri5 =
     /// scale atol + rtol max(|x|, |y_new|) is formed in the stage buffer with k_2 as scratch (stages 2
     /// to 6 are not needed once the error is formed), max(a, b) = a + relu(b - a).
     let internal errorNorm (settings: AdaptiveSettings) (w: Work) (x: Tensor) (hb: Tensor) : Tensor =
-        let sc = w.Sc
-        w.Err.fill_ (sc 0.0) |> ignore // (zero_ would return a second handle to the buffer)
+        w.Err.fill_ (w.Sc(0.0)) |> ignore // (zero_ would return a second handle to the buffer)
         errorWeights
         |> Array.iteri (fun j e ->
             if e <> 0.0 then
-                w.Err.add_ (w.Ks.[j], sc e) |> ignore)
+                w.Err.add_ (w.Ks.[j], w.Sc(e)) |> ignore)
         w.Err.mul_ (hb) |> ignore
         w.Stage.copy_(x).abs_() |> ignore
         w.Ks.[1].copy_(w.YNew).abs_().sub_(w.Stage).relu_() |> ignore
-        w.Stage.add_(w.Ks.[1]).mul_(sc settings.Rtol).add_(sc settings.Atol) |> ignore
+        w.Stage.add_(w.Ks.[1]).mul_(w.Sc(settings.Rtol)).add_(w.Sc(settings.Atol)) |> ignore
         w.Norm(w.Err, w.Stage)
 
     /// The step-size controller: accept where err <= 1 (false for NaN) among the active samples, and
@@ -236,38 +237,38 @@ module Dopri5 =
     /// clamped to [MinFactor, MaxFactor] and to 1 right after a rejection. Updates the step sizes, the
     /// rejection flags and the last accepted errors; returns the accept and reject masks.
     let internal control (settings: AdaptiveSettings) (w: Work) (err: Tensor) (hUsed: Tensor) (active: Tensor) =
-        let sc = w.Sc
-        let ok = err.le (sc 1.0)
+        let ok = err.le (w.Sc(1.0))
         let acc = ok.logical_and (active)
         let rej = ok.logical_not().logical_and(active)
-        let raw = err.pow (sc -0.2) * settings.Safety
+        let raw = err.pow (w.Sc(-0.2)) * settings.Safety
         let grow =
             if settings.PiBeta = 0.0 then
                 raw
             else
-                err.pow (sc -(0.2 - 0.75 * settings.PiBeta)) * w.ErrPrev.pow (sc settings.PiBeta) * settings.Safety
-        let grow = grow.clamp_max(sc settings.MaxFactor).clamp_min(sc settings.MinFactor)
-        let grow = torch.where (w.JustRejected, grow.clamp_max (sc 1.0), grow)
-        let shrink = raw.nan_to_num(0.0).clamp_min(sc settings.MinFactor)
+                err.pow (w.Sc(-(0.2 - 0.75 * settings.PiBeta)))
+                * w.ErrPrev.pow (w.Sc(settings.PiBeta))
+                * settings.Safety
+        let grow = grow.clamp_max(w.Sc(settings.MaxFactor)).clamp_min(w.Sc(settings.MinFactor))
+        let grow = torch.where (w.JustRejected, grow.clamp_max (w.Sc(1.0)), grow)
+        let shrink = raw.nan_to_num(0.0).clamp_min(w.Sc(settings.MinFactor))
         let hNext = hUsed * torch.where (ok, grow, shrink)
         let hNext =
             match settings.MaxStep with
-            | Some m -> hNext.clamp_max (sc m)
+            | Some m -> hNext.clamp_max (w.Sc(m))
             | None -> hNext
         w.HAbs.copy_ (torch.where (active, hNext, w.HAbs)) |> ignore
         w.JustRejected.copy_ (rej) |> ignore
-        w.ErrPrev.copy_ (torch.where (acc, err.clamp_min (sc 1e-4), w.ErrPrev)) |> ignore
+        w.ErrPrev.copy_ (torch.where (acc, err.clamp_min (w.Sc(1e-4)), w.ErrPrev)) |> ignore
         acc, rej
 
     /// Accepted samples take the candidate and the last stage becomes the next first one, in place and
     /// exactly: zero what is replaced and what is not taken, then add (a rejected candidate may hold inf
     /// or NaN; it is zeroed, never multiplied). YNew and k_7 are rewritten by the next step.
     let internal accept (w: Work) (x: Tensor) (acc: Tensor) (rej: Tensor) (tNew: Tensor) =
-        let sc = w.Sc
         let accB = acc.reshape (w.BShape)
         let keepB = acc.logical_not().reshape(w.BShape)
-        x.masked_fill_(accB, sc 0.0).add_(w.YNew.masked_fill_ (keepB, sc 0.0)) |> ignore
-        w.Ks.[0].masked_fill_(accB, sc 0.0).add_(w.Ks.[6].masked_fill_(keepB, sc 0.0)) |> ignore
+        x.masked_fill_(accB, w.Sc(0.0)).add_(w.YNew.masked_fill_ (keepB, w.Sc(0.0))) |> ignore
+        w.Ks.[0].masked_fill_(accB, w.Sc(0.0)).add_(w.Ks.[6].masked_fill_(keepB, w.Sc(0.0))) |> ignore
         w.T.copy_ (torch.where (acc, tNew, w.T)) |> ignore
         w.Accepted.add_ (acc) |> ignore
         w.Rejected.add_ (rej) |> ignore

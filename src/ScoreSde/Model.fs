@@ -42,7 +42,7 @@ module Model =
         out
 
     /// Host coefficients (a, b) with score = a x + b out, for a time shared by the whole batch.
-    let scoreCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
+    let inline scoreCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
         match output with
         | ModelOutput.Score -> 0.0, 1.0
         | ModelOutput.Noise -> 0.0, -1.0 / Sde.sigmaAt sde t

@@ -76,8 +76,12 @@ module OdeSolver =
     /// the final state (a fresh tensor; x is not modified) and the number of evaluations of f.
     let integrate (solver: OdeSolver) (f: VectorField) (x: Tensor) (times: float[]) : Tensor * int =
         let mutable state = x.clone ()
-        for i in 0 .. times.Length - 2 do
-            let next = step solver f state times.[i] times.[i + 1]
+        try
+            for i in 0 .. times.Length - 2 do
+                let next = step solver f state times.[i] times.[i + 1]
+                state.Dispose()
+                state <- next
+            state, (times.Length - 1) * evaluationsPerStep solver
+        with _ ->
             state.Dispose()
-            state <- next
-        state, (times.Length - 1) * evaluationsPerStep solver
+            reraise ()

@@ -93,25 +93,15 @@ module Predictor =
             if withNoise then Kernel.axpbyNoise x ax out aout z std noise else Kernel.axpby x ax out aout
             1
 
-    /// One predictor step on fresh tensors from a model output that was already computed (manual
-    /// stepping, as in diffusers' schedulers): sample i steps from ts.[i] down to ss.[i] (arrays of
-    /// length 1 apply to the whole batch). x and out are not modified.
+    /// One step on fresh tensors with given coefficients: sample i has mean = ax x + aout out and
+    /// sample = mean + std z for (ax, aout, std) = cs.[i] (an array of length 1 applies to the whole
+    /// batch). x and out are not modified.
     ///
-    /// When every sample shares its step (the usual case), the coefficients are host scalars and the
-    /// step creates exactly the two result tensors (`Kernel.meanAndSample`: a noise draw into the
-    /// sample, then one fused pass on CPU tensors). Per-sample steps use [B, 1, ...] coefficient
-    /// tensors instead.
-    let stepWithOutput
-        (sde: Sde)
-        (predictor: Predictor)
-        (output: ModelOutput)
-        (out: Tensor)
-        (x: Tensor)
-        (ts: float[])
-        (ss: float[])
-        (noise: Noise)
-        : StepResult =
-        let cs = Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss
+    /// When every sample shares its coefficients (the usual case), they are host scalars and the step
+    /// creates exactly the two result tensors (`Kernel.meanAndSample`: a noise draw into the sample,
+    /// then one fused pass on CPU tensors). Per-sample steps use [B, 1, ...] coefficient tensors
+    /// instead.
+    let stepWithCoefficients (cs: (float * float * float)[]) (out: Tensor) (x: Tensor) (noise: Noise) : StepResult =
         let c0 = cs.[0]
         if cs |> Array.forall (fun c -> c = c0) then
             let ax, aout, std = c0
@@ -125,6 +115,22 @@ module Predictor =
             noise.Fill sample
             sample.mul_(coef (fun (_, _, c) -> c)).add_(mean) |> ignore
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+
+    /// One predictor step on fresh tensors from a model output that was already computed (manual
+    /// stepping, as in diffusers' schedulers): sample i steps from ts.[i] down to ss.[i] (arrays of
+    /// length 1 apply to the whole batch). x and out are not modified. The tensors are formed by
+    /// `stepWithCoefficients`.
+    let stepWithOutput
+        (sde: Sde)
+        (predictor: Predictor)
+        (output: ModelOutput)
+        (out: Tensor)
+        (x: Tensor)
+        (ts: float[])
+        (ss: float[])
+        (noise: Noise)
+        : StepResult =
+        stepWithCoefficients (Array.map2 (fun t s -> outputCoefficients sde predictor output t s) ts ss) out x noise
 
     /// One predictor step from t down to s on a fresh tensor (x is not modified). The model is
     /// evaluated at (x, t) unless the predictor does not need it.

@@ -10,7 +10,7 @@ open TorchSharp
 [<RequireQualifiedAccess>]
 module ProbabilityFlow =
     /// (p, q) of the field F = p x + q out at a time shared by the batch (host doubles).
-    let coefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
+    let inline coefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
         let f, c = Sde.probabilityFlowAt sde t
         let ka, kb = Model.scoreCoefficientsAt sde output t
         f + c * ka, c * kb
@@ -18,17 +18,27 @@ module ProbabilityFlow =
     /// The tensor twin of `coefficientsAt`: (p, q) for a time tensor (element-wise: broadcast it over the
     /// state first, e.g. [B, 1, ...]), computed on its device.
     let coefficients (sde: Sde) (output: ModelOutput) (t: Tensor) : Tensor * Tensor =
-        use scope = torch.NewDisposeScope()
+        // No dispose scope of its own (the fields call this per evaluation): the intermediates are
+        // disposed directly, and p and q on an exception.
         let f, c = Sde.probabilityFlowCoefficients sde t
-        let ka, kb = Model.scoreCoefficients sde output t
-        let p =
-            match ka with
-            | Some ka ->
-                use one = Tensors.scalar 1.0
-                f.addcmul_ (c, ka, one)
-            | None -> f
-        let q = c.mul_ (kb)
-        p.MoveToOuterDisposeScope(), q.MoveToOuterDisposeScope()
+        try
+            match output with
+            | ModelOutput.Score -> () // ka = 0, kb = 1: p = f, q = c
+            | _ ->
+                let ka, kb = Model.scoreCoefficients sde output t
+                use kb = kb
+                match ka with
+                | Some ka ->
+                    use ka = ka
+                    use one = Tensors.scalar 1.0
+                    f.addcmul_ (c, ka, one) |> ignore
+                | None -> ()
+                c.mul_ (kb) |> ignore
+            f, c
+        with _ ->
+            f.Dispose()
+            c.Dispose()
+            reraise ()
 
     /// The field p x + q out from a model output at (x, t), t 0-d or one time per batch element, as a
     /// fresh tensor. Differentiable in x (through x and out) when gradients are enabled.

@@ -66,23 +66,14 @@ module Sampling =
           Observer = None
           Condition = None }
 
-    /// DPM-Solver with its defaults (`DpmSolver.defaults`) and 20 evaluations on the logSNR grid to
-    /// eps = 1e-3.
+    /// DPM-Solver with its defaults (`DpmSolver.defaults`: DPM-Solver-3M with the published update) and
+    /// 20 evaluations on the logSNR grid to eps = 1e-3.
     let dpmSolver =
         { Method = Method.DpmSolver DpmSolver.defaults
           Schedule = Schedule.create TimeGrid.LogSnr 20 1e-3
           Finish = Finish.NoFinish
           Observer = None
           Condition = None }
-
-    /// The DPM-Solver settings of a run: the method's own, with the schedule, finish and observer.
-    let internal dpmSettings (sampling: Sampling) (d: DpmSolverSettings) (afterStep: Observer option) =
-        { d with
-            Grid = sampling.Schedule.Grid
-            Steps = sampling.Schedule.Steps
-            Eps = sampling.Schedule.Eps
-            Denoise = (sampling.Finish = Finish.Tweedie)
-            Observer = afterStep }
 
     /// What the method allows a condition to do.
     let internal stepKind (sampling: Sampling) =
@@ -101,7 +92,7 @@ module Sampling =
             Corrector.validate corrector
             Schedule.points sde sampling.Schedule |> ignore
         | Method.ProbabilityFlow m -> OdeMethod.validate sde m sampling.Schedule
-        | Method.DpmSolver d -> DpmSolver.validate sde (dpmSettings sampling d None)
+        | Method.DpmSolver d -> DpmSolver.validate sde d sampling.Schedule (sampling.Finish = Finish.Tweedie)
 
 /// The sampling entry point and what it is built on: each run combines an SDE, a model, a `Sampling`
 /// (method, schedule, finish, observer), a noise source and a starting state.
@@ -194,7 +185,7 @@ module Sampler =
                     sde.T
                     sampling.Schedule.Eps
             r.Nfe
-        | Method.DpmSolver d -> DpmSolver.runInPlace sde model (Sampling.dpmSettings sampling d (Some afterStep)) x
+        | Method.DpmSolver d -> DpmRunner.run sde model d sampling.Schedule (sampling.Finish = Finish.Tweedie) afterStep x
 
     /// Sample from the starting state xT (not modified; e.g. `prior`, or a latent from `encode`) with
     /// the configured method, schedule and finish; `noise` drives the stochastic steps (unused by the

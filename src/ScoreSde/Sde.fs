@@ -137,7 +137,7 @@ module Sde =
     /// v = sigma_t^2 - a^2 sigma_s^2, returned as (a, v). v is formed without cancellation: for VP
     /// -expm1(2 (m_t - m_s)) (the DDPM beta of the interval, in (0, 1) for any step), for VE
     /// sigma_t^2 (1 - e^(-2 (t - s) log ratio)), for sub-VP sigma_t^2 (1 - e^(2 (lambda_t - lambda_s))).
-    let transitionAt (sde: Sde) (t: float) (s: float) =
+    let inline transitionAt (sde: Sde) (t: float) (s: float) =
         match sde with
         | Sde.Vp p ->
             let dm = VpSchedule.logMeanCoeffAt p t - VpSchedule.logMeanCoeffAt p s
@@ -152,7 +152,7 @@ module Sde =
     /// of the interval, i.e. beta_i = 1 - (alpha_t / alpha_s)^2 and sigma_t^2 - sigma_s^2), and
     /// Euler-Maruyama (1 + f(t) dt, g(t)^2 dt) for sub-VP, as in the paper's code. The reverse-diffusion
     /// predictor is built from it.
-    let discretisationAt (sde: Sde) (t: float) (s: float) =
+    let inline discretisationAt (sde: Sde) (t: float) (s: float) =
         match sde with
         | Sde.Vp _
         | Sde.Ve _ -> transitionAt sde t s
@@ -314,13 +314,16 @@ module Sde =
 
     /// The probability-flow ODE's coefficients (f(t), c(t)) with drift f(t) x + c(t) score,
     /// c = -g(t)^2 / 2 (host); the samplers and the likelihood combine them with a model's output.
-    let probabilityFlowAt (sde: Sde) (t: float) = driftAt sde t, -0.5 * diffusionSquaredAt sde t
+    let inline probabilityFlowAt (sde: Sde) (t: float) = driftAt sde t, -0.5 * diffusionSquaredAt sde t
 
-    /// The tensor twin of `probabilityFlowAt`: (f(t), -g(t)^2 / 2) for a time tensor.
+    /// The tensor twin of `probabilityFlowAt`: (f(t), -g(t)^2 / 2) for a time tensor, two distinct tensors.
     let probabilityFlowCoefficients (sde: Sde) (t: Tensor) : Tensor * Tensor =
         let f = driftCoefficient sde t
-        use g2 = diffusionSquared sde t
-        f, Tensors.mulScalar g2 -0.5
+        match sde with
+        | Sde.Vp _ -> f, f.clone () // VP: g^2 = beta and f = -beta / 2, so c = f
+        | _ ->
+            use g2 = diffusionSquared sde t
+            f, Tensors.mulScalar g2 -0.5
 
     /// Reverse-time SDE drift f(x, t) - g(t)^2 s, given the score at (x, t).
     let reverseDrift (sde: Sde) (score: Tensor) (x: Tensor) (t: Tensor) : Tensor =

@@ -17,8 +17,8 @@ open BenchmarkDotNet.Toolchains.InProcess.Emit
 open Perfolizer.Horology
 open ScoreSde.Benchmarks.Setup
 
-[<EntryPoint>]
-let main argv =
+/// The BenchmarkDotNet suite.
+let benchmarks (argv: string[]) =
     ScoreSde.Native.ensureLoaded ()
     let mutable quick = false
     let mutable memorySteps = Some 10000
@@ -90,3 +90,11 @@ let main argv =
     File.WriteAllText(path, report)
     printfn "Report written to %s" path
     0
+
+[<EntryPoint>]
+let main argv =
+    match argv with
+    | [| "--native-startup-child" |] -> NativeStartup.child ()
+    | [| "--native-startup" |] -> NativeStartup.run 15
+    | [| "--native-startup"; rounds |] -> NativeStartup.run (int rounds)
+    | _ -> benchmarks argv

@@ -188,4 +188,7 @@ let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (o
                 (c.Reference :> IDisposable).Dispose()
             say ""
             say (sprintf "Time: %.0f s." clock.Elapsed.TotalSeconds)
-    log.Write outDir "conditional-results.md"
+    Directory.CreateDirectory outDir |> ignore
+    let md = Path.Combine(outDir, "conditional-results.md")
+    File.WriteAllText(md, log.ToString())
+    printfn "wrote %s" md

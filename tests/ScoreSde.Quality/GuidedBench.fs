@@ -152,4 +152,7 @@ let run (sdes: (string * Sde) list) (problems: Mixture.Mixture list) (n: int) (o
     say
         "Classifier-free guidance, one call on 2B against two calls on B (class-conditional MLP 3 x 128 on 16-D, float32, one thread, median of 30 alternating blocks):"
     timing say
-    log.Write outDir "guided-results.md"
+    Directory.CreateDirectory outDir |> ignore
+    let md = Path.Combine(outDir, "guided-results.md")
+    File.WriteAllText(md, log.ToString())
+    printfn "wrote %s" md

@@ -8,6 +8,7 @@ open System.IO
 open TorchSharp
 open ScoreSde
 open ScoreSde.Quality
+open ScoreSde.Quality.Checks
 
 let private repoRoot () =
     let rec up (d: DirectoryInfo) =
@@ -22,6 +23,8 @@ type private Options =
     { Quick: bool
       Sweep: bool
       Checks: bool
+      Correctors: bool
+      Pc: bool
       Conditional: bool
       Guided: bool
       Samples: int
@@ -30,10 +33,16 @@ type private Options =
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --conditional | --guided] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc | --conditional | --guided] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
+
+/// Where a run writes its tables: --out, else the repository's docs/.
+let private docsDir (o: Options) =
+    match o.OutDir with
+    | Some dir -> dir
+    | None -> Path.Combine(repoRoot (), "docs")
 
 let rec private parse (o: Options) (args: string list) =
     match args with
@@ -41,6 +50,8 @@ let rec private parse (o: Options) (args: string list) =
     | "--quick" :: rest -> parse { o with Quick = true } rest
     | "--sweep" :: rest -> parse { o with Sweep = true } rest
     | "--checks" :: rest -> parse { o with Checks = true } rest
+    | "--correctors" :: rest -> parse { o with Correctors = true } rest
+    | "--pc" :: rest -> parse { o with Pc = true } rest
     | "--conditional" :: rest -> parse { o with Conditional = true } rest
     | "--guided" :: rest -> parse { o with Guided = true } rest
     | "--samples" :: n :: rest ->
@@ -61,95 +72,6 @@ let private quickNames =
           "DPM-Solver-3M"
           "DPM-Solver++3M"
           "DPM-Solver-2M, time-quadratic grid" ]
-
-/// One problem's fixed data: the exact reference set, a second exact set (the noise floor), the latents
-/// (standard normal draws, scaled by the prior's std) and the metric.
-type private Setup(problem: Mixture.Mixture, sde: Sde, samples: int) =
-    let dirs = Metric.directions problem.Dim 256 7L
-    let g1, g2, g3 = new torch.Generator(1UL), new torch.Generator(2UL), new torch.Generator(3UL)
-    let reference = Mixture.sample problem samples g1
-    let second = Mixture.sample problem samples g2
-    let xT =
-        use z = torch.randn ([| int64 samples; int64 problem.Dim |], dtype = torch.float64, generator = g3)
-        z * Sde.priorStd sde
-    let metric = new Metric.Reference(dirs, reference)
-    member val Model = Model.noise (Mixture.noiseModel sde problem)
-    member _.XT = xT
-    member _.Floor = metric.Distance second
-    /// Run a sampling configuration and measure it: (evaluations, sliced W1).
-    member this.Measure(sampling: Sampling) = this.MeasureSeeded Samplers.pcSeed sampling
-
-    /// The same with the stochastic steps' noise from another seed.
-    member this.MeasureSeeded (seed: int64) (sampling: Sampling) =
-        let r = Samplers.runSeeded seed sde this.Model sampling xT
-        use x = r.Samples
-        r.Nfe, metric.Distance x
-
-    /// The distances of `k` further independent exact sets (generator seeds 100 .. 100 + k - 1) to the
-    /// reference: the noise floor's spread.
-    member _.Floors(k: int) =
-        [| for i in 0 .. k - 1 ->
-               use g = new torch.Generator(uint64 (100 + i))
-               use s = Mixture.sample problem samples g
-               metric.Distance s |]
-    interface IDisposable with
-        member _.Dispose() =
-            for t in [ dirs; reference; second; xT ] do
-                t.Dispose()
-            (metric :> IDisposable).Dispose()
-            for g in [ g1; g2; g3 ] do
-                g.Dispose()
-
-/// The converged ODE: DPM-Solver++3M at 1000 evaluations.
-let private convergedSampling =
-    Samplers.dpmSampling Samplers.dataPrediction (Schedule.create TimeGrid.LogSnr 1000 Samplers.eps) Finish.NoFinish
-
-/// The checks of issue 12 (item 4) on one SDE and problem: the PC sampler (reverse diffusion + Langevin,
-/// batch-averaged norms) at 1000 steps within 1.5x the noise floor, both averaged over 4 independent
-/// draws (noise seeds 2024 .. 2027; exact sets from seeds 100 .. 103), since one sliced distance
-/// between 10,000-sample sets varies by about 10% from draw to draw; the adaptive probability flow at
-/// rtol = atol = 1e-5 and DPM-Solver-3M (noise prediction, logSNR grid) at 20 evaluations within 5% of the
-/// converged distance. Returns one markdown row and whether all three hold.
-let private checks (name: string) (problem: Mixture.Mixture) (setup: Setup) =
-    let floors = setup.Floors 4
-    let floor = Array.average floors
-    let _, converged = setup.Measure convergedSampling
-    let pcRuns =
-        [| for k in 0L .. 3L ->
-               setup.MeasureSeeded (Samplers.pcSeed + k) (Samplers.pcSampling Predictor.ReverseDiffusion Samplers.batchLangevin 1000) |]
-    let pcNfe, pc = fst pcRuns.[0], pcRuns |> Array.averageBy snd
-    let flowNfe, flow = setup.Measure(Samplers.adaptiveFlow 1e-5)
-    let dpmNfe, dpm =
-        setup.Measure(Samplers.dpmSampling Samplers.noisePrediction (Schedule.create TimeGrid.LogSnr 20 Samplers.eps) Finish.NoFinish)
-    let rel d = 100.0 * (d / converged - 1.0)
-    let ok = pc <= 1.5 * floor && rel flow <= 5.0 && rel dpm <= 5.0
-    let mark b = if b then "yes" else "NO"
-    let row =
-        sprintf
-            "| %s | (%s) | %.4f (%.4f .. %.4f) | %.4f | %.4f (%.4f .. %.4f; %.2fx, %d evals) | %.4f (%+.1f%%, %d evals) | %.4f (%+.1f%%, %d evals) | %s |"
-            name
-            problem.Name
-            floor
-            (Array.min floors)
-            (Array.max floors)
-            converged
-            pc
-            (pcRuns |> Array.map snd |> Array.min)
-            (pcRuns |> Array.map snd |> Array.max)
-            (pc / floor)
-            pcNfe
-            flow
-            (rel flow)
-            flowNfe
-            dpm
-            (rel dpm)
-            dpmNfe
-            (mark ok)
-    printfn "%s" row
-    row, ok
-
-let private checksHeader =
-    "| SDE | problem | noise floor, mean of 4 (range) | converged ODE | PC RD + Langevin, 1000 steps, mean of 4 (range; / floor) | adaptive flow, rtol = atol = 1e-5 (vs converged) | DPM-Solver-3M, 20 evaluations (vs converged) | all within bounds |\n|---|---|---:|---:|---:|---:|---:|---|"
 
 let private selected (o: Options) =
     let problems =
@@ -175,10 +97,8 @@ let private run (o: Options) =
     let suffix = if o.Quick then "-quick" else ""
     let checkRows = ResizeArray<string>()
     for sdeName, sde in chosen do
-        let report = Text.StringBuilder()
-        let say (s: string) =
-            printfn "%s" s
-            report.AppendLine s |> ignore
+        let report = Report.Log()
+        let say = report.Say
         say (
             sprintf
                 "Sliced Wasserstein-1 (%d random directions) between %d generated and %d exact samples; float64; %s, eps %g.%s"
@@ -249,7 +169,7 @@ let private run (o: Options) =
                     say (sprintf "| %s | %d | %.4f |" name nfe d)
                 say ""
             if not o.Quick then
-                checkRows.Add(fst (checks (Sde.describe sde) problem setup))
+                checkRows.Add(fst (checks sde problem setup))
             let series =
                 [ for r in rows do
                       if r.Family <> "tuned" then
@@ -283,7 +203,7 @@ let private checksOnly (o: Options) =
         [ for _, sde in chosen do
               for problem in problems do
                   use setup = new Setup(problem, sde, o.Samples)
-                  let _, ok = checks (Sde.describe sde) problem setup
+                  let _, ok = checks sde problem setup
                   yield ok ]
     if List.forall id results then 0 else 1
 
@@ -292,13 +212,11 @@ let private checksOnly (o: Options) =
 let private sweep (o: Options) =
     Native.ensureLoaded ()
     torch.set_num_threads 1
-    let outDir = defaultArg o.OutDir (Path.Combine(repoRoot (), "docs"))
+    let outDir = docsDir o
     let problems, chosen = selected o
     for sdeName, sde in chosen do
-        let report = Text.StringBuilder()
-        let say (s: string) =
-            printfn "%s" s
-            report.AppendLine s |> ignore
+        let report = Report.Log()
+        let say = report.Say
         let grids: (string * (int -> Schedule)) list =
             [ yield "logSNR", (fun n -> Schedule.create TimeGrid.LogSnr n Samplers.eps)
               yield "time-quadratic", (fun n -> Schedule.create TimeGrid.Quadratic n Samplers.eps)
@@ -314,7 +232,7 @@ let private sweep (o: Options) =
         )
         for problem in problems do
             use setup = new Setup(problem, sde, o.Samples)
-            let _, converged = setup.Measure convergedSampling
+            let _, converged = setup.Measure Samplers.converged
             say ""
             say (
                 sprintf "### Problem (%s): %s; converged (DPM-Solver++3M, 1000 evaluations) %.4f" problem.Name problem.Description converged
@@ -325,12 +243,12 @@ let private sweep (o: Options) =
                           for settings, an in [ Samplers.noisePrediction, "DPM-Solver-"; Samplers.dataPrediction, "DPM-Solver++" ] do
                               for meth, mn in [ DpmMethod.MultiStep, "M"; DpmMethod.SingleStep, "S" ] do
                                   for order in [ 2; 3 ] do
-                                      for lof in [ true; false ] do
+                                      // at 10 and 20 evaluations the published rule (below 10 steps) never lowers
+                                      for lof in [ LowerOrderFinal.Never; LowerOrderFinal.Always ] do
                                           let s = { settings with Method = meth; Order = order; LowerOrderFinal = lof }
                                           let _, d = setup.Measure(Samplers.dpmSampling s (grid budget) Finish.NoFinish)
-                                          yield
-                                              sprintf "%s%d%s, %s grid%s" an order mn gname (if lof then "" else ", no lower-order final"),
-                                              d ]
+                                          let lower = if lof = LowerOrderFinal.Always then ", lower-order final" else ""
+                                          yield sprintf "%s%d%s, %s grid%s" an order mn gname lower, d ]
                     |> List.sortBy snd
                 say ""
                 say (sprintf "%d evaluations, best 10 of %d configurations:" budget results.Length)
@@ -343,6 +261,62 @@ let private sweep (o: Options) =
         File.WriteAllText(md, report.ToString())
         printfn "wrote %s" md
 
+/// The PC sampler's correctors at 200 steps on the VP-SDE: reverse diffusion with each corrector (one
+/// step per time, snr 0.16) and without one, from the same latents and the benchmark's PC noise seed.
+let private correctors (o: Options) =
+    Native.ensureLoaded ()
+    torch.set_num_threads 1
+    let sde = Sde.standardVp
+    let steps = 200
+    let outDir = docsDir o
+    let problems, _ = selected o
+    let configs =
+        [ "Langevin, batch-averaged norms (default; the paper's code, diffusers' step_correct)",
+          Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+          "Langevin, per-sample norms", Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.PerSample }
+          "annealed Langevin", Corrector.annealedLangevin 0.16 1
+          "no corrector", Corrector.NoCorrector ]
+    let table =
+        [ for problem in problems ->
+              use setup = new Setup(problem, sde, o.Samples)
+              let cells =
+                  [ for name, c in configs ->
+                        let nfe, d = setup.Measure(Samplers.pcSampling Predictor.ReverseDiffusion c steps)
+                        eprintfn "  [%s] %-40s %.4f (%d evaluations)" problem.Name name d nfe
+                        d ]
+              problem, setup.Floor, cells ]
+    let report = Report.Log()
+    let say = report.Say
+    say (
+        sprintf
+            "Reverse diffusion + corrector, %d steps to eps 1e-3, snr 0.16, one corrector step per time; sliced W1 (256 directions) between %d generated and %d exact samples; float64."
+            steps
+            o.Samples
+            o.Samples
+    )
+    say ""
+    say (
+        "| corrector | "
+        + (table |> List.map (fun (p, _, _) -> sprintf "(%s) %s" p.Name p.Description) |> String.concat " | ")
+        + " |"
+    )
+    say ("|---|" + (table |> List.map (fun _ -> "---:|") |> String.concat ""))
+    let none = table |> List.map (fun (_, _, cells) -> List.last cells)
+    configs
+    |> List.iteri (fun i (name, _) ->
+        let cell (_, _, cells: float list) n =
+            let d = cells.[i]
+            if i = configs.Length - 1 then
+                sprintf "%.4f" d
+            else
+                sprintf "%.4f (%+.0f%%)" d (100.0 * (d / n - 1.0))
+        say (sprintf "| %s | %s |" name (List.map2 cell table none |> String.concat " | ")))
+    say (sprintf "| noise floor (two exact sets) | %s |" (table |> List.map (fun (_, f, _) -> sprintf "%.4f" f) |> String.concat " | "))
+    Directory.CreateDirectory outDir |> ignore
+    let md = Path.Combine(outDir, "correctors-results.md")
+    File.WriteAllText(md, report.ToString())
+    printfn "wrote %s" md
+
 [<EntryPoint>]
 let main argv =
     try
@@ -351,6 +325,8 @@ let main argv =
                 { Quick = false
                   Sweep = false
                   Checks = false
+                  Correctors = false
+                  Pc = false
                   Conditional = false
                   Guided = false
                   Samples = 10000
@@ -362,12 +338,21 @@ let main argv =
             sweep o
         elif o.Checks then
             exit (checksOnly o)
+        elif o.Correctors then
+            correctors o
+        elif o.Pc then
+            Native.ensureLoaded ()
+            torch.set_num_threads 1
+            let problems, chosen = selected o
+            let md = Path.Combine(docsDir o, "pc-1000-steps.md")
+            File.WriteAllText(md, PcStudy.run chosen problems o.Samples)
+            printfn "wrote %s" md
         elif o.Guided then
             let problems, chosen = selected o
-            GuidedBench.run chosen problems o.Samples (defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")))
+            GuidedBench.run chosen problems o.Samples (docsDir o)
         elif o.Conditional then
             let problems, chosen = selected o
-            ConditionalBench.run chosen problems o.Samples (defaultArg o.OutDir (Path.Combine(repoRoot (), "docs")))
+            ConditionalBench.run chosen problems o.Samples (docsDir o)
         else
             run o
         0

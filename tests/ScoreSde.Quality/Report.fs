@@ -9,22 +9,15 @@ open System.Text
 /// budget is too small for the method).
 type Row = { Name: string; Family: string; Cells: (int * float) option[] }
 
-let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.InvariantCulture)
-
-/// Lines printed as they come and kept for a markdown file.
+/// A report written as it is printed: every line goes to stdout and into the text.
 type Log() =
-    let sb = StringBuilder()
-
+    let text = StringBuilder()
     member _.Say(line: string) =
         printfn "%s" line
-        sb.AppendLine line |> ignore
+        text.AppendLine line |> ignore
+    override _.ToString() = text.ToString()
 
-    /// Write the lines to outDir/name.
-    member _.Write (outDir: string) (name: string) =
-        System.IO.Directory.CreateDirectory outDir |> ignore
-        let path = System.IO.Path.Combine(outDir, name)
-        System.IO.File.WriteAllText(path, sb.ToString())
-        printfn "wrote %s" path
+let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.InvariantCulture)
 
 /// A markdown table: one column per budget; a cell that used fewer evaluations than requested shows
 /// them in brackets.

@@ -85,6 +85,7 @@ let private dpmEdm (rho: float) (settings: DpmSolverSettings) =
 /// The two algorithms, named explicitly (whatever the library's default).
 let noisePrediction = { DpmSolver.defaults with Algorithm = DpmAlgorithm.DpmSolver; Order = 3 }
 let dataPrediction = { noisePrediction with Algorithm = DpmAlgorithm.DpmSolverPlusPlus }
+let private taylor = { noisePrediction with ThirdOrder = DpmThirdOrder.TaylorExact }
 let private s3, m = DpmMethod.SingleStep, DpmMethod.MultiStep
 let private logSnr, none = TimeGrid.LogSnr, Finish.NoFinish
 
@@ -123,14 +124,42 @@ let fixedBudget: FixedBudget list =
       dpmRow "DPM-Solver++3S" { dataPrediction with Method = s3; Order = 3 }
       dpmRow "DPM-Solver++2M" { dataPrediction with Method = m; Order = 2 }
       dpmRow "DPM-Solver++3M" { dataPrediction with Method = m; Order = 3 }
-      // variations: grids, final steps, denoising
+      // variations: grids, final steps, the third-order update, arithmetic, denoising
       tuned "DPM-Solver-3M, time-quadratic grid" (dpm noisePrediction TimeGrid.Quadratic none)
       tuned "DPM-Solver-2M, time-quadratic grid" (dpm { noisePrediction with Order = 2 } TimeGrid.Quadratic none)
       tuned "DPM-Solver-3M, EDM grid rho 7" (dpmEdm 7.0 noisePrediction)
-      tuned "DPM-Solver-3M, no lower-order final" (dpm { noisePrediction with LowerOrderFinal = false } logSnr none)
+      tuned "DPM-Solver-3M, lower-order final always" (dpm { noisePrediction with LowerOrderFinal = LowerOrderFinal.Always } logSnr none)
+      tuned "DPM-Solver-3M, Taylor-exact" (dpm taylor logSnr none)
+      tuned "DPM-Solver++3M, Taylor-exact" (dpm { dataPrediction with ThirdOrder = DpmThirdOrder.TaylorExact } logSnr none)
+      tuned "DPM-Solver-3M, time-uniform grid" (dpm noisePrediction TimeGrid.Uniform none)
+      tuned "DPM-Solver-3M, time-uniform grid, Taylor-exact" (dpm taylor TimeGrid.Uniform none)
+      tuned "DPM-Solver++3M, time-uniform grid" (dpm dataPrediction TimeGrid.Uniform none)
+      tuned
+          "DPM-Solver++3M, time-uniform grid, Taylor-exact"
+          (dpm { dataPrediction with ThirdOrder = DpmThirdOrder.TaylorExact } TimeGrid.Uniform none)
+      tuned "DPM-Solver-3M, time-quadratic grid, Taylor-exact" (dpm taylor TimeGrid.Quadratic none)
+      tuned
+          "DPM-Solver++3M, time-quadratic grid, Taylor-exact"
+          (dpm { dataPrediction with ThirdOrder = DpmThirdOrder.TaylorExact } TimeGrid.Quadratic none)
+      tuned "DPM-Solver-3M, published float32 arithmetic" (dpm { noisePrediction with Arithmetic = DpmArithmetic.Published } logSnr none)
       tuned "DPM-Solver-3M, denoised" (dpm noisePrediction logSnr Finish.Tweedie)
       tuned "DPM-Solver++3M, time-quadratic grid" (dpm dataPrediction TimeGrid.Quadratic none)
       tuned "DPM-Solver++3S, time-quadratic grid" (dpm { dataPrediction with Method = s3 } TimeGrid.Quadratic none) ]
+
+/// The converged ODE of the benchmark: DPM-Solver++3M at 1000 evaluations.
+let converged = dpmSampling dataPrediction (Schedule.create logSnr 1000 eps) none
+
+/// The grid DPM-Solver is measured best with at 20 evaluations on each SDE (docs/dpm-solver-sweep-*.md):
+/// logSNR for VP and VE (for VE uniform in lambda is uniform in t), time-quadratic for sub-VP, whose
+/// lambda runs on to 9.1 at eps = 1e-3 (VP: 4.6) and where a logSNR grid spends a third of its steps
+/// at sigma < 0.01.
+let dpmGrid (sde: Sde) =
+    match sde with
+    | Sde.SubVp _ -> TimeGrid.Quadratic
+    | _ -> TimeGrid.LogSnr
+
+/// DPM-Solver-3M (noise prediction, multistep, order 3) with `steps` evaluations on a grid.
+let dpmSolver3M (grid: TimeGrid) (steps: int) = dpmSampling noisePrediction (Schedule.create grid steps eps) none
 
 /// The adaptive probability flow (Dormand-Prince 5(4), one step size for the batch) at a tolerance.
 let adaptiveFlow (tol: float) =

@@ -44,7 +44,8 @@ let tests =
     <| testList
         "Command line"
         [ test "train then sample to .csv, .npy and .png" {
-              let dir = tempDir "cli"
+              use temp = tempDir "cli"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               let out =
                   cliOk
@@ -112,7 +113,8 @@ let tests =
           }
 
           test "same seed, same samples; another seed, other samples" {
-              let dir = tempDir "cliseed"
+              use temp = tempDir "cliseed"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               cliOk
                   [ "train"
@@ -138,7 +140,8 @@ let tests =
           }
 
           test "user data from CSV are standardised for training and samples come back in data units" {
-              let dir = tempDir "clidata"
+              use temp = tempDir "clidata"
+              let dir = temp.Path
               // N((10, -5), diag(2^2, 0.5^2)): far from the prior's scale
               use g = generator 80L
               use z = torch.randn ([| 400L; 2L |], dtype = torch.float64, generator = g)
@@ -180,59 +183,9 @@ let tests =
               Expect.isTrue (sd.[1] > 0.25 && sd.[1] < 0.75) (sprintf "std y %g near 0.5" sd.[1])
           }
 
-          test "--sde: train stores the SDE in the model file, sample and likelihood use it, a different --sde is refused" {
-              let dir = tempDir "clisde"
-              for name, described in [ "ve", "VE-SDE, sigma 0.01..50"; "subvp", "sub-VP SDE, beta 0.1..20" ] do
-                  let model = Path.Combine(dir, "model-" + name)
-                  let out =
-                      cliOk
-                          [ "train"
-                            "--dataset"
-                            "ring"
-                            "--sde"
-                            name
-                            "--steps"
-                            "40"
-                            "--points"
-                            "500"
-                            "--batch-size"
-                            "64"
-                            "--out"
-                            model ]
-                  Expect.stringContains out described "training log names the SDE"
-                  use loaded = ModelFile.loadNative model
-                  Expect.equal (Sde.name loaded.Info.Sde) name "stored in config.json"
-                  for sampler in
-                      [ [ "pc"; "--steps"; "8" ]
-                        [ "ode" ]
-                        [ "ode"; "--solver"; "rk4"; "--steps"; "8" ]
-                        [ "dpm"; "--steps"; "8" ] ] do
-                      let label = String.Join("-", sampler)
-                      let csv = Path.Combine(dir, sprintf "%s-%s.csv" name label)
-                      cliOk ([ "sample"; "--model"; model; "--n"; "20"; "--out"; csv; "--quiet"; "--sampler" ] @ sampler)
-                      |> ignore
-                      Expect.equal (rows csv).Length 20 (sprintf "%s %s: 20 samples" name label)
-                  let data = Path.Combine(dir, "points.csv")
-                  File.WriteAllLines(data, [| "0.9,0.1"; "-0.2,0.8"; "0.0,-1.0" |])
-                  let lik = cliOk [ "likelihood"; "--model"; model; "--data"; data; "--quiet" ]
-                  Expect.stringContains lik "bits/dim" (sprintf "%s: likelihood" name)
-                  cliFails
-                      [ "sample"; "--model"; model; "--sde"; "vp"; "--n"; "5"; "--out"; Path.Combine(dir, "x.csv") ]
-                      "does not match the SDE the model"
-              cliFails [ "train"; "--dataset"; "ring"; "--sde"; "cld"; "--out"; Path.Combine(dir, "m") ] "--sde"
-          }
-
-          test "demo with --sde subvp runs every sampler on the sub-VP SDE" {
-              let dir = tempDir "demosub"
-              let out = cliOk [ "demo"; "--sde"; "subvp"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]
-              for e in ScoreSde.Cli.Samplers.all do
-                  Expect.stringContains out e.Demo.Label (sprintf "table row for %s" e.Name)
-              use loaded = ModelFile.loadNative (Path.Combine(dir, "model"))
-              Expect.equal loaded.Info.Sde Sde.standardSubVp "the demo's model file"
-          }
-
           test "demo on a tiny budget writes every figure, the model and the table" {
-              let dir = tempDir "demo"
+              use temp = tempDir "demo"
+              let dir = temp.Path
               let out = cliOk [ "demo"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]
               let expected =
                   [ "data.png"
@@ -250,7 +203,8 @@ let tests =
           }
 
           test "the TorchScript fixture samples its Gaussian through the command line with every sampler" {
-              let dir = tempDir "clits"
+              use temp = tempDir "clits"
+              let dir = temp.Path
               // each sampler's default settings; the log names what ran
               for sampler, logged, ext in
                   [ "pc", "PC: reverse diffusion + Langevin, 500 steps", ".csv"
@@ -275,8 +229,48 @@ let tests =
                   expectFixtureGaussian s (sprintf "scoresde sample --sampler %s (seed 0)" sampler)
           }
 
+          test "the DPM sampler's lower-order rule and third-order update are options" {
+              use temp = tempDir "clidpm"
+              let dir = temp.Path
+              for extra in
+                  [ [ "--lower-order-final"; "never"; "--third-order"; "taylor-exact" ]
+                    [ "--lower-order-final"; "below15"; "--algorithm"; "dpm-solver++" ] ] do
+                  let out = Path.Combine(dir, "g.npy")
+                  cliOk (
+                      [ "sample"
+                        "--model"
+                        fixture "gaussian_eps_t999.pt"
+                        "--time-scale"
+                        "999"
+                        "--sampler"
+                        "dpm"
+                        "--steps"
+                        "20"
+                        "--n"
+                        "4000"
+                        "--out"
+                        out ]
+                      @ extra
+                  )
+                  |> ignore
+                  use s = DataFile.load out torch.float64
+                  expectFixtureGaussian s (sprintf "scoresde sample --sampler dpm %A (seed 0)" extra)
+              cliFails
+                  [ "sample"
+                    "--model"
+                    fixture "gaussian_eps_t999.pt"
+                    "--sampler"
+                    "dpm"
+                    "--lower-order-final"
+                    "sometimes"
+                    "--out"
+                    Path.Combine(dir, "x.csv") ]
+                  "--lower-order-final"
+          }
+
           test "likelihood of the TorchScript Gaussian matches its closed-form density" {
-              let dir = tempDir "clilik"
+              use temp = tempDir "clilik"
+              let dir = temp.Path
               // 300 points of the fixture's Gaussian, written as .npy
               use g = generator 90L
               use z = torch.randn ([| 300L; 2L |], dtype = torch.float64, generator = g)
@@ -327,7 +321,8 @@ let tests =
           }
 
           test "bad input: one line on stderr, non-zero exit, no stack trace" {
-              let dir = tempDir "clibad"
+              use temp = tempDir "clibad"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               cliOk
                   [ "train"

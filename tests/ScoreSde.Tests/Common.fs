@@ -2,6 +2,7 @@
 module ScoreSde.Tests.Common
 
 open System
+open System.IO
 open Expecto
 open FsCheck
 open FsCheck.FSharp
@@ -11,6 +12,42 @@ open ScoreSde
 type Tensor = torch.Tensor
 
 do Native.ensureLoaded ()
+
+/// A fresh directory under the system temp folder (scoresde-tests-<name>-<guid>), deleted with everything
+/// in it when disposed: bind it with `use`, so it goes also when the test fails.
+type TempDir(name: string) =
+    let path = Path.Combine(Path.GetTempPath(), sprintf "scoresde-tests-%s-%s" name (Guid.NewGuid().ToString "N"))
+    do Directory.CreateDirectory path |> ignore
+    member _.Path = path
+
+    interface IDisposable with
+        member _.Dispose() =
+            // A failing deletion must not hide the test's own outcome: report it instead.
+            try
+                if Directory.Exists path then
+                    Directory.Delete(path, true)
+            with e ->
+                eprintfn "warning: could not delete the test directory %s: %s" path e.Message
+
+/// The build configuration the tests were built in (bin/<configuration>/<tfm>/), e.g. Release: the
+/// library's outputs in that configuration exist.
+let buildConfiguration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
+
+/// A fresh temporary directory for one test (see TempDir).
+let tempDir (name: string) = new TempDir(name)
+
+/// The exception of type 'E that `f` throws; fails the test when `f` returns or throws another type.
+let throwsOf<'E when 'E :> exn> (what: string) (f: unit -> unit) : 'E =
+    let outcome =
+        try
+            f ()
+            Choice1Of2()
+        with
+        | :? 'E as e -> Choice2Of2 e
+        | e -> failtestf "%s: expected %s, got %s: %s" what typeof<'E>.Name (e.GetType().Name) e.Message
+    match outcome with
+    | Choice2Of2 e -> e
+    | Choice1Of2() -> failtestf "%s: expected %s, nothing was thrown" what typeof<'E>.Name
 
 /// A host double as a TorchSharp Scalar.
 let sc (v: float) : Scalar = Scalar.op_Implicit v
@@ -38,6 +75,13 @@ let values (t: Tensor) : float[] =
 let close (tol: float) (actual: float) (expected: float) (what: string) =
     if Double.IsNaN actual || abs (actual - expected) > tol then
         failtestf "%s: got %.10g, expected %.10g (tolerance %.3g, error %.3g)" what actual expected tol (abs (actual - expected))
+
+/// Element-wise comparison: |actual.[i] - expected.[i]| <= tol (1 + |expected.[i]|) for every i; `what i`
+/// names element i in the message.
+let closeElements (tol: float) (actual: float[]) (expected: float[]) (what: int -> string) =
+    Expect.equal actual.Length expected.Length (sprintf "%s: element count" (what 0))
+    for i in 0 .. expected.Length - 1 do
+        close (tol * (1.0 + abs expected.[i])) actual.[i] expected.[i] (what i)
 
 /// Relative comparison.
 let closeRel (rtol: float) (actual: float) (expected: float) (what: string) = close (rtol * abs expected) actual expected what
@@ -157,12 +201,96 @@ let pcRun (predictor: Predictor) (corrector: Corrector) (steps: int) =
 /// Noise for the deterministic samplers (which do not draw from it).
 let unusedNoise () = Noise.fromSeed 0L torch.CPU
 
+/// The means of a 2-D mixture of 8 equal isotropic Gaussians (std 0.1) on the unit circle: the first
+/// problem of the quality benchmark (tests/ScoreSde.Quality).
+let ringMeans = Array.init 8 (fun k -> let a = 2.0 * Math.PI * float k / 8.0 in [| Math.Cos a; Math.Sin a |])
+
+/// The ring mixture's exact noise prediction: p_t is the mixture of N(alpha_t m_k, v_t I) with
+/// v_t = alpha_t^2 0.01 + sigma_t^2, so eps = -sigma_t sum_k r_k (alpha_t m_k - x) / v_t with
+/// responsibilities r_k by a softmax; in float64 with its own alpha/sigma formulas, cast to x's dtype.
+let ringNoiseModel (sde: Sde) : Tensor -> Tensor -> Tensor =
+    fun (x: Tensor) (t: Tensor) ->
+        use scope = torch.NewDisposeScope()
+        let a, sigma = coefficientColumns sde t x.shape.[0] // [B, 1]
+        let v = a * a * 0.01 + sigma * sigma // [B, 1]
+        let means = torch.tensor(Array.concat ringMeans, dtype = torch.float64).reshape([| 8L; 2L |])
+        let x64 = x.to_type (torch.float64)
+        let centres = a.unsqueeze (2L) * means.unsqueeze (0L) // [B, 8, 2]
+        let diff = centres - x64.unsqueeze (1L) // alpha m_k - x
+        let logits = -(diff.square().sum(2L)) / (v * 2.0) // [B, 8]
+        let r = torch.softmax (logits, 1)
+        let score = (r.unsqueeze (2L) * diff).sum(1L) / v
+        let eps = sigma.neg () * score
+        eps.to_type(x.dtype).MoveToOuterDisposeScope()
+
+/// n exact samples [n, 2] of the ring mixture in float64 from a generator.
+let ringSample (n: int64) (g: torch.Generator) : Tensor =
+    use scope = torch.NewDisposeScope()
+    let k = torch.randint (8L, [| n |], generator = g)
+    let means = torch.tensor(Array.concat ringMeans, dtype = torch.float64).reshape([| 8L; 2L |])
+    let z = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
+    (means.index_select (0L, k) + z * 0.1).MoveToOuterDisposeScope()
+
 /// Per-dimension sample mean and standard deviation of [N, D] samples.
 let moments (x: Tensor) : float[] * float[] =
     use x64 = x.to_type (torch.float64)
     use m = x64.mean ([| 0L |])
     use s = x64.std (0L)
     values m, values s
+
+/// A DPM-Solver run as these tests write it: the method's settings with the schedule, finish and observer
+/// of the run, in one record (converted to the entry point's `Sampling` by `sampling`).
+type DpmRun =
+    { Algorithm: DpmAlgorithm
+      Method: DpmMethod
+      Order: int
+      LowerOrderFinal: LowerOrderFinal
+      ThirdOrder: DpmThirdOrder
+      Arithmetic: DpmArithmetic
+      Thresholding: Thresholding
+      Grid: TimeGrid
+      Steps: int
+      Eps: float
+      Denoise: bool
+      Observer: Observer option }
+
+    /// The method's own settings.
+    member r.Settings: DpmSolverSettings =
+        { Algorithm = r.Algorithm
+          Method = r.Method
+          Order = r.Order
+          LowerOrderFinal = r.LowerOrderFinal
+          ThirdOrder = r.ThirdOrder
+          Arithmetic = r.Arithmetic
+          Thresholding = r.Thresholding }
+
+    /// The run through the entry point.
+    member r.Sampling: Sampling =
+        { Method = Method.DpmSolver r.Settings
+          Schedule = Schedule.create r.Grid r.Steps r.Eps
+          Finish = (if r.Denoise then Finish.Tweedie else Finish.NoFinish)
+          Observer = r.Observer
+          Condition = None }
+
+/// The library's defaults: `DpmSolver.defaults` with `Sampling.dpmSolver`'s schedule and finish.
+let dpmDefaults: DpmRun =
+    let s = DpmSolver.defaults
+    let schedule = Sampling.dpmSolver.Schedule
+    { Algorithm = s.Algorithm
+      Method = s.Method
+      Order = s.Order
+      LowerOrderFinal = s.LowerOrderFinal
+      ThirdOrder = s.ThirdOrder
+      Arithmetic = s.Arithmetic
+      Thresholding = s.Thresholding
+      Grid = schedule.Grid
+      Steps = schedule.Steps
+      Eps = schedule.Eps
+      Denoise = (Sampling.dpmSolver.Finish = Finish.Tweedie)
+      Observer = None }
+
+/// A run from xT through the entry point (the DPM solvers draw no noise).
+let dpmSample (sde: Sde) (model: Model) (run: DpmRun) (xT: Tensor) = Sampler.sample sde model run.Sampling (unusedNoise ()) xT
 
 // ---- FsCheck generators for valid domain values ----
 

@@ -25,7 +25,8 @@ let tests =
     <| testList
         "Command line: conditions and guidance"
         [ test "--inpaint and --mask: the known coordinate is kept, the other follows its law (the fixture's coordinates are independent)" {
-              let dir = tempDir "cli-inpaint"
+              use temp = tempDir "cli-inpaint"
+              let dir = temp.Path
               let mask = Path.Combine(dir, "mask.npy")
               writeNpy mask (torch.tensor ([| 1.0; 0.0 |]))
               // one sample's values for every sample, and one per sample
@@ -67,7 +68,8 @@ let tests =
           }
 
           test "--label with --classes samples the class; --guidance is the core's classifier-free guidance, to the bit" {
-              let dir = tempDir "cli-guidance"
+              use temp = tempDir "cli-guidance"
+              let dir = temp.Path
               let model = fixture "class_gaussians.pt"
               for k in 0..2 do
                   let out = Path.Combine(dir, sprintf "class%d.npy" k)
@@ -138,7 +140,8 @@ let tests =
           }
 
           test "--basis: coordinates in an orthonormal basis are kept" {
-              let dir = tempDir "cli-basis"
+              use temp = tempDir "cli-basis"
+              let dir = temp.Path
               let c, sn = Math.Cos 0.6, Math.Sin 0.6
               let basis = Path.Combine(dir, "basis.npy")
               writeNpy basis (torch.tensor([| c; -sn; sn; c |], dtype = torch.float64).reshape([| 2L; 2L |]))
@@ -173,7 +176,8 @@ let tests =
           }
 
           test "bad conditions and guidance: one line on stderr naming the option" {
-              let dir = tempDir "cli-condition-bad"
+              use temp = tempDir "cli-condition-bad"
+              let dir = temp.Path
               let gaussian = fixture "gaussian_eps_t999.pt"
               let mask = Path.Combine(dir, "mask.npy")
               writeNpy mask (torch.tensor ([| 1.0; 0.0 |]))

@@ -107,6 +107,30 @@ let tests =
                   Expect.isLessThan (averageMomentError gauss64 ms ss) 0.04 (sprintf "%A+%A moments (seed 17)" predictor corrector)
           }
 
+          test "PcOptions' defaults are the core's Sampling.pc (batch-averaged Langevin norms)" {
+              let facade =
+                  use g = generator 6L
+                  let r = Sampler.PredictorCorrector(VpSde(), model, [| 16L; 4L |], PcOptions(Steps = 25), g)
+                  use x = r.Samples
+                  values x
+              let core =
+                  use g = generator 6L
+                  let noise = ScoreSde.Noise.fromGenerator g
+                  use xT = ScoreSde.Sampler.prior coreSde [| 16L; 4L |] torch.float32 torch.CPU noise
+                  let sampling = { ScoreSde.Sampling.pc with Schedule = ScoreSde.Schedule.uniform 25 1e-3 }
+                  let r = ScoreSde.Sampler.sample coreSde (ScoreSde.Model.noise (gaussianNoiseModel coreSde gauss)) sampling noise xT
+                  use x = r.Samples
+                  values x
+              Expect.sequenceEqual facade core "same samples"
+              let perSample =
+                  use g = generator 6L
+                  let o = PcOptions(Steps = 25, LangevinNorm = LangevinNorm.PerSample)
+                  let r = Sampler.PredictorCorrector(VpSde(), model, [| 16L; 4L |], o, g)
+                  use x = r.Samples
+                  values x
+              Expect.notEqual perSample core "LangevinNorm.PerSample is another corrector"
+          }
+
           test "a score model is declared with Prediction = Score" {
               use g = generator 18L
               let scoreModel = Func<Tensor, Tensor, Tensor>(gaussianScoreModel coreSde gauss)
@@ -130,7 +154,7 @@ let tests =
           }
 
           test "NoiseSource.PerSample: a sample does not depend on the batch it is drawn in" {
-              // PC (per-sample Langevin norms: the samples do not interact), probability flow and
+              // PC (the annealed corrector: the samples do not interact), probability flow and
               // DPM-Solver: the first 2 samples of a batch of 2 and of a batch of 5 agree, with a given
               // seed and with the seed drawn from same-seeded generators. The generator's stream would
               // give different samples (the prior of the larger batch is a different draw).
@@ -139,7 +163,14 @@ let tests =
                   [ "PC",
                     (fun n seed src ->
                         use g = generator 21L
-                        let o = PcOptions(Steps = 30, Corrector = Corrector.Langevin, Noise = src, NoiseSeed = seed, Dtype = torch.float64)
+                        let o =
+                            PcOptions(
+                                Steps = 30,
+                                Corrector = Corrector.AnnealedLangevin,
+                                Noise = src,
+                                NoiseSeed = seed,
+                                Dtype = torch.float64
+                            )
                         (Sampler.PredictorCorrector(VpSde(), model, shape n, o, g)).Samples)
                     "probability flow",
                     (fun n seed src ->
@@ -218,6 +249,8 @@ let tests =
               expectArg "options.Dtype" (fun () -> run (PcOptions(Dtype = torch.int32)) [| 2L; 4L |])
               expectArg "options.Predictor" (fun () -> run (PcOptions(Predictor = enum 42)) [| 2L; 4L |])
               expectArg "options.Noise" (fun () -> run (PcOptions(Noise = enum 42)) [| 2L; 4L |])
+              expectArg "options.LangevinNorm" (fun () -> run (PcOptions(LangevinNorm = enum 42)) [| 2L; 4L |])
+              expectArg "options.Prediction" (fun () -> run (PcOptions(Prediction = enum 42)) [| 2L; 4L |])
               expectArg "options.Noise" (fun () -> box (Sampler.ProbabilityFlow(VpSde(), model, [| 2L; 4L |], OdeOptions(Noise = enum 42))))
               expectArg "options.Noise" (fun () -> box (Sampler.DpmSolver(VpSde(), model, [| 2L; 4L |], DpmSolverOptions(Noise = enum 42))))
               expectArg "model" (fun () -> box (Sampler.PredictorCorrector(VpSde(), null, [| 2L |], PcOptions())))

@@ -174,13 +174,17 @@ let tests =
               // alpha_i of the interval [0.4, 0.5] (dt = 1 / 10)
               let alphaI = exp (2.0 * (logMean 0.5 - logMean 0.4))
               for dtype in dtypes do
-                  for mode in [ "0-d"; "shared [B]" ] do
+                  for mode, langevinNorm in
+                      [ "0-d", ScoreSde.CSharp.LangevinNorm.BatchMean
+                        "shared [B]", ScoreSde.CSharp.LangevinNorm.BatchMean
+                        "0-d per-sample", ScoreSde.CSharp.LangevinNorm.PerSample
+                        "shared [B] per-sample", ScoreSde.CSharp.LangevinNorm.PerSample ] do
                       use g0 = generator 6L
                       use x = torch.randn (shape, dtype = dtype, generator = g0)
                       use out = torch.randn (shape, dtype = dtype, generator = g0)
-                      use t = if mode = "0-d" then torch.tensor (0.5, dtype = dtype) else full [| 3L |] 0.5 dtype
+                      use t = if mode.StartsWith "0-d" then torch.tensor (0.5, dtype = dtype) else full [| 3L |] 0.5 dtype
                       use g = generator 44L
-                      let r = s.StepCorrect(out, x, t, g, snr)
+                      let r = s.StepCorrect(out, x, t, g, snr, langevinNorm)
                       use sample = r.PrevSample
                       use mean = r.PrevSampleMean
                       use g2 = generator 44L
@@ -190,9 +194,15 @@ let tests =
                       let per = xs.Length / 3
                       let norm (v: float[]) k = sqrt (Array.sub v (k * per) per |> Array.sumBy (fun a -> a * a))
                       let ms, ss = values mean, values sample
+                      // batch-mean norms: the averages of the per-sample norms (the paper's code)
+                      let mean (v: float[]) = Array.init 3 (norm v) |> Array.average
                       for i in 0 .. xs.Length - 1 do
                           let k = i / per
-                          let e = 2.0 * alphaI * (snr * norm zs k / norm grad k) ** 2.0
+                          let e =
+                              if langevinNorm = ScoreSde.CSharp.LangevinNorm.PerSample then
+                                  2.0 * alphaI * (snr * norm zs k / norm grad k) ** 2.0
+                              else
+                                  2.0 * alphaI * (snr * mean zs / mean grad) ** 2.0
                           let m = xs.[i] + e * grad.[i]
                           let tol = if dtype = torch.float32 then 1e-5 * (1.0 + abs m) else 1e-11 * (1.0 + abs m)
                           close tol ms.[i] m (sprintf "%A %s mean[%d] (seeds 6, 44)" dtype mode i)
@@ -339,12 +349,7 @@ let tests =
                       step strided
                       let a, b = values fused, values strided
                       let tol = if dtype = torch.float32 then 1e-5 else 1e-12
-                      for i in 0 .. a.Length - 1 do
-                          close
-                              (tol * (1.0 + abs a.[i]))
-                              b.[i]
-                              a.[i]
-                              (sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
+                      closeElements tol b a (fun i -> sprintf "%A %s element %d (seeds 20, 21)" dtype (Corrector.name corrector) i)
           }
 
           test "time buffers are filled in place, only where they lie (contiguous, offset and strided views, any dtype)" {

@@ -39,12 +39,8 @@ let tests =
                           Expect.equal nfe 1 "one evaluation"
                           let ve, va = values expected, values x
                           let tol = if dtype = torch.float32 then 1e-5 else 1e-12
-                          for i in 0 .. ve.Length - 1 do
-                              close
-                                  (tol * (1.0 + abs ve.[i]))
-                                  va.[i]
-                                  ve.[i]
-                                  (sprintf "%A %s contiguous=%b element %d (seeds 14, 15)" dtype (Predictor.name p) contiguous i)
+                          closeElements tol va ve (fun i ->
+                              sprintf "%A %s contiguous=%b element %d (seeds 14, 15)" dtype (Predictor.name p) contiguous i)
           }
 
           test "StepPred with a shared t creates exactly its two result tensors per call" {
@@ -122,12 +118,8 @@ let tests =
                           let tol = if dtype = torch.float32 then 2e-5 else 1e-11
                           for a, b, what in [ fx, slow, "sample"; ez, slowEnc, "encode" ] do
                               let va, vb = values a, values b
-                              for i in 0 .. va.Length - 1 do
-                                  close
-                                      (tol * (1.0 + abs vb.[i]))
-                                      va.[i]
-                                      vb.[i]
-                                      (sprintf "%A %s %s model %s element %d (seed 12)" dtype (OdeSolver.name solver) name what i)
+                              closeElements tol va vb (fun i ->
+                                  sprintf "%A %s %s model %s element %d (seed 12)" dtype (OdeSolver.name solver) name what i)
           }
 
           test "the multistep DPM-Solver loop creates no tensor per step beyond the model's" {

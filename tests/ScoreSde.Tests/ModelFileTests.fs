@@ -42,7 +42,8 @@ let tests =
     testList
         "Model files"
         [ test "save then load gives the same network, SDE and standardisation" {
-              let dir = Path.Combine(tempDir "model", "m")
+              use temp = tempDir "model"
+              let dir = Path.Combine(temp.Path, "m")
               use g = generator 70L
               let config = { ScoreNet.defaultConfig 3 with Hidden = 16; Layers = 2; Embedding = 6 }
               use net = new ScoreNet(config, g, torch.float64)
@@ -68,7 +69,8 @@ let tests =
           }
 
           test "every SDE round-trips through the model file; a file of the previous version (vp) still loads" {
-              let root = tempDir "sdefile"
+              use temp = tempDir "sdefile"
+              let root = temp.Path
               use g = generator 73L
               use net = new ScoreNet({ ScoreNet.defaultConfig 2 with Hidden = 8; Layers = 1; Embedding = 4 }, g)
               for name, s in [ "vp", Sde.vp 0.2 15.0; "subvp", Sde.subVp 0.1 20.0; "ve", Sde.ve 0.02 30.0 ] do
@@ -100,7 +102,8 @@ let tests =
           }
 
           test "broken model directories get clear errors" {
-              let root = tempDir "badmodel"
+              use temp = tempDir "badmodel"
+              let root = temp.Path
               use g = generator 71L
               use net = new ScoreNet({ ScoreNet.defaultConfig 2 with Hidden = 8; Layers = 1; Embedding = 4 }, g)
               let fresh name =

@@ -135,6 +135,46 @@ let tests =
               expectArg "dtype" (fun () -> Sampler.prior sde [| 2L; 3L |] torch.int32 torch.CPU noise)
           }
 
+          test "a model that throws mid-run leaves no tensor behind (every method, encoding, the likelihood)" {
+              // The model fails on its 7th call; afterwards the live-tensor count is back where it started:
+              // the working copy, the buffers and the model's own tensors are all disposed.
+              let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+              let failing () =
+                  let calls = ref 0
+                  Model.noise (fun x t ->
+                      calls.Value <- calls.Value + 1
+                      if calls.Value = 7 then
+                          raise (InvalidOperationException "model failure")
+                      gaussianNoiseModel sde gauss x t)
+              use g = generator 4L
+              use xT = torch.randn ([| 8L; 4L |], dtype = torch.float64, generator = g)
+              let noise = Noise.fromGenerator g
+              let dpm m = { Sampling.dpmSolver with Method = Method.DpmSolver { DpmSolver.defaults with Method = m } }
+              let samplingRuns =
+                  [ for name, sampling in
+                        [ "PC", Sampling.pc
+                          "PC, data model", Sampling.pc
+                          "flow, RK4", fixedFlow OdeSolver.Rk4 TimeGrid.Uniform 20 1e-3
+                          "flow, Dopri5", Sampling.flow
+                          "DPM-Solver multistep", dpm DpmMethod.MultiStep
+                          "DPM-Solver single-step", dpm DpmMethod.SingleStep
+                          "DPM-Solver adaptive", dpm (DpmMethod.Adaptive DpmSolver.adaptiveDefaults) ] ->
+                        name, (fun (m: Model) -> Sampler.sample sde m sampling noise xT |> ignore) ]
+              let likelihoodRk4 = { Likelihood.defaults with Method = OdeMethod.FixedStep OdeSolver.Rk4 }
+              let otherRuns: (string * (Model -> unit)) list =
+                  [ "encode, Dopri5", (fun m -> Sampler.encode sde m (OdeMethod.dopri5 1e-5 1e-5) Sampling.flow.Schedule xT |> ignore)
+                    "encode, RK4", (fun m -> Sampler.encode sde m (OdeMethod.FixedStep OdeSolver.Rk4) Sampling.flow.Schedule xT |> ignore)
+                    "likelihood", (fun m -> (Likelihood.compute sde m Likelihood.defaults noise xT :> IDisposable).Dispose())
+                    "likelihood, RK4", (fun m -> (Likelihood.compute sde m likelihoodRk4 noise xT :> IDisposable).Dispose()) ]
+              let runs = samplingRuns @ otherRuns
+              for name, run in runs do
+                  let model = failing ()
+                  let model = if name.EndsWith "data model" then { model with Output = ModelOutput.Data } else model
+                  let before = live ()
+                  Expect.throwsT<InvalidOperationException> (fun () -> run model) (sprintf "%s: the model's exception" name)
+                  Expect.equal (live ()) before (sprintf "%s: live tensors after the exception" name)
+          }
+
           test "a model returning the wrong shape gets a clear error" {
               use g = generator 1L
               let noise = Noise.fromGenerator g

@@ -171,7 +171,9 @@ let values =
               close 1e-15 d.Alphas.[500] (1.0 - d.Betas.[500]) "alpha_i"
               Expect.equal (VpSchedule.ddpmIndex 1000 1.0) 999 "index of t = 1"
               Expect.equal (VpSchedule.ddpmIndex 1000 0.5) 499 "index of t = 0.5"
-              Expect.throwsT<ArgumentException> (fun () -> VpSchedule.discretise VpSchedule.standard 20 |> ignore) "N = 20"
+              let e = throwsOf<ArgumentException> "N = 20" (fun () -> VpSchedule.discretise VpSchedule.standard 20 |> ignore)
+              Expect.equal e.ParamName "n" "names n"
+              Expect.stringContains e.Message "BetaMax" "says why 20 steps are refused"
               VpSchedule.discretise VpSchedule.standard 21 |> ignore
               Expect.throwsT<ArgumentException> (fun () -> VpSchedule.discretise VpSchedule.standard 0 |> ignore) "N = 0"
           }
