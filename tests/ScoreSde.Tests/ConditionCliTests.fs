@@ -139,6 +139,66 @@ let tests =
               Expect.equal (values s) (values expected) "the core's guided samples"
           }
 
+          test "--thresholding reaches DPM-Solver++ (the core's samples to the bit); refused with DPM-Solver" {
+              use temp = tempDir "cli-threshold"
+              let out = Path.Combine(temp.Path, "s.npy")
+              let log =
+                  cliOk
+                      [ "sample"
+                        "--model"
+                        fixture "gaussian_eps_t999.pt"
+                        "--time-scale"
+                        "999"
+                        "--sampler"
+                        "dpm"
+                        "--algorithm"
+                        "dpm-solver++"
+                        "--order"
+                        "2"
+                        "--thresholding"
+                        "dynamic"
+                        "--threshold-quantile"
+                        "0.9"
+                        "--threshold-max"
+                        "0.8"
+                        "--n"
+                        "64"
+                        "--seed"
+                        "3"
+                        "--out"
+                        out ]
+              Expect.stringContains log "dynamic thresholding (quantile 0.9, max 0.8)" "what ran"
+              use s = DataFile.load out torch.float32
+              let model = ModelFile.loadTorchScript (fixture "gaussian_eps_t999.pt") (torchScriptOptions 999.0)
+              use _model = model
+              use xT = Sampler.prior Sde.standardVp [| 64L; 2L |] torch.float32 torch.CPU (Noise.fromSeed 3L torch.CPU)
+              let settings =
+                  { DpmSolver.defaults with
+                      Algorithm = DpmAlgorithm.DpmSolverPlusPlus
+                      Order = 2
+                      Thresholding = Thresholding.Dynamic(0.9, 0.8) }
+              let r =
+                  Sampler.sample
+                      Sde.standardVp
+                      model.Model
+                      { Sampling.dpmSolver with Method = Method.DpmSolver settings }
+                      (Noise.fromSeed 4L torch.CPU)
+                      xT
+              use expected = r.Samples
+              Expect.equal (values s) (values expected) "the core's samples"
+              cliFails
+                  [ "sample"
+                    "--model"
+                    fixture "gaussian_eps_t999.pt"
+                    "--sampler"
+                    "dpm"
+                    "--thresholding"
+                    "static"
+                    "--out"
+                    out ]
+                  "--thresholding applies to DPM-Solver++"
+          }
+
           test "--basis: coordinates in an orthonormal basis are kept" {
               use temp = tempDir "cli-basis"
               let dir = temp.Path
