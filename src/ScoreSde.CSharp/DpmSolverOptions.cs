@@ -34,6 +34,19 @@ public enum TimeGrid
     TimeQuadratic,
 }
 
+/// <summary>How DPM-Solver++ corrects its data predictions (pixel data in a known range).</summary>
+public enum Thresholding
+{
+    /// <summary>No correction (default).</summary>
+    None,
+    /// <summary>Clamp x_0 to [-<see cref="DpmSolverOptions.ThresholdMax"/>, <see cref="DpmSolverOptions.ThresholdMax"/>].</summary>
+    Static,
+    /// <summary>Imagen's dynamic thresholding: per sample, s = max(the <see cref="DpmSolverOptions.ThresholdQuantile"/>
+    /// quantile of |x_0|, <see cref="DpmSolverOptions.ThresholdMax"/>); x_0 is clamped to [-s, s] and scaled by
+    /// ThresholdMax / s.</summary>
+    Dynamic,
+}
+
 /// <summary>When a multistep run lowers the orders of its final steps (the last step first order, the one
 /// before it at most second).</summary>
 public enum LowerOrderFinal
@@ -115,6 +128,13 @@ public sealed class DpmSolverOptions : SamplerOptions
     public double Atol { get; set; } = 0.0078;
     /// <summary>The adaptive method stops with an error beyond this many evaluations (default 10,000).</summary>
     public int MaxEvaluations { get; set; } = 10000;
+    /// <summary>Correction of the data prediction, DPM-Solver++ only (default <see cref="CSharp.Thresholding.None"/>).</summary>
+    public Thresholding Thresholding { get; set; } = Thresholding.None;
+    /// <summary>The quantile of |x_0| of <see cref="CSharp.Thresholding.Dynamic"/>, in (0, 1] (default 0.995, Imagen's).</summary>
+    public double ThresholdQuantile { get; set; } = 0.995;
+    /// <summary>The bound of the thresholding: the clamp of <see cref="CSharp.Thresholding.Static"/>, the smallest
+    /// threshold and the output range of <see cref="CSharp.Thresholding.Dynamic"/> (default 1, pixels in [-1, 1]).</summary>
+    public double ThresholdMax { get; set; } = 1.0;
     /// <summary>The starting state x_T (not modified); null draws it from N(0, I) with the generator. Its
     /// shape must equal the sample shape; its dtype and device are used instead of <see cref="SamplerOptions.Dtype"/>
     /// and <see cref="SamplerOptions.Device"/>.</summary>

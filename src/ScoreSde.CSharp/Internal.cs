@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Microsoft.FSharp.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -56,6 +57,9 @@ internal static class Interop
         ArgumentNullException.ThrowIfNull(shape);
         var coreModel = ToModel(model, options.Prediction);
         CheckNoise(options.Noise, "options");
+        if (options.Condition is { } condition)
+            sampling = new ScoreSde.Sampling(sampling.Method, sampling.Schedule, sampling.Finish, sampling.Observer,
+                                             FSharpOption<ScoreSde.Condition>.Some(condition.ToCore()));
         return Core(() =>
         {
             // the options first, so that a bad one is reported before anything is drawn
@@ -84,7 +88,8 @@ internal static class Interop
             {
                 if (owned) xT.Dispose();
             }
-        }, ("xT", "options.Latent"));
+        }, ("xT", "options.Latent"), ("values", "options.Condition.Values"), ("mask", "options.Condition.Mask"),
+           ("basis", "options.Condition.Basis"), ("replacement", "options.Condition.Replacement"));
     }
 
     /// <summary>An optional C# value as the core's F# option (null is None).</summary>
@@ -121,7 +126,7 @@ internal static class Interop
     private static readonly HashSet<string> OptionNames = new(StringComparer.Ordinal)
     {
         "steps", "eps", "snr", "correctorSteps", "rtol", "atol", "maxSteps", "order", "maxEvaluations",
-        "probes", "dequantizationOffset", "dtype", "device",
+        "probes", "dequantizationOffset", "dtype", "device", "thresholding",
     };
 
     /// <summary>The facade's name for a parameter the core named: "options.Steps" for "steps", "options.Times"
@@ -132,6 +137,8 @@ internal static class Interop
         foreach (var (c, f) in renames)
             if (c == core) return f;
         if (OptionNames.Contains(core)) return "options." + char.ToUpperInvariant(core[0]) + core[1..];
+        if (core == "thresholding.bound" || core == "thresholding.maxValue") return "options.ThresholdMax";
+        if (core == "thresholding.quantile") return "options.ThresholdQuantile";
         if (core == "grid" || core.StartsWith("grid[", StringComparison.Ordinal)) return "options.Times";
         if (core == "lowerOrderFinal.belowSteps") return "options.LowerOrderFinalBelowSteps";
         return core;

@@ -95,6 +95,9 @@ public abstract class SamplerOptions : ModelOptions
     public ScalarType Dtype { get; set; } = ScalarType.Float32;
     /// <summary>Device of the samples (default CPU).</summary>
     public Device Device { get; set; } = CPU;
+    /// <summary>Known values the samples must have (inpainting, or a linear condition in an orthonormal basis);
+    /// default null, no condition. Every sampler takes it; see <see cref="CSharp.Condition"/>.</summary>
+    public Condition? Condition { get; set; }
 }
 
 /// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>

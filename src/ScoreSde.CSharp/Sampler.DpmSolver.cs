@@ -59,6 +59,13 @@ public static partial class Sampler
                 options.Rtol, options.Atol, defaults.InitialStep, defaults.Safety, options.MaxEvaluations)),
             _ => throw OutOfRange(nameof(options.Method), options.Method, "SingleStep, MultiStep or Adaptive"),
         };
+        var thresholding = options.Thresholding switch
+        {
+            Thresholding.None => ScoreSde.Thresholding.NoThresholding,
+            Thresholding.Static => ScoreSde.Thresholding.NewStatic(options.ThresholdMax),
+            Thresholding.Dynamic => ScoreSde.Thresholding.NewDynamic(options.ThresholdQuantile, options.ThresholdMax),
+            _ => throw OutOfRange(nameof(options.Thresholding), options.Thresholding, "None, Static or Dynamic"),
+        };
         var lowerOrderFinal = options.LowerOrderFinal switch
         {
             LowerOrderFinal.BelowSteps => ScoreSde.LowerOrderFinal.NewBelowSteps(options.LowerOrderFinalBelowSteps),
@@ -80,11 +87,11 @@ public static partial class Sampler
             _ => throw OutOfRange(nameof(options.Arithmetic), options.Arithmetic, "PublishedForFloat32, Published or Float64"),
         };
         var settings = new ScoreSde.DpmSolverSettings(algorithm, method, options.Order, lowerOrderFinal, thirdOrder, arithmetic,
-                                                      ScoreSde.Thresholding.NoThresholding);
+                                                      thresholding);
         return new ScoreSde.Sampling(
             ScoreSde.Method.NewDpmSolver(settings),
             new ScoreSde.Schedule(grid, options.Steps, options.Eps),
             options.Denoise ? ScoreSde.Finish.Tweedie : ScoreSde.Finish.NoFinish,
-            null);
+            null, null);
     }
 }

@@ -46,6 +46,8 @@ type SampleCommand =
         Out: string
         TimeScale: float
         Shape: int64[]
+        /// Known values and class guidance.
+        Condition: ConditionSettings
     }
 
 /// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
@@ -355,9 +357,51 @@ module Commands =
               TimeScale = c.TimeScale
               Output = ModelOutput.Noise
               SampleShape = c.Shape }
-        use loaded = ModelFile.load c.ModelPath tsOptions
-        checkSde c.Sde loaded c.ModelPath
-        let info = loaded.Info
+        // a class-conditional TorchScript model (--classes), guided by --label / --guidance; else a model
+        // directory or a TorchScript forward(x, t)
+        let model, info, owner, labels =
+            match c.Condition.Classes with
+            | Some classes ->
+                let cm, owner = Conditioning.loadConditionalTorchScript c.ModelPath c.TimeScale ModelOutput.Noise classes
+                try
+                    let model, labels = Conditioning.guided c.Condition cm classes c.Count
+                    let info =
+                        { Sde = tsOptions.Sde
+                          TimeScale = c.TimeScale
+                          Output = ModelOutput.Noise
+                          SampleShape = c.Shape
+                          Dtype = torch.float32
+                          Standardisation = None
+                          Description =
+                            sprintf
+                                "class-conditional TorchScript %s, label %d, guidance %g"
+                                (Path.GetFileName c.ModelPath)
+                                c.Condition.Label.Value
+                                (defaultArg c.Condition.Guidance 0.0) }
+                    model, info, owner, Some labels
+                with _ ->
+                    owner.Dispose()
+                    reraise ()
+            | None ->
+                if c.Condition.Label.IsSome || c.Condition.Guidance.IsSome then
+                    raise (
+                        ArgumentException(
+                            "--label and --guidance need a class-conditional model: a TorchScript file whose forward takes (x, t, labels), with --classes K (K, the number of classes, is its null label).",
+                            "--label"
+                        )
+                    )
+                let loaded = ModelFile.load c.ModelPath tsOptions
+                try
+                    checkSde c.Sde loaded c.ModelPath
+                with _ ->
+                    (loaded :> IDisposable).Dispose()
+                    reraise ()
+                loaded.Model, loaded.Info, (loaded :> IDisposable), None
+        use _owner = owner
+        use _labels =
+            match labels with
+            | Some l -> l
+            | None -> null
         if ext = ".png" && info.SampleShape <> [| 2L |] then
             raise (
                 ArgumentException(
@@ -368,9 +412,19 @@ module Commands =
                 )
             )
         Ui.info ui (sprintf "model: %s" info.Description)
+        let condition = Conditioning.condition c.Condition info c.Count
+        use _condition =
+            { new IDisposable with
+                member _.Dispose() =
+                    condition
+                    |> Option.iter (fun k ->
+                        k.Values.Dispose()
+                        k.Mask.Dispose()
+                        k.Basis |> Option.iter (fun b -> b.Dispose())) }
+        let sampler = { c.Sampler with Sampling = { c.Sampler.Sampling with Condition = condition } }
         let noise = Noise.fromSeed c.Seed torch.CPU
         use xT = Sampler.prior info.Sde (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
-        let result, seconds, _ = runSampler ui c.Sampler info.Sde loaded.Model xT (c.Seed + 1L) 0L
+        let result, seconds, _ = Conditioning.namingOptions (fun () -> runSampler ui sampler info.Sde model xT (c.Seed + 1L) 0L)
         use raw = result.Samples
         use samples =
             match info.Standardisation with

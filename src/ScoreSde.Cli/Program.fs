@@ -173,6 +173,31 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
     let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
+    let inpaint =
+        Opt.text
+            "--inpaint"
+            "Known values (.npy or .csv): one sample's shape or one per sample; the samples equal them where --mask is nonzero"
+            None
+    let mask =
+        Opt.text "--mask" "With --inpaint: .npy or .csv, nonzero where a value is known (broadcastable to the samples)" None
+    let basis =
+        Opt.text "--basis" "With --inpaint: .npy or .csv orthonormal C x C matrix; --inpaint then holds coordinates in its basis" None
+    let replacement =
+        Opt.choice
+            "--replacement"
+            "With --inpaint: 'fresh' redraws the known part after every update (the paper's, default for pc), 'fixed' keeps one latent for it (default for ode and dpm)"
+            [ "fresh"; "fixed" ]
+            None
+    let label = Opt.intAtLeastOrNone 0 "--label" "Class to sample from a class-conditional model"
+    let guidance =
+        Opt.nonNegativeOrNone
+            "--guidance"
+            "With --label: classifier-free guidance weight w, (1 + w) conditional - w unconditional (default 0)"
+    let classes =
+        Opt.intAtLeastOrNone
+            1
+            "--classes"
+            "TorchScript class-conditional models (forward(x, t, labels)): the number of classes K; label K is the null label"
     for o in
         [ modelOption :> Option
           sdeForModel
@@ -185,7 +210,14 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
           seed
           out
           timeScale
-          shape ] do
+          shape
+          inpaint
+          mask
+          basis
+          replacement
+          label
+          guidance
+          classes ] do
         cmd.Add o
     for entry in Samplers.all do
         for o in entry.Options do
@@ -202,7 +234,19 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
                   Seed = pr.GetValue seed
                   Out = pr.GetValue out
                   TimeScale = pr.GetValue timeScale
-                  Shape = parseShape (pr.GetValue shape) }))
+                  Shape = parseShape (pr.GetValue shape)
+                  Condition =
+                    { Inpaint = Option.ofObj (pr.GetValue inpaint)
+                      Mask = Option.ofObj (pr.GetValue mask)
+                      Basis = Option.ofObj (pr.GetValue basis)
+                      Replacement =
+                        (match pr.GetValue replacement with
+                         | null -> None
+                         | r when r.ToLowerInvariant() = "fresh" -> Some Replacement.Fresh
+                         | _ -> Some Replacement.FixedLatent)
+                      Label = Option.ofNullable (pr.GetValue label)
+                      Guidance = Option.ofNullable (pr.GetValue guidance)
+                      Classes = Option.ofNullable (pr.GetValue classes) } }))
     cmd
 
 let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =

@@ -214,6 +214,17 @@ module Samplers =
             (List.map fst thirdOrders)
             (Some(nameOf thirdOrders DpmSolver.defaults.ThirdOrder))
 
+    let private thresholding =
+        Opt.choice
+            "--thresholding"
+            "DPM-Solver++: correct the data prediction, 'static' (clamp to +-threshold-max) or 'dynamic' (Imagen's: per sample, the threshold-quantile of |x0|, at least threshold-max)"
+            [ "none"; "static"; "dynamic" ]
+            (Some "none")
+    let private thresholdQuantile =
+        Opt.inRange 1e-6 1.000001 "--threshold-quantile" "DPM-Solver++ dynamic thresholding: the quantile of |x0|" (Some 0.995)
+    let private thresholdMax =
+        Opt.positive "--threshold-max" "DPM-Solver++ thresholding: the bound (pixels in [-1, 1]: 1)" (Some 1.0)
+
     /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
     let dpmRunWith (settings: DpmSolverSettings) (stepCount: int) (epsValue: float) : SamplerRun =
         let name = if settings.Algorithm = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
@@ -223,6 +234,11 @@ module Samplers =
             | DpmMethod.MultiStep -> sprintf "%s-%dM, %d steps" name k stepCount, stepCount
             | DpmMethod.SingleStep -> sprintf "%s-%dS, %d evaluations" name k stepCount, 0
             | DpmMethod.Adaptive a -> sprintf "%s-%d adaptive, rtol %g, atol %g" name k a.Rtol a.Atol, 0
+        let label =
+            match settings.Thresholding with
+            | Thresholding.NoThresholding -> label
+            | Thresholding.Static b -> sprintf "%s, static thresholding at %g" label b
+            | Thresholding.Dynamic(q, m) -> sprintf "%s, dynamic thresholding (quantile %g, max %g)" label q m
         { Name = "dpm"
           Label = label
           Steps = progressSteps
@@ -238,7 +254,15 @@ module Samplers =
     let dpm =
         { Name = "dpm"
           Summary = "DPM-Solver: exponential integrators of the probability-flow ODE for 10 to 20 model evaluations (Lu et al. 2022)"
-          Options = [ algorithm; order; dpmMethod; lowerOrderFinal; thirdOrder ]
+          Options =
+            [ algorithm
+              order
+              dpmMethod
+              lowerOrderFinal
+              thirdOrder
+              thresholding
+              thresholdQuantile
+              thresholdMax ]
           FromCommandLine =
             fun pr ->
                 let pick (choices: (string * 'T) list) (o: Option<string>) =
@@ -248,7 +272,22 @@ module Samplers =
                         Algorithm = pick algorithms algorithm
                         Order = int (Opt.choiceValue pr order)
                         LowerOrderFinal = pick lowerOrderRules lowerOrderFinal
-                        ThirdOrder = pick thirdOrders thirdOrder }
+                        ThirdOrder = pick thirdOrders thirdOrder
+                        Thresholding =
+                            match Opt.choiceValue pr thresholding with
+                            | "static" -> Thresholding.Static(pr.GetValue thresholdMax)
+                            | "dynamic" -> Thresholding.Dynamic(pr.GetValue thresholdQuantile, pr.GetValue thresholdMax)
+                            | _ -> Thresholding.NoThresholding }
+                if
+                    settings.Thresholding <> Thresholding.NoThresholding
+                    && settings.Algorithm <> DpmAlgorithm.DpmSolverPlusPlus
+                then
+                    raise (
+                        ArgumentException(
+                            "--thresholding applies to DPM-Solver++ (--algorithm dpm-solver++): it corrects the data prediction.",
+                            "--thresholding"
+                        )
+                    )
                 match Opt.choiceValue pr dpmMethod with
                 | "adaptive" ->
                     noSteps pr "--method adaptive"

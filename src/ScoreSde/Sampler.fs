@@ -34,8 +34,14 @@ type Method =
     | DpmSolver of DpmSolverSettings
 
 /// One sampling run's configuration: the method, the schedule (grid, steps, end time), how the run
-/// finishes, and an optional observer called after every step.
-type Sampling = { Method: Method; Schedule: Schedule; Finish: Finish; Observer: Observer option }
+/// finishes, an optional observer called after every step, and an optional condition (known values,
+/// e.g. inpainting; see `Condition`).
+type Sampling =
+    { Method: Method
+      Schedule: Schedule
+      Finish: Finish
+      Observer: Observer option
+      Condition: Condition option }
 
 [<RequireQualifiedAccess>]
 module Sampling =
@@ -45,7 +51,8 @@ module Sampling =
         { Method = Method.PredictorCorrector(Predictor.ReverseDiffusion, Corrector.langevin 0.16 1)
           Schedule = Schedule.uniform 1000 1e-3
           Finish = Finish.LastMean
-          Observer = None }
+          Observer = None
+          Condition = None }
 
     /// The paper's ODE sampler: the probability flow with Dormand-Prince 5(4) at rtol = atol = 1e-5 and
     /// one step size for the whole batch (`StepControl.BatchGlobal`: on the 2-D mixture benchmark of
@@ -56,7 +63,8 @@ module Sampling =
         { Method = Method.ProbabilityFlow(OdeMethod.Dopri5 { AdaptiveOde.defaults with Control = StepControl.BatchGlobal })
           Schedule = Schedule.uniform 100 1e-3
           Finish = Finish.NoFinish
-          Observer = None }
+          Observer = None
+          Condition = None }
 
     /// DPM-Solver with its defaults (`DpmSolver.defaults`: DPM-Solver-3M with the published update) and
     /// 20 evaluations on the logSNR grid to eps = 1e-3.
@@ -64,10 +72,21 @@ module Sampling =
         { Method = Method.DpmSolver DpmSolver.defaults
           Schedule = Schedule.create TimeGrid.LogSnr 20 1e-3
           Finish = Finish.NoFinish
-          Observer = None }
+          Observer = None
+          Condition = None }
+
+    /// What the method allows a condition to do.
+    let internal stepKind (sampling: Sampling) =
+        match sampling.Method with
+        | Method.PredictorCorrector _ -> StepKind.Stochastic
+        | Method.ProbabilityFlow(OdeMethod.FixedStep _) -> StepKind.FixedSteps
+        | Method.ProbabilityFlow(OdeMethod.Dopri5 _) -> StepKind.AdaptivePerSample
+        | Method.DpmSolver { Method = DpmMethod.Adaptive _ } -> StepKind.AdaptiveShared
+        | Method.DpmSolver _ -> StepKind.FixedSteps
 
     /// Check a configuration against the SDE before any work (ArgumentException naming the setting).
     let validate (sde: Sde) (sampling: Sampling) =
+        sampling.Condition |> Option.iter (Condition.validate (stepKind sampling))
         match sampling.Method with
         | Method.PredictorCorrector(_, corrector) ->
             Corrector.validate corrector
@@ -104,7 +123,19 @@ module Sampler =
         detached.``to`` (dtype, device, copy = true)
 
     /// The predictor-corrector loop in place on x; `lastMean` leaves the last update without its noise.
-    let private predictorCorrector sde model predictor corrector (ts: float[]) lastMean noise (afterStep: Observer) (x: Tensor) =
+    /// `afterCorrector t x` runs after the corrector's updates at time t, `afterStep` after each step.
+    let private predictorCorrector
+        sde
+        model
+        predictor
+        corrector
+        (ts: float[])
+        lastMean
+        noise
+        (afterCorrector: float -> Tensor -> unit)
+        (afterStep: Observer)
+        (x: Tensor)
+        =
         let n = ts.Length - 1
         use z = torch.empty_like (x)
         use tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
@@ -119,7 +150,10 @@ module Sampler =
                 let last = i = n - 1
                 let alphaI = Corrector.stepAlpha sde t s
                 let correctorMean = last && lastMean && not predictorEvaluates
-                nfe <- nfe + Corrector.correctWith sde corrector model x tb z scratch noise t alphaI correctorMean
+                let corrections = Corrector.correctWith sde corrector model x tb z scratch noise t alphaI correctorMean
+                if corrections > 0 then
+                    afterCorrector t x
+                nfe <- nfe + corrections
                 nfe <- nfe + Predictor.stepInPlace sde predictor model x tb z noise t s (not (last && lastMean))
                 afterStep i s x
             nfe
@@ -128,11 +162,11 @@ module Sampler =
                 scratch.Value.Dispose()
 
     /// Run a method in place on x, the run's working copy; returns the evaluations.
-    let private run (sde: Sde) (model: Model) (sampling: Sampling) (noise: Noise) (afterStep: Observer) (x: Tensor) =
+    let private run (sde: Sde) (model: Model) (sampling: Sampling) (noise: Noise) afterCorrector (afterStep: Observer) (x: Tensor) =
         match sampling.Method with
         | Method.PredictorCorrector(p, c) ->
             let ts = Schedule.points sde sampling.Schedule
-            predictorCorrector sde model p c ts (sampling.Finish = Finish.LastMean) noise afterStep x
+            predictorCorrector sde model p c ts (sampling.Finish = Finish.LastMean) noise afterCorrector afterStep x
         | Method.ProbabilityFlow(OdeMethod.FixedStep solver) ->
             ProbabilityFlow.integrateInPlace sde model solver (Schedule.points sde sampling.Schedule) x afterStep
         | Method.ProbabilityFlow(OdeMethod.Dopri5 a) ->
@@ -155,24 +189,34 @@ module Sampler =
 
     /// Sample from the starting state xT (not modified; e.g. `prior`, or a latent from `encode`) with
     /// the configured method, schedule and finish; `noise` drives the stochastic steps (unused by the
-    /// deterministic methods). Runs without gradients on one working copy of xT, which becomes the
-    /// result. After every step the run calls its per-step hook: the observer, when one is given.
+    /// deterministic methods) and a condition's draws. Runs without gradients on one working copy of xT,
+    /// which becomes the result. After every step the run calls its per-step hook: the condition's
+    /// replacement of the known part, when there is a condition (the PC sampler also replaces after its
+    /// corrector), then the observer, when one is given. With a condition the known part of the result
+    /// is exactly the known values.
     let sample (sde: Sde) (model: Model) (sampling: Sampling) (noise: Noise) (xT: Tensor) : SampleResult =
         Native.ensureLoaded ()
         Sde.validate sde
         checkState "xT" xT
         Sampling.validate sde sampling
-        // The one place every method reports a finished step to.
-        let afterStep: Observer =
-            match sampling.Observer with
-            | Some observe -> observe
-            | None -> fun _ _ _ -> ()
+        sampling.Condition |> Option.iter (fun c -> Condition.checkShapes c xT)
         use _noGrad = torch.no_grad ()
         let mutable x =
             use detached = xT.detach ()
             detached.clone ()
         try
-            let mutable nfe = run sde model sampling noise afterStep x
+            use condition = ConditionRun.Start(sde, Sampling.stepKind sampling, sampling.Condition, model, noise, x)
+            let model = condition.Model
+            // The one place every method reports a finished step to.
+            let afterStep: Observer =
+                match sampling.Observer with
+                | Some observe ->
+                    fun i t x ->
+                        condition.AfterUpdate t x
+                        observe i t x
+                | None -> fun _ t x -> condition.AfterUpdate t x
+            condition.Start x
+            let mutable nfe = run sde model sampling noise condition.AfterUpdate afterStep x
             match sampling.Finish, sampling.Method with
             | Finish.Tweedie, Method.PredictorCorrector _
             | Finish.Tweedie, Method.ProbabilityFlow _ ->
@@ -181,6 +225,7 @@ module Sampler =
                 x <- d
                 nfe <- nfe + 1
             | _ -> ()
+            condition.Finish x
             { Samples = x; Nfe = nfe }
         with _ ->
             x.Dispose()

@@ -26,13 +26,15 @@ type private Options =
       Correctors: bool
       Pc: bool
       Grids: bool
+      Conditional: bool
+      Guided: bool
       Samples: int
       Problems: string list
       Sdes: string list
       OutDir: string option }
 
 let private usage =
-    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc | --grids] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
+    "usage: ScoreSde.Quality [--quick | --sweep | --checks | --correctors | --pc | --grids | --conditional | --guided] [--samples N] [--problem a|b] [--sde vp|subvp|ve] [--out DIR]"
 
 /// The SDEs, with the paper's parameters.
 let private sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
@@ -52,6 +54,8 @@ let rec private parse (o: Options) (args: string list) =
     | "--correctors" :: rest -> parse { o with Correctors = true } rest
     | "--pc" :: rest -> parse { o with Pc = true } rest
     | "--grids" :: rest -> parse { o with Grids = true } rest
+    | "--conditional" :: rest -> parse { o with Conditional = true } rest
+    | "--guided" :: rest -> parse { o with Guided = true } rest
     | "--samples" :: n :: rest ->
         match Int32.TryParse n with
         | true, v when v >= 100 -> parse { o with Samples = v } rest
@@ -326,6 +330,8 @@ let main argv =
                   Correctors = false
                   Pc = false
                   Grids = false
+                  Conditional = false
+                  Guided = false
                   Samples = 10000
                   Problems = []
                   Sdes = []
@@ -345,6 +351,12 @@ let main argv =
             let md = Path.Combine(docsDir o, file)
             File.WriteAllText(md, study chosen problems o.Samples)
             printfn "wrote %s" md
+        elif o.Guided then
+            let problems, chosen = selected o
+            GuidedBench.run chosen problems o.Samples (docsDir o)
+        elif o.Conditional then
+            let problems, chosen = selected o
+            ConditionalBench.run chosen problems o.Samples (docsDir o)
         else
             run o
         0

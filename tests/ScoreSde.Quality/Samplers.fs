@@ -55,7 +55,11 @@ let private ode (solver: OdeSolver) (grid: TimeGrid) =
 
 /// A DPM-Solver configuration on a schedule.
 let dpmSampling (settings: DpmSolverSettings) (schedule: Schedule) (finish: Finish) =
-    { Method = Method.DpmSolver settings; Schedule = schedule; Finish = finish; Observer = None }
+    { Method = Method.DpmSolver settings
+      Schedule = schedule
+      Finish = finish
+      Observer = None
+      Condition = None }
 
 let private dpm (settings: DpmSolverSettings) (grid: TimeGrid) (finish: Finish) =
     fun (_: Sde) budget -> Some(dpmSampling settings (Schedule.create grid budget eps) finish)

@@ -269,7 +269,8 @@ type DpmRun =
         { Method = Method.DpmSolver r.Settings
           Schedule = Schedule.create r.Grid r.Steps r.Eps
           Finish = (if r.Denoise then Finish.Tweedie else Finish.NoFinish)
-          Observer = r.Observer }
+          Observer = r.Observer
+          Condition = None }
 
 /// The library's defaults: `DpmSolver.defaults` with `Sampling.dpmSolver`'s schedule and finish.
 let dpmDefaults: DpmRun =
