@@ -36,7 +36,10 @@ type SamplerEntry =
 module Samplers =
     /// Shared by every sampler: the number of steps (each sampler has its own default).
     let steps =
-        Opt.intAtLeastOrNone 1 "--steps" "Sampler steps (default: pc 500; ode with a fixed-step solver 100; dpm 20 evaluations)"
+        Opt.intAtLeastOrNone
+            1
+            "--steps"
+            "Sampler steps (default: pc 1000, as the paper; ode with a fixed-step solver 100; dpm 20 evaluations)"
 
     /// Shared by every sampler: the time the sampler stops at.
     let eps = Opt.inRange 1e-6 1.0 "--eps" "Time at which sampling stops" (Some 1e-3)
@@ -118,7 +121,7 @@ module Samplers =
                 let norm = norms |> List.find (fun (n, _) -> n = Opt.choiceValue pr langevinNorm) |> snd
                 Corrector.Langevin { Snr = pr.GetValue snr; Steps = k; Norm = norm }
         noTolerances pr "the PC sampler"
-        pcRun p c (stepsOr pr 500) (pr.GetValue eps)
+        pcRun p c (stepsOr pr Sampling.pc.Schedule.Steps) (pr.GetValue eps)
 
     /// Reverse diffusion + Langevin with batch-averaged norms (the paper's PC sampler).
     let pc =

@@ -205,9 +205,10 @@ let tests =
           test "the TorchScript fixture samples its Gaussian through the command line with every sampler" {
               use temp = tempDir "clits"
               let dir = temp.Path
-              // each sampler's default settings; the log names what ran
+              // each sampler's default settings, which are the library's (F#, C# and the CLI agree); the
+              // log names what ran
               for sampler, logged, ext in
-                  [ "pc", "PC: reverse diffusion + Langevin, 500 steps", ".csv"
+                  [ "pc", sprintf "PC: reverse diffusion + Langevin, %d steps" Sampling.pc.Schedule.Steps, ".csv"
                     "ode", "Dopri5", ".npy"
                     "dpm", "20 model evaluations", ".npy" ] do
                   let out = Path.Combine(dir, "g-" + sampler + ext)
