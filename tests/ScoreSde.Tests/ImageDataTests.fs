@@ -33,7 +33,7 @@ let private writeFile (dir: string) (name: string) (bytes: byte[]) =
     p
 
 /// A tiny MNIST-format split: n images of h x w with pixel (i, y, x) = (7 i + 3 y + x) % 256, labels i % 10.
-let private writeSplit (dir: string) (prefix: string) (n: int) (h: int) (w: int) (gz: bool) =
+let writeSplit (dir: string) (prefix: string) (n: int) (h: int) (w: int) (gz: bool) =
     let pixels =
         [| for i in 0 .. n - 1 do
                for y in 0 .. h - 1 do

@@ -1,0 +1,45 @@
+module ScoreSde.Tests.ImageCliTests
+
+open System.IO
+open Expecto
+open ScoreSde
+open ScoreSde.Tests.DataFileTests
+open ScoreSde.Tests.ImageDataTests
+open ScoreSde.Tests.CliTests
+
+// The command line sets libtorch's thread count (process-wide): run one at a time.
+[<Tests>]
+let tests =
+    testSequenced
+    <| testList
+        "Command line: images"
+        [ test "classifier trains on an MNIST-format directory, reports its accuracy and saves itself" {
+              let data = tempDir "clicls-data"
+              writeSplit data "train" 40 12 12 true
+              writeSplit data "t10k" 20 12 12 false
+              let out = Path.Combine(tempDir "clicls", "classifier")
+              let log =
+                  cliOk
+                      [ "classifier"
+                        "--data-dir"
+                        data
+                        "--out"
+                        out
+                        "--epochs"
+                        "1"
+                        "--batch-size"
+                        "8"
+                        "--seed"
+                        "3" ]
+              Expect.stringContains log "test accuracy" "summary line"
+              Expect.stringContains log "on 20 images" "evaluated on the test split"
+              use loaded = ClassifierFile.load out
+              Expect.equal loaded.Classifier.Config.Classes 10 "labels 0..9 give 10 classes"
+              Expect.equal loaded.Pixels PixelRange.Centred "default pixel range"
+              Expect.isTrue (loaded.Training.ContainsKey "testAccuracy") "accuracy stored"
+          }
+
+          test "classifier without the dataset says how to install it, in one line" {
+              let empty = tempDir "clicls-empty"
+              cliFails [ "classifier"; "--data-dir"; empty; "--out"; Path.Combine(empty, "c") ] "apt-get install dataset-fashion-mnist"
+          } ]
