@@ -147,29 +147,12 @@ type Classifier private (config: ClassifierConfig, generator: torch.Generator op
     /// The penultimate features [B, Features] and the logits [B, Classes] of images x [B, C, H, W] at
     /// times t ([B] or one value; ignored, and may be null, unless TimeConditional).
     member _.Run(x: Tensor, t: Tensor) : Tensor * Tensor =
-        Check.notNull "x" x
-        if
-            x.dim () <> 4L
-            || x.size 1 <> int64 config.Channels
-            || x.size 2 <> int64 config.Height
-            || x.size 3 <> int64 config.Width
-        then
-            Check.fail "x" x.shape (sprintf "a [B, %d, %d, %d] tensor" config.Channels config.Height config.Width)
+        ImageNet.checkImages x config.Channels config.Height config.Width
         let batch = x.size 0
         use scope = torch.NewDisposeScope()
         let tact =
             match fourier, timeDense with
-            | Some w, Some dense ->
-                if isNull t || (t.numel () <> 1L && t.numel () <> batch) then
-                    Check.fail
-                        "t"
-                        (if isNull t then "null" else sprintf "%A" t.shape)
-                        (sprintf "one time or one per batch element (%d)" batch)
-                use twoPi = Tensors.scalar (2.0 * Math.PI)
-                let tt = t.to_type(dtype).reshape([| -1L; 1L |])
-                let tt = if tt.size 0 = 1L && batch <> 1L then tt.expand ([| batch; 1L |]) else tt
-                let angles = tt.mul(w.reshape ([| 1L; -1L |])).mul_(twoPi)
-                Some(torch.nn.functional.silu (dense.forward (torch.cat ([| angles.sin (); angles.cos () |], 1L))))
+            | Some w, Some dense -> Some(torch.nn.functional.silu (dense.forward (ImageNet.fourier w dtype t batch)))
             | _ -> None
         let tact = defaultArg tact null
         let mutable h = x.to_type dtype

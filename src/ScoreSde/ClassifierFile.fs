@@ -64,17 +64,7 @@ module ClassifierFile =
         if String.IsNullOrWhiteSpace dir || not (Directory.Exists dir) then
             Check.fail "dir" dir "an existing classifier directory"
         let path = Path.Combine(dir, "config.json")
-        FileError.requireFile path
-        let root =
-            try
-                JsonNode.Parse(File.ReadAllText path)
-            with :? JsonException as e ->
-                FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
-        if isNull root || not (root :? JsonObject) then
-            FileError.fail path "must hold a JSON object"
-        let format = ConfigJson.get<string> path root "format"
-        if format <> formatName then
-            FileError.fail path (sprintf "'format' is '%s', expected '%s'" format formatName)
+        let root = ConfigJson.readObject path formatName
         let n = ConfigJson.field path root "network"
         let int name = ConfigJson.get<int> path n name
         let config =

@@ -167,17 +167,7 @@ module ModelFile =
     /// Read a model directory's config.json: the architecture and the model information.
     let readConfig (dir: string) : NetworkConfig * ModelInfo * JsonObject =
         let path = Path.Combine(dir, configFile)
-        FileError.requireFile path
-        let root =
-            try
-                JsonNode.Parse(File.ReadAllText path)
-            with :? JsonException as e ->
-                FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
-        if isNull root || not (root :? JsonObject) then
-            FileError.fail path "must hold a JSON object"
-        let format = get<string> path root "format"
-        if format <> formatName then
-            FileError.fail path (sprintf "'format' is '%s', expected '%s'" format formatName)
+        let root = ConfigJson.readObject path formatName
         let version = get<int> path root "version"
         if version <> 1 then
             FileError.fail path (sprintf "format version %d is not supported (this library reads version 1)" version)

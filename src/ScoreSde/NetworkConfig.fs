@@ -34,6 +34,22 @@ module internal ConfigJson =
 
     let intArray (path: string) (node: JsonNode) (name: string) : int[] = array<int> "integers" path node name
 
+    /// The JSON object of a config.json file whose "format" is `format`.
+    let readObject (path: string) (format: string) : JsonObject =
+        FileError.requireFile path
+        let root =
+            try
+                JsonNode.Parse(System.IO.File.ReadAllText path)
+            with :? System.Text.Json.JsonException as e ->
+                FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
+        match root with
+        | :? JsonObject as o ->
+            let found = get<string> path o "format"
+            if found <> format then
+                FileError.fail path (sprintf "'format' is '%s', expected '%s'" found format)
+            o
+        | _ -> FileError.fail path "must hold a JSON object"
+
     let ofInts (values: int seq) = JsonArray(values |> Seq.map (fun v -> JsonValue.Create v :> JsonNode) |> Seq.toArray)
 
 /// The architecture of a saved network: which network and its configuration.

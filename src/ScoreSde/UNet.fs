@@ -96,6 +96,7 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
 
     let ctx = { Generator = generator; Dtype = dtype; Device = device }
     let source = DropoutSource()
+    let mutable channelsLast = false
     let levels = config.ChannelMultipliers.Length
     let heights = List.scan (fun h _ -> (h + 1) / 2) config.Height (List.tail config.ChannelMultipliers)
     let attends (level: int) = List.contains heights.[level] config.AttentionResolutions
@@ -197,6 +198,12 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
     /// Number of scalar parameters (trainable; the Fourier frequencies are a fixed buffer).
     member _.ParameterCount = this.parameters () |> Seq.sumBy (fun p -> p.numel ())
 
+    /// Whether the features are laid out channels-last inside the network (the input and output are
+    /// ordinary [B, C, H, W] tensors either way; results agree to float rounding).
+    member _.ChannelsLast
+        with get () = channelsLast
+        and set (v: bool) = channelsLast <- v
+
     /// Where dropout masks come from while training (required when Dropout > 0); the network keeps
     /// a reference and never disposes it.
     member _.DropoutGenerator
@@ -212,34 +219,16 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
         for mine, theirs in Seq.zip (this.state_dict ()) (other.state_dict ()) do
             mine.Value.copy_ (theirs.Value) |> ignore
 
-    /// Fourier features [B, FourierFeatures] of times t ([B] or one value, broadcast to B rows).
-    member private _.Fourier(t: Tensor, batch: int64) : Tensor =
-        use scope = torch.NewDisposeScope()
-        use twoPi = Tensors.scalar (2.0 * Math.PI)
-        let tt = t.to_type(dtype).reshape([| -1L; 1L |])
-        let tt = if tt.size 0 = 1L && batch <> 1L then tt.expand ([| batch; 1L |]) else tt
-        let angles = tt.mul(fourier.reshape ([| 1L; -1L |])).mul_(twoPi)
-        torch.cat([| angles.sin (); angles.cos () |], 1L).MoveToOuterDisposeScope()
-
     /// eps(x, t) for x [B, Channels, Height, Width], t [B] (or one time for the whole batch) and, for
     /// a class-conditional network, labels: an int64 tensor [B] (or one label for all) of values in
     /// 0 .. Classes, Classes being the null label; null labels the whole batch with the null label.
     /// An unconditional network takes null. The output has x's shape and dtype.
     member _.Forward(x: Tensor, t: Tensor, labels: Tensor) : Tensor =
-        Check.notNull "x" x
-        Check.notNull "t" t
-        if
-            x.dim () <> 4L
-            || x.size 1 <> int64 config.Channels
-            || x.size 2 <> int64 config.Height
-            || x.size 3 <> int64 config.Width
-        then
-            Check.fail "x" x.shape (sprintf "a [B, %d, %d, %d] tensor" config.Channels config.Height config.Width)
+        ImageNet.checkImages x config.Channels config.Height config.Width
         let batch = x.size 0
-        if t.numel () <> 1L && t.numel () <> batch then
-            Check.fail "t" t.shape (sprintf "one time or one per batch element (%d)" batch)
         use scope = torch.NewDisposeScope()
-        let temb = time1.forward (torch.nn.functional.silu (time0.forward (this.Fourier(t, batch))))
+        let features = ImageNet.fourier fourier dtype t batch
+        let temb = time1.forward (torch.nn.functional.silu (time0.forward features))
         let temb =
             match labelTable with
             | None when not (isNull labels) -> Check.fail "labels" labels.shape "null for an unconditional network (Classes = 0)"
@@ -260,6 +249,8 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
                 temb.add (table.index_select (0L, ids))
         let act = torch.nn.functional.silu temb
         let mutable h = convIn.forward (x.to_type dtype)
+        if channelsLast then
+            h <- Layout.channelsLast h
         let skips = Collections.Generic.Stack<Tensor>()
         skips.Push h
         for item in down do
@@ -278,8 +269,8 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
                 | Choice2Of2 u ->
                     let next = skips.Peek()
                     u.Forward(h, next.size 2, next.size 3)
-        let out = convOut.forward (torch.nn.functional.silu (normOut.forward h))
-        out.to_type(x.dtype).MoveToOuterDisposeScope()
+        let out = convOut.forward (torch.nn.functional.silu (normOut.forward h, not (torch.is_grad_enabled ())))
+        out.to_type(x.dtype).contiguous().MoveToOuterDisposeScope()
 
     /// eps(x, t) with the null label for a class-conditional network.
     override u.forward(x: Tensor, t: Tensor) : Tensor = u.Forward(x, t, null)

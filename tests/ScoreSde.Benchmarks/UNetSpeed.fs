@@ -82,7 +82,8 @@ let private python (o: Options) (overrides: string) =
           "--forward"
           string o.Forward
           "--train"
-          string o.Train ]
+          string o.Train
+          "--channels-last" ]
     let psi = ProcessStartInfo("/usr/bin/python3", args, RedirectStandardOutput = true, RedirectStandardError = true)
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEnd()
@@ -92,13 +93,14 @@ let private python (o: Options) (overrides: string) =
         failwithf "unet_speed.py exited with %d:\n%s" p.ExitCode err
     let root = JsonDocument.Parse(out.Trim().Split('\n') |> Array.last).RootElement
     let times (name: string) = [| for v in root.GetProperty(name).EnumerateArray() -> v.GetDouble() |]
-    times "forward", times "train", root.GetProperty("torch").GetString()
+    (times "forward", times "train"), (times "forward_cl", times "train_cl"), root.GetProperty("torch").GetString()
 
 /// One round of F#: per-call seconds of forward and train (a fresh network and optimiser per round,
 /// as the Python side builds its own).
-let private fsharp (o: Options) (config: UNetConfig) (seed: uint64) =
+let private fsharp (o: Options) (config: UNetConfig) (seed: uint64) (channelsLast: bool) =
     use g = new torch.Generator(seed, torch.CPU)
     use net = new UNet(config, g)
+    net.ChannelsLast <- channelsLast
     let parameters = net.parameters () |> Seq.toArray
     use adam = new Adam(parameters)
     let b = int64 o.Batch
@@ -134,7 +136,7 @@ let private fsharp (o: Options) (config: UNetConfig) (seed: uint64) =
                sw.Elapsed.TotalSeconds |]
     let fwd = time forward o.Forward false
     let tr = time train o.Train true
-    fwd, tr, net.ParameterCount
+    (fwd, tr), net.ParameterCount
 
 /// Run the comparison and return the report (a markdown table with its command and machine).
 let run (o: Options) (command: string) =
@@ -159,14 +161,22 @@ let run (o: Options) (command: string) =
     let rows = ResizeArray<string>()
     let mutable torchVersion = ""
     for name, overrides, config in o.Configs do
-        let pyF, pyT, fsF, fsT = ResizeArray(), ResizeArray(), ResizeArray(), ResizeArray()
-        let ratioF, ratioT = ResizeArray(), ResizeArray()
+        // per side and layout: all forward and train times, and the per-round ratios to PyTorch
+        let keys = [ "py"; "pyCl"; "fs"; "fsCl" ]
+        let times = keys |> List.map (fun k -> k, (ResizeArray<float>(), ResizeArray<float>())) |> dict
+        let ratios =
+            [ "fs"; "fsCl"; "fsClVsCl" ]
+            |> List.map (fun k -> k, (ResizeArray<float>(), ResizeArray<float>()))
+            |> dict
         let mutable count = 0L
         for r in 1 .. o.Rounds do
             // alternate which side goes first
             let runPython () = python o overrides
-            let runFSharp () = fsharp o config (uint64 r)
-            let (pf, pt, version), (ff, ft, n) =
+            let runFSharp () =
+                let plain, n = fsharp o config (uint64 r) false
+                let cl, _ = fsharp o config (uint64 r) true
+                plain, cl, n
+            let (py, pyCl, version), (fs, fsCl, n) =
                 if r % 2 = 1 then
                     let p = runPython ()
                     p, runFSharp ()
@@ -175,49 +185,57 @@ let run (o: Options) (command: string) =
                     runPython (), f
             torchVersion <- version
             count <- n
-            pyF.AddRange pf
-            pyT.AddRange pt
-            fsF.AddRange ff
-            fsT.AddRange ft
-            ratioF.Add(median pf / median ff)
-            ratioT.Add(median pt / median ft)
+            for key, (f, t) in [ "py", py; "pyCl", pyCl; "fs", fs; "fsCl", fsCl ] do
+                (fst times.[key]).AddRange f
+                (snd times.[key]).AddRange t
+            let ratio (a: float[] * float[]) (b: float[] * float[]) = median (fst a) / median (fst b), median (snd a) / median (snd b)
+            for key, (rf, rt) in [ "fs", ratio py fs; "fsCl", ratio py fsCl; "fsClVsCl", ratio pyCl fsCl ] do
+                (fst ratios.[key]).Add rf
+                (snd ratios.[key]).Add rt
+            let m (a: float[] * float[]) pick = median (pick a)
             printfn
-                "  %s, round %d: forward PyTorch %.3f s, F# %.3f s; train PyTorch %.3f s, F# %.3f s"
+                "  %s, round %d: forward PyTorch %.3f s (channels-last %.3f), F# %.3f s (%.3f); train PyTorch %.3f s (%.3f), F# %.3f s (%.3f)"
                 name
                 r
-                (median pf)
-                (median ff)
-                (median pt)
-                (median ft)
-        let ips (s: float) = float o.Batch / s
-        rows.Add(
-            sprintf
-                "| %s | %d | forward | %.3f | %.3f | %.0f | %.0f | %.2f |"
-                name
-                count
-                (median pyF)
-                (median fsF)
-                (ips (median pyF))
-                (ips (median fsF))
-                (median ratioF)
-        )
-        rows.Add(
-            sprintf
-                "| %s | %d | training step | %.3f | %.3f | %.1f | %.1f | %.2f |"
-                name
-                count
-                (median pyT)
-                (median fsT)
-                (ips (median pyT))
-                (ips (median fsT))
-                (median ratioT)
-        )
+                (m py fst)
+                (m pyCl fst)
+                (m fs fst)
+                (m fsCl fst)
+                (m py snd)
+                (m pyCl snd)
+                (m fs snd)
+                (m fsCl snd)
+        for what, pick in [ "forward", fst; "training step", snd ] do
+            let t key = median (pick times.[key])
+            let q key = median (pick ratios.[key])
+            rows.Add(
+                sprintf
+                    "| %s | %d | %s | %.3f | %.3f | **%.2f** | %.3f | %.3f | **%.2f** | %.2f | %.0f | %.0f |"
+                    name
+                    count
+                    what
+                    (t "py")
+                    (t "fs")
+                    (q "fs")
+                    (t "pyCl")
+                    (t "fsCl")
+                    (q "fsCl")
+                    (q "fsClVsCl")
+                    (float o.Batch / t "py")
+                    (float o.Batch / t "fsCl")
+            )
     line ""
-    line (sprintf "PyTorch %s (Debian python3-torch) against F# on TorchSharp 0.107.0 / libtorch 2.10.0:" torchVersion)
+    line (
+        sprintf
+            "PyTorch %s (Debian python3-torch) against F# on TorchSharp 0.107.0 / libtorch 2.10.0; seconds per call (medians):"
+            torchVersion
+    )
     line ""
     line
-        "| network | parameters | what | PyTorch (s) | F# (s) | PyTorch images/s | F# images/s | F# / PyTorch throughput (median of rounds) |"
-    line "|---|---|---|---|---|---|---|---|"
+        "| network | parameters | what | PyTorch | F# | F# / PyTorch throughput | PyTorch channels-last | F# channels-last | F# channels-last / PyTorch | F# channels-last / PyTorch channels-last | PyTorch images/s | F# channels-last images/s |"
+    line "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for r in rows do
         line r
+    line ""
+    line "Ratios are medians over rounds of PyTorch's time over F#'s in the same round (above 1: F# is faster)."
     sb.ToString()

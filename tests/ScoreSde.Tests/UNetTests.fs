@@ -204,6 +204,40 @@ let tests =
               expectArgument "int dtype" "dtype" (fun () -> new UNet(tiny 1 8 8, g, torch.int32))
           }
 
+          test "the channels-last layout gives the same outputs and gradients; the input is never modified" {
+              let config = { tiny 2 7 5 with Classes = 2 }
+              use g = generator 22L
+              use net = new UNet(config, g)
+              let x, t = inputs 23L config 3L torch.float32
+              use x = x
+              use t = t
+              let xBefore = values x
+              let run (channelsLast: bool) (grad: bool) =
+                  net.ChannelsLast <- channelsLast
+                  net.zero_grad () |> ignore
+                  if grad then
+                      use out = net.forward (x, t)
+                      use loss = out.square().sum()
+                      loss.backward ()
+                      values out, [| for p in net.parameters () -> values p.grad |] |> Array.concat
+                  else
+                      use _ng = torch.no_grad ()
+                      use out = net.forward (x, t)
+                      Expect.isTrue (out.is_contiguous ()) "ordinary layout out"
+                      values out, [||]
+              let plain, plainGrad = run false true
+              for channelsLast, grad in [ false, false; true, false; true, true ] do
+                  let out, gradient = run channelsLast grad
+                  let what = sprintf "channels-last %b, gradients %b" channelsLast grad
+                  // the same sums in another order: float32 rounding (outputs up to ~2, ~15 layers)
+                  Array.iter2 (fun a b -> close 1e-5 a b (what + ": output")) out plain
+                  if grad then
+                      let scale = plainGrad |> Array.map abs |> Array.max
+                      Array.iter2 (fun a b -> close (1e-5 * scale) a b (what + ": gradient")) gradient plainGrad
+                  Expect.equal (values x) xBefore (what + ": x unchanged")
+              net.ChannelsLast <- false
+          }
+
           test "dropout draws its masks from the caller's generator, only while training" {
               let config = { tiny 1 8 8 with Dropout = 0.3 }
               use g = generator 18L
