@@ -1,5 +1,6 @@
 /// `scoresde classifier`: train the image classifier on Fashion-MNIST (or any MNIST-format directory),
-/// report its test accuracy and save it for measuring samples (penultimate features, Frechet distance).
+/// report its test accuracy and save it for measuring samples; `scoresde frechet`: the Frechet distance
+/// in its penultimate features between samples (or the training set) and a split of the dataset.
 module ScoreSde.Cli.ClassifierCommand
 
 open System
@@ -102,6 +103,102 @@ let run (ui: Ui) (c: ClassifierRun) : int =
             c.Out
     )
     0
+
+/// What `frechet` was asked to do.
+type FrechetRun =
+    { Classifier: string; DataDir: string; Samples: string option; Reference: Split; Count: int option }
+
+/// The first `count` images of a set (all when None), as a new set.
+let private head (count: int option) (set: ImageSet) =
+    let n =
+        match count with
+        | Some c -> min (int64 c) set.Count
+        | None -> set.Count
+    { set with
+        Levels = set.Levels.narrow(0L, 0L, n).clone()
+        Labels = set.Labels |> Option.map (fun l -> l.[.. int n - 1]) }
+
+/// Features of samples or of the training split against the reference split.
+let frechet (ui: Ui) (c: FrechetRun) : int =
+    use loaded = ClassifierFile.load c.Classifier
+    let net = loaded.Classifier
+    let splitName (s: Split) = if s = Split.Train then "training" else "test"
+    let watch = Diagnostics.Stopwatch.StartNew()
+    use reference =
+        use all = FashionMnist.load c.DataDir c.Reference
+        head c.Count all
+    let other, otherName =
+        match c.Samples with
+        | Some path ->
+            // samples as `scoresde sample` writes them (floats in the model's pixel range) are
+            // quantised to 8-bit levels, as saved images would be; uint8 arrays are levels already
+            let a = Npy.read path
+            let shape = if a.Shape.Length = 3 then [| a.Shape.[0]; 1L; a.Shape.[1]; a.Shape.[2] |] else a.Shape
+            use raw = DataFile.toTensor { a with Shape = shape } torch.float64
+            let levels = if a.Dtype = torch.uint8 then raw.to_type torch.uint8 else Pixels.toLevels loaded.Pixels raw
+            head c.Count { Levels = levels; Labels = None; Source = path }, path
+        | None ->
+            let other = if c.Reference = Split.Train then Split.Test else Split.Train
+            use all = FashionMnist.load c.DataDir other
+            head c.Count all, sprintf "the %s split" (splitName other)
+    use other = other
+    if other.SampleShape <> reference.SampleShape then
+        raise (
+            ArgumentException(
+                sprintf "--samples holds images of shape %A; the dataset's are %A." other.SampleShape reference.SampleShape,
+                "--samples"
+            )
+        )
+    Ui.info ui (sprintf "features of %d + %d images from classifier %s" other.Count reference.Count c.Classifier)
+    use fa = ClassifierTraining.imageFeatures net loaded.Pixels 500 other
+    use fb = ClassifierTraining.imageFeatures net loaded.Pixels 500 reference
+    let d = Frechet.ofFeatures fa fb
+    ui.Out.WriteLine(
+        sprintf
+            "Frechet distance %s between %s (%d images) and the %s split (%d images) in %d classifier features (%s s)"
+            (inv d "F3")
+            otherName
+            other.Count
+            (splitName c.Reference)
+            reference.Count
+            net.Config.Features
+            (inv watch.Elapsed.TotalSeconds "F1")
+    )
+    0
+
+/// `frechet`'s command-line definition.
+let frechetCommand (act: (Ui -> int) -> ParseResult -> int) =
+    let cmd =
+        Command(
+            "frechet",
+            "Frechet distance in a classifier's features between samples (or the training split) and a split of Fashion-MNIST"
+        )
+    let classifier = Opt.required "--classifier" "Classifier directory written by 'scoresde classifier'"
+    let dataDir =
+        Opt.text
+            "--data-dir"
+            "Directory of MNIST-format train/t10k files (apt-get install dataset-fashion-mnist)"
+            (Some FashionMnist.defaultDirectory)
+    let samples =
+        Opt.text
+            "--samples"
+            "A .npy of images N x C x H x W or N x H x W (floats in the classifier's pixel range, or uint8 levels); default: the other split"
+            None
+    let reference = Opt.choice "--reference" "The split to compare with" [ "test"; "train" ] (Some "test")
+    let count = Opt.intAtLeastOrNone 2 "--n" "Use only the first N images of each set"
+    for o in [ classifier :> Option; dataDir; samples; reference; count ] do
+        cmd.Add o
+    cmd.SetAction(fun (pr: ParseResult) ->
+        pr
+        |> act (fun ui ->
+            frechet
+                ui
+                { Classifier = pr.GetValue classifier
+                  DataDir = pr.GetValue dataDir
+                  Samples = Option.ofObj (pr.GetValue samples)
+                  Reference = (if Opt.choiceValue pr reference = "train" then Split.Train else Split.Test)
+                  Count = Option.ofNullable (pr.GetValue count) }))
+    cmd
 
 /// The command-line definition; `act` wraps the body (threads, UI, error guard).
 let command (act: (Ui -> int) -> ParseResult -> int) =

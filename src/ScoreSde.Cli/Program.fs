@@ -252,6 +252,7 @@ let rootCommand () =
     root.Add(sampleCommand act)
     root.Add(likelihoodCommand act)
     root.Add(ClassifierCommand.command act)
+    root.Add(ClassifierCommand.frechetCommand act)
     root
 
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,

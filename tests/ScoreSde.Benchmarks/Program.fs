@@ -17,13 +17,12 @@ open BenchmarkDotNet.Toolchains.InProcess.Emit
 open Perfolizer.Horology
 open ScoreSde.Benchmarks.Setup
 
-/// `--unet [--rounds N] [--batch B] [--threads T] [--configs tutorial|default|both]`: the U-Net against
-/// PyTorch (UNetSpeed.fs), instead of the BenchmarkDotNet suite.
+/// `--unet [--forward N] [--train N] [--batch B] [--threads T] [--configs tutorial|default|both]`: the
+/// U-Net against PyTorch (UNetSpeed.fs), instead of the BenchmarkDotNet suite.
 let private unet (argv: string[]) =
     let rec parse (o: UNetSpeed.Options) (args: string list) =
         match args with
         | "--unet" :: rest -> parse o rest
-        | "--rounds" :: v :: rest -> parse { o with Rounds = int v } rest
         | "--batch" :: v :: rest -> parse { o with Batch = int v } rest
         | "--threads" :: v :: rest -> parse { o with Threads = int v } rest
         | "--forward" :: v :: rest -> parse { o with Forward = int v } rest

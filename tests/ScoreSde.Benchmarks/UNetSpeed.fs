@@ -1,12 +1,15 @@
 /// The U-Net against PyTorch (not BenchmarkDotNet): the F# UNet and its PyTorch twin
-/// (python/scoresde_unet.py, run by unet_speed.py with Debian's PyTorch), same configuration, batch
-/// and thread count, timed in alternating rounds within one run so that a slow phase of the shared
-/// machine weighs on both sides alike. Per round each side does a warm-up, then times single calls of
+/// (python/scoresde_unet.py, served call by call by unet_speed.py under Debian's PyTorch), same
+/// configuration, batch and thread count. The two sides alternate single calls (PyTorch then F#, then
+/// F# then PyTorch, ...), so each pair of calls runs within a second or two of each other and a slow
+/// phase of the shared machine weighs on both alike; the ratio is taken per pair. Cases:
 ///   forward: eps = net(x, t), eval mode, no gradient (what a sampler does per evaluation);
 ///   train:   one denoising score-matching step: t ~ U(eps, 1), z ~ N(0, I), the loss
-///            (Training.loss, noise weighting), zero the gradients, backward, Adam, read the loss.
-/// Reported: median seconds per call of each side, images per second, and the median over rounds of
-/// the F#/PyTorch throughput ratio (PyTorch's time over F#'s: above 1, F# is faster).
+///            (Training.loss, noise weighting), zero the gradients, backward, Adam, read the loss;
+/// each in the default layout and channels-last (PyTorch: network and input converted to
+/// torch.channels_last; F#: UNet.ChannelsLast). Reported: median seconds per call of each side and the
+/// median over pairs of PyTorch's time over F#'s (above 1: F# is faster), by wall clock and by CPU time
+/// (user + system seconds of the whole process per call).
 module ScoreSde.Benchmarks.UNetSpeed
 
 open System
@@ -20,11 +23,12 @@ open ScoreSde
 /// Options of `--unet`.
 type Options =
     {
-        Rounds: int
         Batch: int
         Threads: int
         Warmup: int
+        /// Timed pairs of forward calls per layout.
         Forward: int
+        /// Timed pairs of training steps per layout.
         Train: int
         /// (name, JSON overrides of the default 1 x 28 x 28 configuration, the same F# configuration)
         Configs: (string * string * UNetConfig) list
@@ -38,14 +42,7 @@ let defaultConfigs =
     [ "1 block per level (1.1 M)", """{"blocksPerLevel": 1}""", { baseConfig with BlocksPerLevel = 1 }
       "UNet.defaultConfig (1.6 M)", "{}", baseConfig ]
 
-let defaults =
-    { Rounds = 5
-      Batch = 64
-      Threads = 2
-      Warmup = 2
-      Forward = 5
-      Train = 3
-      Configs = defaultConfigs }
+let defaults = { Batch = 64; Threads = 2; Warmup = 3; Forward = 20; Train = 12; Configs = defaultConfigs }
 
 let private median (xs: float seq) =
     let a = Seq.toArray xs |> Array.sort
@@ -66,77 +63,93 @@ let private repoRoot () =
         | Some r -> r
         | None -> failwith "ScoreSde.sln not found above the working directory or the benchmark binary"
 
-/// One round of PyTorch: per-call seconds of forward and train.
-let private python (o: Options) (overrides: string) =
+/// The PyTorch side: a python process answering one call per line.
+type private PyTorchServer(o: Options, overrides: string) =
     let script = Path.Combine(repoRoot (), "tests", "ScoreSde.Benchmarks", "unet_speed.py")
-    let args =
-        [ script
-          "--config"
-          overrides
-          "--batch"
-          string o.Batch
-          "--threads"
-          string o.Threads
-          "--warmup"
-          string o.Warmup
-          "--forward"
-          string o.Forward
-          "--train"
-          string o.Train
-          "--channels-last" ]
-    let psi = ProcessStartInfo("/usr/bin/python3", args, RedirectStandardOutput = true, RedirectStandardError = true)
-    use p = Process.Start psi
-    let out = p.StandardOutput.ReadToEnd()
-    let err = p.StandardError.ReadToEnd()
-    p.WaitForExit()
-    if p.ExitCode <> 0 then
-        failwithf "unet_speed.py exited with %d:\n%s" p.ExitCode err
-    let root = JsonDocument.Parse(out.Trim().Split('\n') |> Array.last).RootElement
-    let times (name: string) = [| for v in root.GetProperty(name).EnumerateArray() -> v.GetDouble() |]
-    (times "forward", times "train"), (times "forward_cl", times "train_cl"), root.GetProperty("torch").GetString()
+    let psi =
+        ProcessStartInfo(
+            "/usr/bin/python3",
+            [ script; "--config"; overrides; "--batch"; string o.Batch; "--threads"; string o.Threads ],
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = false
+        )
+    let p = Process.Start psi
+    let readJson () =
+        let line = p.StandardOutput.ReadLine()
+        if isNull line then
+            failwithf "unet_speed.py ended early (exit code %s)" (if p.HasExited then string p.ExitCode else "?")
+        JsonDocument.Parse(line).RootElement
+    let info = readJson ()
+    member _.TorchVersion = info.GetProperty("torch").GetString()
 
-/// One round of F#: per-call seconds of forward and train (a fresh network and optimiser per round,
-/// as the Python side builds its own).
-let private fsharp (o: Options) (config: UNetConfig) (seed: uint64) (channelsLast: bool) =
-    use g = new torch.Generator(seed, torch.CPU)
-    use net = new UNet(config, g)
-    net.ChannelsLast <- channelsLast
+    /// One call: wall-clock and CPU seconds.
+    member _.Call(name: string) =
+        p.StandardInput.WriteLine name
+        p.StandardInput.Flush()
+        let r = readJson ()
+        r.GetProperty("wall").GetDouble(), r.GetProperty("cpu").GetDouble()
+
+    interface IDisposable with
+        member _.Dispose() =
+            p.StandardInput.WriteLine "quit"
+            p.StandardInput.Flush()
+            p.WaitForExit()
+            p.Dispose()
+
+let private cpuSeconds () =
+    use p = Process.GetCurrentProcess()
+    p.TotalProcessorTime.TotalSeconds
+
+/// The F# side in one layout: a network, its optimiser and the two calls.
+type private FSharpCase(o: Options, config: UNetConfig, channelsLast: bool) =
+    let g = new torch.Generator(0UL, torch.CPU)
+    let net = new UNet(config, g)
+    do net.ChannelsLast <- channelsLast
     let parameters = net.parameters () |> Seq.toArray
-    use adam = new Adam(parameters)
+    let adam = new Adam(parameters)
     let b = int64 o.Batch
     let shape = [| b; int64 config.Channels; int64 config.Height; int64 config.Width |]
-    use x0 =
+    let x0 =
         use u = torch.rand (shape, generator = g)
         Tensors.affine u 2.0 -1.0
     let model (x: Tensor) (t: Tensor) = net.Forward(x, t, null)
-    let sde = VpSde.standard
-    let forward () =
+
+    member _.ParameterCount = net.ParameterCount
+
+    member _.Forward() =
+        net.eval ()
         use scope = torch.NewDisposeScope()
         use _noGrad = torch.no_grad ()
         let t = torch.rand ([| b |], generator = g)
         net.Forward(x0, t, null) |> ignore
-    let train () =
+
+    member _.Train() =
+        net.train ()
         use scope = torch.NewDisposeScope()
         let u = torch.rand ([| b |], dtype = torch.float64, generator = g)
         let times = Tensors.toHost u |> Array.map (fun v -> 1e-5 + (1.0 - 1e-5) * v)
         let t = torch.tensor (times, dtype = torch.float32)
         let z = torch.randn (shape, generator = g)
         Gradients.zero parameters
-        let loss = Training.loss sde LossWeighting.Noise model x0 t z
+        let loss = Training.loss VpSde.standard LossWeighting.Noise model x0 t z
         loss.backward ()
         adam.Step 2e-4
         loss.item<float32>() |> ignore
-    let time (f: unit -> unit) (n: int) (training: bool) =
-        net.train training
-        for _ in 1 .. o.Warmup do
-            f ()
-        [| for _ in 1..n ->
-               let sw = Stopwatch.StartNew()
-               f ()
-               sw.Elapsed.TotalSeconds |]
-    let fwd = time forward o.Forward false
-    let tr = time train o.Train true
-    (fwd, tr), net.ParameterCount
+
+    /// One call: wall-clock and CPU seconds.
+    member c.Call(training: bool) =
+        let cpu = cpuSeconds ()
+        let sw = Stopwatch.StartNew()
+        if training then c.Train() else c.Forward()
+        sw.Elapsed.TotalSeconds, cpuSeconds () - cpu
+
+    interface IDisposable with
+        member _.Dispose() =
+            (adam :> IDisposable).Dispose()
+            x0.Dispose()
+            net.Dispose()
+            g.Dispose()
 
 /// Run the comparison and return the report (a markdown table with its command and machine).
 let run (o: Options) (command: string) =
@@ -149,80 +162,69 @@ let run (o: Options) (command: string) =
     line (sprintf "Command: %s" command)
     line (
         sprintf
-            "Batch %d, %d threads on both sides; %d rounds alternating PyTorch and F# (each round: %d warm-up calls, then %d forward and %d training steps timed one by one)."
+            "Batch %d, %d threads on both sides; per layout %d warm-up calls each, then %d pairs of forward calls and %d pairs of training steps, the two sides alternating call by call."
             o.Batch
             o.Threads
-            o.Rounds
             o.Warmup
             o.Forward
             o.Train
     )
-    line ""
     let rows = ResizeArray<string>()
     let mutable torchVersion = ""
     for name, overrides, config in o.Configs do
-        // per side and layout: all forward and train times, and the per-round ratios to PyTorch
-        let keys = [ "py"; "pyCl"; "fs"; "fsCl" ]
-        let times = keys |> List.map (fun k -> k, (ResizeArray<float>(), ResizeArray<float>())) |> dict
-        let ratios =
-            [ "fs"; "fsCl"; "fsClVsCl" ]
-            |> List.map (fun k -> k, (ResizeArray<float>(), ResizeArray<float>()))
-            |> dict
+        use py = new PyTorchServer(o, overrides)
+        torchVersion <- py.TorchVersion
         let mutable count = 0L
-        for r in 1 .. o.Rounds do
-            // alternate which side goes first
-            let runPython () = python o overrides
-            let runFSharp () =
-                let plain, n = fsharp o config (uint64 r) false
-                let cl, _ = fsharp o config (uint64 r) true
-                plain, cl, n
-            let (py, pyCl, version), (fs, fsCl, n) =
-                if r % 2 = 1 then
-                    let p = runPython ()
-                    p, runFSharp ()
-                else
-                    let f = runFSharp ()
-                    runPython (), f
-            torchVersion <- version
-            count <- n
-            for key, (f, t) in [ "py", py; "pyCl", pyCl; "fs", fs; "fsCl", fsCl ] do
-                (fst times.[key]).AddRange f
-                (snd times.[key]).AddRange t
-            let ratio (a: float[] * float[]) (b: float[] * float[]) = median (fst a) / median (fst b), median (snd a) / median (snd b)
-            for key, (rf, rt) in [ "fs", ratio py fs; "fsCl", ratio py fsCl; "fsClVsCl", ratio pyCl fsCl ] do
-                (fst ratios.[key]).Add rf
-                (snd ratios.[key]).Add rt
-            let m (a: float[] * float[]) pick = median (pick a)
-            printfn
-                "  %s, round %d: forward PyTorch %.3f s (channels-last %.3f), F# %.3f s (%.3f); train PyTorch %.3f s (%.3f), F# %.3f s (%.3f)"
-                name
-                r
-                (m py fst)
-                (m pyCl fst)
-                (m fs fst)
-                (m fsCl fst)
-                (m py snd)
-                (m pyCl snd)
-                (m fs snd)
-                (m fsCl snd)
-        for what, pick in [ "forward", fst; "training step", snd ] do
-            let t key = median (pick times.[key])
-            let q key = median (pick ratios.[key])
+        // per (layout, what): PyTorch and F# medians, and the medians of the per-pair ratios
+        let results = Collections.Generic.Dictionary<bool * bool, float * float * float * float>()
+        for channelsLast in [ false; true ] do
+            use fs = new FSharpCase(o, config, channelsLast)
+            count <- fs.ParameterCount
+            for training in [ false; true ] do
+                let call = (if training then "train" else "forward") + (if channelsLast then "_cl" else "")
+                for _ in 1 .. o.Warmup do
+                    py.Call call |> ignore
+                    fs.Call training |> ignore
+                let pairs =
+                    [| for i in 1 .. (if training then o.Train else o.Forward) ->
+                           if i % 2 = 1 then
+                               let p = py.Call call
+                               p, fs.Call training
+                           else
+                               let f = fs.Call training
+                               py.Call call, f |]
+                let pw = pairs |> Array.map (fun ((w, _), _) -> w)
+                let fw = pairs |> Array.map (fun (_, (w, _)) -> w)
+                let wallRatio = pairs |> Array.map (fun ((pw, _), (fw, _)) -> pw / fw) |> median
+                let cpuRatio = pairs |> Array.map (fun ((_, pc), (_, fc)) -> pc / fc) |> median
+                results.[(channelsLast, training)] <- (median pw, median fw, wallRatio, cpuRatio)
+                printfn
+                    "  %s, %s: PyTorch %.3f s, F# %.3f s, PyTorch / F# per pair %.2f (CPU %.2f)"
+                    name
+                    call
+                    (median pw)
+                    (median fw)
+                    wallRatio
+                    cpuRatio
+        for what, training in [ "forward", false; "training step", true ] do
+            let pt, ft, rw, rc = results.[(false, training)]
+            let ptCl, ftCl, rwCl, rcCl = results.[(true, training)]
             rows.Add(
                 sprintf
-                    "| %s | %d | %s | %.3f | %.3f | **%.2f** | %.3f | %.3f | **%.2f** | %.2f | %.0f | %.0f |"
+                    "| %s | %d | %s | %.3f | %.3f | **%.2f** (%.2f) | %.0f | %.0f | %.3f | %.3f | %.2f (%.2f) |"
                     name
                     count
                     what
-                    (t "py")
-                    (t "fs")
-                    (q "fs")
-                    (t "pyCl")
-                    (t "fsCl")
-                    (q "fsCl")
-                    (q "fsClVsCl")
-                    (float o.Batch / t "py")
-                    (float o.Batch / t "fsCl")
+                    pt
+                    ft
+                    rw
+                    rc
+                    (float o.Batch / pt)
+                    (float o.Batch / ft)
+                    ptCl
+                    ftCl
+                    rwCl
+                    rcCl
             )
     line ""
     line (
@@ -232,10 +234,11 @@ let run (o: Options) (command: string) =
     )
     line ""
     line
-        "| network | parameters | what | PyTorch | F# | F# / PyTorch throughput | PyTorch channels-last | F# channels-last | F# channels-last / PyTorch | F# channels-last / PyTorch channels-last | PyTorch images/s | F# channels-last images/s |"
-    line "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| network | parameters | what | PyTorch (s) | F# (s) | F# / PyTorch throughput, wall (CPU) | PyTorch images/s | F# images/s | PyTorch channels-last (s) | F# channels-last (s) | F# / PyTorch, both channels-last, wall (CPU) |"
+    line "|---|---|---|---|---|---|---|---|---|---|---|"
     for r in rows do
         line r
     line ""
-    line "Ratios are medians over rounds of PyTorch's time over F#'s in the same round (above 1: F# is faster)."
+    line
+        "Throughput ratios: medians over pairs of calls of PyTorch's time over F#'s (above 1: F# is faster), by wall clock and, in brackets, by the process's CPU time."
     sb.ToString()

@@ -37,6 +37,18 @@ let tests =
               Expect.equal loaded.Classifier.Config.Classes 10 "labels 0..9 give 10 classes"
               Expect.equal loaded.Pixels PixelRange.Centred "default pixel range"
               Expect.isTrue (loaded.Training.ContainsKey "testAccuracy") "accuracy stored"
+              // the Frechet distance of the test images, written as samples in the classifier's range,
+              // to the test split is 0 (quantising exact levels gives them back); train vs test is not
+              let floor = cliOk [ "frechet"; "--classifier"; out; "--data-dir"; data ]
+              Expect.stringContains floor "the training split (40 images) and the test split (20 images)" "train vs test"
+              use test = FashionMnist.load data Split.Test
+              let samples = Path.Combine(tempDir "clicls-samples", "s.npy")
+              use x = ImageSet.batch PixelRange.Centred TorchSharp.torch.float32 (TorchSharp.torch.arange 20L) test
+              DataFile.save samples x
+              let same = cliOk [ "frechet"; "--classifier"; out; "--data-dir"; data; "--samples"; samples ]
+              Expect.stringContains same "Frechet distance 0.000 between" "samples = the test split"
+              let firstTen = cliOk [ "frechet"; "--classifier"; out; "--data-dir"; data; "--samples"; samples; "--n"; "10" ]
+              Expect.stringContains firstTen "(10 images) and the test split (10 images)" "--n"
           }
 
           test "classifier without the dataset says how to install it, in one line" {
