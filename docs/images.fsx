@@ -65,20 +65,23 @@ printfn "U-Net: levels %A, %d parameters" net.LevelHeights net.ParameterCount
 
 // 4. Any sampler takes it as a Model: unconditional (null label) or closing over labels.
 let labels = torch.tensor [| 0L; 1L; 2L; 0L |]
-let xT = Sampler.prior [| 4L; 1L; 12L; 12L |] torch.float32 torch.CPU (Noise.fromGenerator g)
+let sde = Sde.standardVp
+let noise = Noise.fromGenerator g
+let xT = Sampler.prior sde [| 4L; 1L; 12L; 12L |] torch.float32 torch.CPU noise
 let sample (model: Model) =
     use _noGrad = torch.no_grad ()
-    let r = DpmSolver.sample VpSde.standard model { DpmSolver.defaults with Steps = 5 } xT
+    let dpm = Sampling.dpmSolver
+    let r = Sampler.sample sde model { dpm with Schedule = { dpm.Schedule with Steps = 5 } } noise xT
     r.Samples
 let conditional = sample (UNet.conditionalModel net labels)
 let unconditional = sample (UNet.toModel net)
 if conditional.shape <> xT.shape || identical conditional unconditional then
     fail "conditional samples have the prior's shape and differ from unconditional ones"
-printfn "sampled %A with labels and without (5 DPM-Solver++ steps; an untrained network, so noise)" conditional.shape
+printfn "sampled %A with labels and without (5 DPM-Solver steps; an untrained network, so noise)" conditional.shape
 
 // 5. Save as a model directory (network type "unet", pixel range stored) and load it back.
 let modelDir = Path.Combine(dir, "model")
-ModelFile.saveUNet modelDir net VpSde.standard PixelRange.Centred (Text.Json.Nodes.JsonObject())
+ModelFile.saveUNet modelDir net sde PixelRange.Centred (Text.Json.Nodes.JsonObject())
 let loaded = ModelFile.loadNative modelDir
 let same =
     use _noGrad = torch.no_grad ()

@@ -17,12 +17,13 @@ Native.ensureLoaded ()
 //    Gaussian, N(alpha_t mu, alpha_t^2 s^2 + sigma_t^2), so the exact score is closed-form. A trained
 //    network goes here instead; the likelihood needs it to be differentiable in x (gradients are
 //    switched on around each call).
-let sde = VpSde.standard
+let sde = Sde.standardVp
 let mu, s = [| 0.5; -1.0 |], [| 0.3; 0.8 |]
 let exactScore (x: torch.Tensor) (t: torch.Tensor) =
     use scope = torch.NewDisposeScope()
-    let a = VpSde.alpha sde (t.reshape (-1L, 1L))
-    let var = a * a * torch.tensor (s |> Array.map (fun v -> v * v), dtype = x.dtype) + (1.0 - a * a)
+    let tc = t.reshape (-1L, 1L)
+    let a = Sde.alpha sde tc
+    let var = a * a * torch.tensor (s |> Array.map (fun v -> v * v), dtype = x.dtype) + Sde.variance sde tc
     (-(x - a * torch.tensor (mu, dtype = x.dtype)) / var).MoveToOuterDisposeScope()
 let model = Model.score exactScore
 
@@ -46,7 +47,7 @@ for i in 0..3 do
 //    x_1 = m_1 + sqrt(v_1 / v_eps) (x - m_eps), with m_t = alpha_t mu and v_t = alpha_t^2 s^2 + sigma_t^2.
 //    The model's density at x is therefore log N(x_1; 0, I) + 1/2 sum log(v_1 / v_eps).
 let closedForm (x: float[]) =
-    let marginal t d = let a = VpSde.alphaAt sde t in a * mu.[d], a * a * s.[d] * s.[d] + VpSde.varianceAt sde t
+    let marginal t d = let a = Sde.alphaAt sde t in a * mu.[d], a * a * s.[d] * s.[d] + Sde.varianceAt sde t
     [ 0..1 ]
     |> List.sumBy (fun d ->
         let m0, v0 = marginal 1e-5 d

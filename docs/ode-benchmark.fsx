@@ -23,7 +23,7 @@ torch.set_num_threads 1
 // The data: 8 equal modes on the unit circle, each N(m_k, 0.1^2 I). Every marginal p_t is again a
 // mixture, of N(alpha_t m_k, (alpha_t^2 0.1^2 + sigma_t^2) I) with the same weights, so the exact
 // score is a softmax-weighted (log-sum-exp) combination of the modes' scores.
-let sde = VpSde.standard
+let sde = Sde.standardVp
 let modeStd = 0.1
 let modes =
     torch
@@ -38,8 +38,8 @@ let modes =
 let mixtureScore (x: torch.Tensor) (t: torch.Tensor) =
     use scope = torch.NewDisposeScope()
     let tc = t.reshape (-1L, 1L, 1L)
-    let a = VpSde.alpha sde tc
-    let v = a * a * (modeStd * modeStd) + (1.0 - a * a)
+    let a = Sde.alpha sde tc
+    let v = a * a * (modeStd * modeStd) + Sde.variance sde tc
     let d = x.unsqueeze (1L) - a * modes.unsqueeze (0L) // [N, 8, 2]: x - alpha_t m_k
     let w = (-(d.square().sum(-1L, keepdim = true)) / (v * 2.0)).softmax(1L)
     (-(w * d).sum(1L) / v.squeeze (-1L)).MoveToOuterDisposeScope()
@@ -54,8 +54,12 @@ let latents = torch.randn ([| n; 2L |], dtype = torch.float64, generator = new t
 
 let sample (settings: AdaptiveSettings) =
     let watch = Stopwatch.StartNew()
-    let r =
-        ProbabilityFlow.sample sde model { ProbabilityFlow.defaults with Method = OdeMethod.Dopri5 settings; Eps = eps } latents
+    // the paper's ODE sampler (Sampling.flow) with these Dormand-Prince settings, down to eps
+    let sampling =
+        { Sampling.flow with
+            Method = Method.ProbabilityFlow(OdeMethod.Dopri5 settings)
+            Schedule = { Sampling.flow.Schedule with Eps = eps } }
+    let r = Sampler.sample sde model sampling (Noise.fromSeed 0L torch.CPU) latents
     r, watch.Elapsed.TotalSeconds
 
 let dopri tol control = { AdaptiveOde.defaults with Rtol = tol; Atol = tol; Control = control }

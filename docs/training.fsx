@@ -19,7 +19,7 @@ torch.set_num_threads 1
 
 // 1. Data: a built-in 2-D dataset drawn from a seeded generator (the same seed, the same points).
 //    User data: `DataFile.load "points.csv" torch.float32` (or a .npy file) gives the same [N, D] shape.
-let sde = VpSde.standard
+let sde = Sde.standardVp
 let gData = new torch.Generator(1UL, torch.CPU)
 let train = ToyDataset.sample ToyDataset.Moons 5000 torch.float32 gData
 let heldOut = ToyDataset.sample ToyDataset.Moons 2000 torch.float32 gData
@@ -45,8 +45,12 @@ printfn "trained %d steps in %.1f s (%.0f steps/s)" settings.Steps result.Second
 
 // 4. Sample with the EMA network through any sampler of the library: here the probability-flow ODE.
 let model = ScoreNet.toModel result.Ema
-let xT = Sampler.prior [| 2000L; 2L |] torch.float32 torch.CPU (Noise.fromSeed 3L torch.CPU)
-let samples = (Sampler.probabilityFlow sde model { Sampler.odeDefaults with Steps = 25 } xT).Samples
+let xT = Sampler.prior sde [| 2000L; 2L |] torch.float32 torch.CPU (Noise.fromSeed 3L torch.CPU)
+let flow =
+    { Sampling.flow with
+        Method = Method.ProbabilityFlow(OdeMethod.FixedStep OdeSolver.Rk4)
+        Schedule = Schedule.uniform 25 1e-3 }
+let samples = (Sampler.sample sde model flow (Noise.fromSeed 4L torch.CPU) xT).Samples
 
 // 5. Measure: sliced Wasserstein-1 distance to held-out data, against the prior noise it started from.
 let trained = Metrics.slicedWasserstein1 samples heldOut
@@ -58,14 +62,17 @@ if not (trained < 0.5 * prior) then
 
 // 6. Save in the library's format (config.json + weights.bin) and load it back: same outputs.
 let dir = Path.Combine(Path.GetTempPath(), sprintf "scoresde-doc-%d" (Environment.ProcessId))
-ModelFile.save dir result.Ema sde None (Text.Json.Nodes.JsonObject())
-let loaded = ModelFile.loadNative dir
-let x = torch.randn ([| 8L; 2L |], generator = g)
-let t = torch.rand ([| 8L |], generator = g)
 let same =
-    use _noGrad = torch.no_grad ()
-    (result.Ema.forward (x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
+    try
+        ModelFile.save dir result.Ema sde None (Text.Json.Nodes.JsonObject())
+        let loaded = ModelFile.loadNative dir
+        let x = torch.randn ([| 8L; 2L |], generator = g)
+        let t = torch.rand ([| 8L |], generator = g)
+        use _noGrad = torch.no_grad ()
+        (result.Ema.forward (x, t) - loaded.Model.Forward x t).abs().max().item<float32>() = 0.0f
+    finally
+        if Directory.Exists dir then
+            Directory.Delete(dir, true)
 printfn "saved to %s and loaded back: %s" dir (if same then "identical outputs" else "DIFFERENT outputs")
-Directory.Delete(dir, true)
 if not same then
     exit 1

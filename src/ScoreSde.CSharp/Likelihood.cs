@@ -19,22 +19,15 @@ public static class Likelihood
     /// <param name="generator">Source of the Hutchinson probe vectors (unused by the exact estimator). Without one,
     /// a private generator seeded from system entropy is used.</param>
     /// <returns>Log-likelihoods (nats), bits per dimension, latents and the number of model evaluations.</returns>
-    /// <exception cref="ArgumentException">An option or the data is invalid.</exception>
+    /// <exception cref="ArgumentException">An option or the data is invalid; the message names it.</exception>
     /// <exception cref="InvalidOperationException">The model is not differentiable in x, or the solver failed.</exception>
-    public static LikelihoodResult Compute(VpSde sde, Func<Tensor, Tensor, Tensor> model, Tensor data,
+    public static LikelihoodResult Compute(Sde sde, Func<Tensor, Tensor, Tensor> model, Tensor data,
                                            LikelihoodOptions options, Generator? generator = null)
     {
         ArgumentNullException.ThrowIfNull(sde);
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(options);
-        Interop.CheckData(data, nameof(data));
-        if (options.Probes < 1)
-            throw new ArgumentOutOfRangeException("options.Probes", options.Probes, $"options.Probes must be at least 1 (got {options.Probes}).");
-        OdeInterop.CheckEps(options.Eps, "options.Eps");
-        if (!double.IsFinite(options.DequantizationOffset))
-            throw new ArgumentOutOfRangeException("options.DequantizationOffset", options.DequantizationOffset,
-                $"options.DequantizationOffset must be a finite number (got {options.DequantizationOffset}).");
         var divergence = options.Estimator switch
         {
             DivergenceEstimator.Exact => ScoreSde.Divergence.Exact,
@@ -42,10 +35,16 @@ public static class Likelihood
             DivergenceEstimator.HutchinsonGaussian => ScoreSde.Divergence.NewHutchinson(ScoreSde.Probe.Gaussian, options.Probes),
             _ => throw new ArgumentOutOfRangeException("options.Estimator", options.Estimator, $"options.Estimator is not a known estimator (got {options.Estimator}).")
         };
-        var adaptive = OdeInterop.Adaptive(options.Rtol, options.Atol, options.PerSampleStepControl, options.MaxSteps, "options");
-        var settings = new ScoreSde.LikelihoodSettings(ScoreSde.OdeMethod.NewDopri5(adaptive), divergence, options.Eps, options.DequantizationOffset);
-        var noise = Interop.NoiseFor(generator, data.device);
-        var r = ScoreSde.Likelihood.compute(sde.Core, Interop.ToModel(model, options.Prediction), settings, noise, data);
-        return new LikelihoodResult(r.LogLikelihood, r.BitsPerDim, r.Latent, r.Nfe);
+        var adaptive = OdeInterop.Adaptive(options.Rtol, options.Atol, options.PerSampleStepControl, options.MaxSteps);
+        var settings = new ScoreSde.LikelihoodSettings(ScoreSde.OdeMethod.NewDopri5(adaptive),
+                                                       ScoreSde.ScheduleModule.uniform(1, options.Eps),
+                                                       divergence, options.DequantizationOffset);
+        var coreModel = Interop.ToModel(model, options.Prediction);
+        return Interop.Core(() =>
+        {
+            var noise = Interop.NoiseFor(generator, data.device);
+            var r = ScoreSde.Likelihood.compute(sde.Core, coreModel, settings, noise, data);
+            return new LikelihoodResult(r.LogLikelihood, r.BitsPerDim, r.Latent, r.Nfe);
+        }, ("x", "data"));
     }
 }

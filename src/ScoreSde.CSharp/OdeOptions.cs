@@ -27,7 +27,7 @@ public enum DivergenceEstimator
 }
 
 /// <summary>Options of <see cref="Sampler.ProbabilityFlow"/> and <see cref="Sampler.Encode"/>.</summary>
-public sealed class OdeOptions
+public sealed class OdeOptions : SamplerOptions
 {
     /// <summary>The ODE solver (default <see cref="OdeSolver.Dopri5"/>).</summary>
     public OdeSolver Solver { get; set; } = OdeSolver.Dopri5;
@@ -48,28 +48,17 @@ public sealed class OdeOptions
     /// <summary>Finish sampling with Tweedie's denoising step at <see cref="Eps"/> (one more model evaluation). Default false.</summary>
     public bool Denoise { get; set; }
     /// <summary>Start sampling from this latent instead of prior noise (shape must equal the sample shape; it is
-    /// copied to <see cref="Dtype"/> and <see cref="Device"/>, never modified). Default null.</summary>
+    /// copied to <see cref="SamplerOptions.Dtype"/> and <see cref="SamplerOptions.Device"/>, never modified). Default null.</summary>
     public Tensor? Latent { get; set; }
-    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
-    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
-    /// <summary>Where the prior draw comes from (default <see cref="NoiseSource.Generator"/>).</summary>
-    public NoiseSource Noise { get; set; } = NoiseSource.Generator;
-    /// <summary>Seed of the <see cref="NoiseSource.PerSample"/> and <see cref="NoiseSource.Fast"/> sources.
-    /// Default null: drawn from the generator (so the run is reproducible from the generator alone), or
-    /// from system entropy without one. Not used by <see cref="NoiseSource.Generator"/>.</summary>
-    public long? NoiseSeed { get; set; }
-    /// <summary>Dtype of the samples (default float32).</summary>
-    public ScalarType Dtype { get; set; } = ScalarType.Float32;
-    /// <summary>Device of the samples (default CPU).</summary>
-    public Device Device { get; set; } = CPU;
 }
 
 /// <summary>Options of <see cref="Likelihood.Compute"/>.</summary>
-public sealed class LikelihoodOptions
+public sealed class LikelihoodOptions : ModelOptions
 {
     /// <summary>How the divergence is computed (default <see cref="DivergenceEstimator.Exact"/>).</summary>
     public DivergenceEstimator Estimator { get; set; } = DivergenceEstimator.Exact;
-    /// <summary>Hutchinson probe vectors per sample, averaged (default 1; at least 1).</summary>
+    /// <summary>Hutchinson probe vectors per sample, averaged (default 1; at least 1). Used by the Hutchinson
+    /// estimators only.</summary>
     public int Probes { get; set; } = 1;
     /// <summary>Relative tolerance of the Dormand-Prince 5(4) solver (default 1e-5; in (0, 1)).</summary>
     public double Rtol { get; set; } = 1e-5;
@@ -85,8 +74,6 @@ public sealed class LikelihoodOptions
     /// <summary>Added to the bits per dimension: log2 of the dequantisation bin count, e.g. 7 for 8-bit data
     /// scaled to [-1, 1] (default 0).</summary>
     public double DequantizationOffset { get; set; }
-    /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
-    public ModelPrediction Prediction { get; set; } = ModelPrediction.Noise;
 }
 
 /// <summary>Log-likelihoods of a batch of data.</summary>

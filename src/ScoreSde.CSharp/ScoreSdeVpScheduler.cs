@@ -1,5 +1,3 @@
-using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using static TorchSharp.torch;
 
@@ -12,30 +10,6 @@ namespace ScoreSde.CSharp;
 /// <param name="SamplingEps">End of the sampling interval [sampling_eps].</param>
 public sealed record SchedulerConfig(int NumTrainTimesteps, double BetaMin, double BetaMax, double SamplingEps);
 
-/// <summary>The result of a scheduler step: the new sample and its mean (the sample without the
-/// step's noise). Deconstructs to <c>(prevSample, prevSampleMean)</c>.</summary>
-public sealed class SdeOutput
-{
-    internal SdeOutput(Tensor prevSample, Tensor prevSampleMean)
-    {
-        PrevSample = prevSample;
-        PrevSampleMean = prevSampleMean;
-    }
-
-    /// <summary>The sample after the step (mean plus noise). Owned by the caller.</summary>
-    public Tensor PrevSample { get; }
-
-    /// <summary>The mean of the step, without noise (use it after the last step). Owned by the caller.</summary>
-    public Tensor PrevSampleMean { get; }
-
-    /// <summary>Deconstructs to <c>(prevSample, prevSampleMean)</c>.</summary>
-    public void Deconstruct(out Tensor prevSample, out Tensor prevSampleMean)
-    {
-        prevSample = PrevSample;
-        prevSampleMean = PrevSampleMean;
-    }
-}
-
 /// <summary>
 /// The variance-preserving SDE scheduler of Hugging Face diffusers (<c>ScoreSdeVpScheduler</c>) with
 /// C# naming. It reproduces the Python class to float tolerance, including its quirks (see
@@ -44,11 +18,8 @@ public sealed class SdeOutput
 /// </summary>
 public sealed class ScoreSdeVpScheduler
 {
-    private const string ConfigFileName = "scheduler_config.json";
     private readonly ScoreSde.DiffusersVpConfig _core;
-    private ScoreSde.Noise? _privateNoise;
-    private Generator? _lastGenerator;
-    private ScoreSde.Noise? _lastNoise;
+    private readonly SchedulerNoise _noise = new();
 
     /// <summary>Creates the scheduler.</summary>
     /// <param name="numTrainTimesteps">Number of training timesteps, at least 1 (default 2000; unused by the mathematics).</param>
@@ -95,21 +66,6 @@ public sealed class ScoreSdeVpScheduler
         return (int)Timesteps.numel();
     }
 
-    private ScoreSde.Noise NoiseFor(Generator? generator, Tensor x)
-    {
-        if (generator is not null)
-        {
-            // A loop passes the same generator every step: wrap it once (it is only referenced, never disposed).
-            if (!ReferenceEquals(generator, _lastGenerator))
-            {
-                _lastNoise = ScoreSde.NoiseModule.fromGenerator(generator);
-                _lastGenerator = generator;
-            }
-            return _lastNoise!;
-        }
-        return _privateNoise ??= Interop.NoiseFor(null, x.device);
-    }
-
     /// <summary>
     /// Predicts the sample at the previous timestep by one Euler-Maruyama step of the reverse SDE,
     /// exactly as diffusers' <c>step_pred</c>:
@@ -118,6 +74,9 @@ public sealed class ScoreSdeVpScheduler
     /// <item>the step is dt = -1 / len(timesteps) (not the grid spacing (1 - eps) / (n - 1));</item>
     /// <item>noise is randn(x.shape) from <paramref name="generator"/>, in x's dtype, drawn after the mean.</item>
     /// </list>
+    /// The coefficients follow t's dtype as in diffusers: for a float32 <paramref name="t"/> they are computed
+    /// with diffusers' float32 operations in its order (std = sqrt(1 - exp(2 log_mean_coeff)), not expm1), so a
+    /// step matches Python to about 1e-7 of its largest value; a float64 t keeps float64 accuracy.
     /// </summary>
     /// <param name="score">Model output (noise prediction), shaped like x.</param>
     /// <param name="x">Current sample, batch first.</param>
@@ -133,29 +92,35 @@ public sealed class ScoreSdeVpScheduler
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(t);
         int n = StepsOrThrow(nameof(StepPred));
-        var r = ScoreSde.DiffusersVp.stepPred(_core, n, score, x, t, NoiseFor(generator, x));
+        var r = ScoreSde.DiffusersVp.stepPred(_core, n, score, x, t, _noise.For(generator, x.device));
         return new SdeOutput(r.Sample, r.Mean);
     }
 
     /// <summary>
-    /// One Langevin corrector step at time t (Song et al. 2021, Algorithm 5), beyond diffusers:
-    /// step e = 2 alpha_i (snr |z| / |s|)^2 per sample, mean = x + e s, sample = mean + sqrt(2 e) z,
+    /// One Langevin corrector step at time t (Song et al. 2021, Algorithm 5), beyond diffusers' VP class:
+    /// step e = 2 alpha_i (snr |z| / |s|)^2, mean = x + e s, sample = mean + sqrt(2 e) z,
     /// with s = -modelOutput / sigma_t and alpha_i = 1 - beta_i of the interval [t - 1/len(timesteps), t].
+    /// The norms |z| and |s| are averaged over the batch by default, as the paper's code and diffusers'
+    /// <c>ScoreSdeVeScheduler.step_correct</c> do (<see cref="LangevinNorm"/>).
     /// </summary>
     /// <param name="modelOutput">Model output (noise prediction) at (x, t), shaped like x.</param>
     /// <param name="x">Current sample.</param>
     /// <param name="t">Current time: 0-d or one value per batch element, in (0, 1].</param>
     /// <param name="generator">Noise source (see <see cref="StepPred"/>).</param>
     /// <param name="snr">Target signal-to-noise ratio, positive (default 0.16, the paper's VP value).</param>
+    /// <param name="norm">How |z| and |s| are measured (default <see cref="LangevinNorm.BatchMean"/>;
+    /// <see cref="LangevinNorm.PerSample"/> is biased on low-dimensional data).</param>
     /// <returns>The corrected sample and its mean.</returns>
     /// <exception cref="InvalidOperationException"><see cref="SetTimesteps"/> has not been called.</exception>
-    public SdeOutput StepCorrect(Tensor modelOutput, Tensor x, Tensor t, Generator? generator = null, double snr = 0.16)
+    public SdeOutput StepCorrect(Tensor modelOutput, Tensor x, Tensor t, Generator? generator = null, double snr = 0.16,
+                                 LangevinNorm norm = LangevinNorm.BatchMean)
     {
         ArgumentNullException.ThrowIfNull(modelOutput);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(t);
+        var coreNorm = Interop.ToCore(norm, nameof(norm));
         int n = StepsOrThrow(nameof(StepCorrect));
-        var r = ScoreSde.DiffusersVp.stepCorrect(_core, n, modelOutput, x, t, snr, NoiseFor(generator, x));
+        var r = ScoreSde.DiffusersVp.stepCorrectWith(_core, n, coreNorm, modelOutput, x, t, snr, _noise.For(generator, x.device));
         return new SdeOutput(r.Sample, r.Mean);
     }
 
@@ -186,22 +151,14 @@ public sealed class ScoreSdeVpScheduler
     /// <summary>Writes <c>scheduler_config.json</c> with diffusers' keys into a directory (created if needed).</summary>
     /// <param name="directory">Target directory.</param>
     /// <returns>The path of the written file.</returns>
-    public string SaveConfig(string directory)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(directory);
-        Directory.CreateDirectory(directory);
-        var json = new JsonObject
+    public string SaveConfig(string directory) =>
+        DiffusersConfigFile.Write(directory, nameof(ScoreSdeVpScheduler), new JsonObject
         {
-            ["_class_name"] = "ScoreSdeVpScheduler",
             ["num_train_timesteps"] = Config.NumTrainTimesteps,
             ["beta_min"] = Config.BetaMin,
             ["beta_max"] = Config.BetaMax,
             ["sampling_eps"] = Config.SamplingEps,
-        };
-        var path = Path.Combine(directory, ConfigFileName);
-        File.WriteAllText(path, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-        return path;
-    }
+        });
 
     /// <summary>Reads a diffusers <c>scheduler_config.json</c> (a file, or a directory holding one).
     /// Unknown keys are ignored and missing keys take their defaults.</summary>
@@ -212,42 +169,12 @@ public sealed class ScoreSdeVpScheduler
     /// <exception cref="ArgumentException">A value is out of range.</exception>
     public static ScoreSdeVpScheduler FromConfig(string fileOrDirectory)
     {
-        ArgumentException.ThrowIfNullOrEmpty(fileOrDirectory);
-        var path = Directory.Exists(fileOrDirectory) ? Path.Combine(fileOrDirectory, ConfigFileName) : fileOrDirectory;
-        if (!File.Exists(path))
-            throw new FileNotFoundException($"No scheduler config at '{path}'.", path);
-        JsonNode? root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(path));
-        }
-        catch (JsonException e)
-        {
-            throw new FormatException($"'{path}' is not valid JSON: {e.Message}", e);
-        }
-        if (root is not JsonObject obj)
-            throw new FormatException($"'{path}' must hold a JSON object.");
-        if (obj.TryGetPropertyValue("_class_name", out var cls) && cls is not null)
-        {
-            var name = cls.GetValueKind() == JsonValueKind.String ? cls.GetValue<string>() : cls.ToJsonString();
-            if (name != "ScoreSdeVpScheduler")
-                throw new FormatException($"'{path}': _class_name must be \"ScoreSdeVpScheduler\" (got {cls.ToJsonString()}).");
-        }
-        var defaults = new ScoreSdeVpScheduler();
-        double Number(string key, double fallback)
-        {
-            if (!obj.TryGetPropertyValue(key, out var node) || node is null) return fallback;
-            if (node.GetValueKind() != JsonValueKind.Number)
-                throw new FormatException($"'{path}': {key} must be a number (got {node.ToJsonString()}).");
-            return node.GetValue<double>();
-        }
-        double steps = Number("num_train_timesteps", defaults.Config.NumTrainTimesteps);
-        if (steps != Math.Floor(steps) || steps < int.MinValue || steps > int.MaxValue)
-            throw new FormatException($"'{path}': num_train_timesteps must be an integer (got {steps.ToString(CultureInfo.InvariantCulture)}).");
+        var file = DiffusersConfigFile.Read(fileOrDirectory, nameof(ScoreSdeVpScheduler));
+        var defaults = ScoreSde.DiffusersVp.defaults;
         return new ScoreSdeVpScheduler(
-            (int)steps,
-            Number("beta_min", defaults.Config.BetaMin),
-            Number("beta_max", defaults.Config.BetaMax),
-            Number("sampling_eps", defaults.Config.SamplingEps));
+            file.Integer("num_train_timesteps", defaults.NumTrainTimesteps),
+            file.Number("beta_min", defaults.BetaMin),
+            file.Number("beta_max", defaults.BetaMax),
+            file.Number("sampling_eps", defaults.SamplingEps));
     }
 }

@@ -36,7 +36,7 @@ let run (ui: Ui) (c: ClassifierRun) : int =
             TimeConditional = c.TimeDependent }
     use g = new torch.Generator(uint64 c.Seed, torch.CPU)
     use net = new Classifier(config, g)
-    let sde = VpSde.standard
+    let sde = Sde.standardVp
     let perEpoch = int (train.Count / int64 (min (int64 c.BatchSize) train.Count))
     let total = perEpoch * c.Epochs
     Ui.info
@@ -72,7 +72,7 @@ let run (ui: Ui) (c: ClassifierRun) : int =
                     BatchSize = c.BatchSize
                     LearningRate = c.LearningRate
                     Pixels = c.Pixels
-                    Marginal = (if c.TimeDependent then Some(fun t -> VpSde.alphaAt sde t, VpSde.sigmaAt sde t) else None)
+                    Marginal = (if c.TimeDependent then Some(fun t -> Sde.alphaAt sde t, Sde.sigmaAt sde t) else None)
                     Observer = Some observe }
             ClassifierTraining.train settings net train g)
     let evalWatch = Diagnostics.Stopwatch.StartNew()

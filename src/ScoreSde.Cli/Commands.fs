@@ -18,6 +18,8 @@ type DataSource =
 type TrainCommand =
     {
         Source: DataSource
+        /// The SDE to train with (stored in the model file).
+        Sde: Sde
         Steps: int
         BatchSize: int
         LearningRate: float
@@ -34,18 +36,26 @@ type TrainCommand =
 
 /// Settings of `sample`.
 type SampleCommand =
-    { ModelPath: string
-      Sampler: SamplerRun
-      Count: int
-      Seed: int64
-      Out: string
-      TimeScale: float
-      Shape: int64[] }
+    {
+        ModelPath: string
+        /// The SDE of a TorchScript model (a model directory stores its own; given, it must agree).
+        Sde: Sde option
+        Sampler: SamplerRun
+        Count: int
+        Seed: int64
+        Out: string
+        TimeScale: float
+        Shape: int64[]
+        /// Known values and class guidance.
+        Condition: ConditionSettings
+    }
 
 /// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
 type LikelihoodCommand =
     {
         ModelPath: string
+        /// The SDE of a TorchScript model (a model directory stores its own; given, it must agree).
+        Sde: Sde option
         Data: string
         Rtol: float
         Atol: float
@@ -61,20 +71,20 @@ type LikelihoodCommand =
     }
 
 /// Settings of `demo`.
-type DemoCommand = { Dataset: ToyDataset; TrainSteps: int; Count: int; Seed: int64; Out: string }
+type DemoCommand = { Dataset: ToyDataset; Sde: Sde; TrainSteps: int; Count: int; Seed: int64; Out: string }
 
 /// The commands, independent of how their settings were parsed.
 [<RequireQualifiedAccess>]
 module Commands =
-    let private inv (v: float) (format: string) = v.ToString(format, CultureInfo.InvariantCulture)
+    let internal inv (v: float) (format: string) = v.ToString(format, CultureInfo.InvariantCulture)
 
     /// A tensor's values as host doubles.
-    let private host (t: Tensor) : float[] =
+    let internal host (t: Tensor) : float[] =
         use d = t.detach().cpu().to_type(torch.float64).contiguous()
         d.data<float>().ToArray()
 
     /// Samples of a few paths (the first `count` samples) through a sampler, recorded by its observer.
-    type private PathRecorder(start: Tensor, count: int64) =
+    type internal PathRecorder(start: Tensor, count: int64) =
         let frames = ResizeArray<float[]>()
         let take (x: Tensor) =
             use head = x.narrow (0L, 0L, min count x.shape.[0])
@@ -96,7 +106,7 @@ module Commands =
         | DataSource.File path -> DataFile.load path torch.float32, Path.GetFullPath path
 
     /// Train with a progress bar; returns the training result.
-    let private trainWithProgress (ui: Ui) (sde: VpSde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (g: torch.Generator) =
+    let internal trainWithProgress (ui: Ui) (sde: Sde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (g: torch.Generator) =
         Ui.progress ui (sprintf "training (%d steps)" settings.Steps) settings.Steps (fun advance ->
             Training.train sde { settings with Observer = Some(fun _ _ -> advance ()) } net data g)
 
@@ -105,7 +115,7 @@ module Commands =
         let k = max 1 (losses.Length / 10)
         losses.[losses.Length - k ..] |> Array.average
 
-    let private trainSettings (c: TrainCommand) =
+    let internal trainSettings (c: TrainCommand) =
         { Training.defaults with
             Steps = c.Steps
             BatchSize = c.BatchSize
@@ -113,7 +123,7 @@ module Commands =
             Weighting = c.Weighting
             EmaDecay = c.EmaDecay }
 
-    let private trainingMetadata (c: TrainCommand) (dataName: string) (points: int64) (r: TrainResult) =
+    let internal trainingMetadata (c: TrainCommand) (dataName: string) (points: int64) (r: TrainResult) =
         let o = JsonObject()
         o.["data"] <- JsonValue.Create dataName
         o.["points"] <- JsonValue.Create points
@@ -146,7 +156,7 @@ module Commands =
         c.LossPlot |> Option.iter (checkPngPath "--plot")
         if File.Exists c.Out then
             raise (ArgumentException(sprintf "--out must name a model directory, but '%s' is an existing file." c.Out, "--out"))
-        let sde = VpSde.standard
+        let sde = c.Sde
         use g = new torch.Generator(uint64 c.Seed, torch.CPU)
         let raw, dataName = loadData c.Source g
         use raw = raw
@@ -166,11 +176,12 @@ module Commands =
         Ui.info
             ui
             (sprintf
-                "training an MLP score network (%d parameters) on %d points of %s in %d dimensions"
+                "training an MLP score network (%d parameters) on %d points of %s in %d dimensions, %s"
                 net.ParameterCount
                 data.shape.[0]
                 dataName
-                dim)
+                dim
+                (Sde.describe sde))
         let r = trainWithProgress ui sde (trainSettings c) net data g
         use ema = r.Ema
         ModelFile.save c.Out ema sde st (trainingMetadata c dataName data.shape.[0] r)
@@ -190,12 +201,28 @@ module Commands =
         )
         0
 
+    /// Reject an `--sde` that disagrees with the SDE a model directory stores.
+    let private checkSde (given: Sde option) (loaded: LoadedModel) (path: string) =
+        match given with
+        | Some s when s <> loaded.Info.Sde ->
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--sde %s does not match the SDE the model at '%s' was trained with (%s); leave --sde out for a model directory."
+                        (Sde.name s)
+                        path
+                        (Sde.describe loaded.Info.Sde),
+                    "--sde"
+                )
+            )
+        | _ -> ()
+
     /// The output kinds `sample` writes.
     let sampleExtensions = [ ".csv"; ".npy"; ".png" ]
 
     /// Run a sampler with a progress bar, recording the first `paths` samples' trajectories when
     /// `paths` > 0. Returns the result, the seconds taken and the paths.
-    let private runSampler (ui: Ui) (s: SamplerRun) (sde: VpSde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
+    let internal runSampler (ui: Ui) (s: SamplerRun) (sde: Sde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
         let noise = Noise.fromSeed seed xT.device
         let recorder = if paths > 0L then Some(PathRecorder(xT, paths)) else None
         let watch = Stopwatch.StartNew()
@@ -205,7 +232,7 @@ module Commands =
                     Some(fun (_: int) (_: float) (x: Tensor) ->
                         (recorder |> Option.iter (fun r -> r.Observe x))
                         advance ())
-                s.Run sde model noise xT observer)
+                Sampler.sample sde model { s.Sampling with Observer = observer } noise xT)
         watch.Stop()
         result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
 
@@ -214,7 +241,7 @@ module Commands =
     /// is evaluated on standardised points and corrected by the map's log-determinant.
     let logLikelihoods
         (ui: Ui)
-        (sde: VpSde)
+        (sde: Sde)
         (model: Model)
         (st: Standardisation option)
         (settings: LikelihoodSettings)
@@ -254,10 +281,10 @@ module Commands =
         let var = if v.Length > 1 then (v |> Array.sumBy (fun x -> (x - m) ** 2.0)) / float (v.Length - 1) else 0.0
         m, sqrt (var / float v.Length)
 
-    let private likelihoodSettings (rtol: float) (atol: float) (eps: float) (hutchinson: int option) =
+    let internal likelihoodSettings (rtol: float) (atol: float) (eps: float) (hutchinson: int option) =
         { Likelihood.defaults with
             Method = OdeMethod.dopri5 rtol atol
-            Eps = eps
+            Schedule = { Likelihood.defaults.Schedule with Eps = eps }
             Divergence =
                 match hutchinson with
                 | Some k -> Divergence.Hutchinson(Probe.Rademacher, k)
@@ -273,11 +300,12 @@ module Commands =
         use data = DataFile.load c.Data torch.float64
         let dim = data.shape.[1]
         let tsOptions =
-            { Sde = VpSde.standard
+            { Sde = defaultArg c.Sde Sde.standardVp
               TimeScale = c.TimeScale
               Output = ModelOutput.Noise
               SampleShape = [| dim |] }
         use loaded = ModelFile.load c.ModelPath tsOptions
+        checkSde c.Sde loaded c.ModelPath
         let info = loaded.Info
         if info.SampleShape <> [| dim |] then
             raise (
@@ -324,9 +352,57 @@ module Commands =
         let ext = Path.GetExtension(c.Out).ToLowerInvariant()
         if not (List.contains ext sampleExtensions) then
             raise (ArgumentException(sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
-        let tsOptions = { Sde = VpSde.standard; TimeScale = c.TimeScale; Output = ModelOutput.Noise; SampleShape = c.Shape }
-        use loaded = ModelFile.load c.ModelPath tsOptions
-        let info = loaded.Info
+        let tsOptions =
+            { Sde = defaultArg c.Sde Sde.standardVp
+              TimeScale = c.TimeScale
+              Output = ModelOutput.Noise
+              SampleShape = c.Shape }
+        // a class-conditional TorchScript model (--classes), guided by --label / --guidance; else a model
+        // directory or a TorchScript forward(x, t)
+        let model, info, owner, labels =
+            match c.Condition.Classes with
+            | Some classes ->
+                let cm, owner = Conditioning.loadConditionalTorchScript c.ModelPath c.TimeScale ModelOutput.Noise classes
+                try
+                    let model, labels = Conditioning.guided c.Condition cm classes c.Count
+                    let info =
+                        { Sde = tsOptions.Sde
+                          TimeScale = c.TimeScale
+                          Output = ModelOutput.Noise
+                          SampleShape = c.Shape
+                          Dtype = torch.float32
+                          Standardisation = None
+                          Pixels = None
+                          Description =
+                            sprintf
+                                "class-conditional TorchScript %s, label %d, guidance %g"
+                                (Path.GetFileName c.ModelPath)
+                                c.Condition.Label.Value
+                                (defaultArg c.Condition.Guidance 0.0) }
+                    model, info, owner, Some labels
+                with _ ->
+                    owner.Dispose()
+                    reraise ()
+            | None ->
+                if c.Condition.Label.IsSome || c.Condition.Guidance.IsSome then
+                    raise (
+                        ArgumentException(
+                            "--label and --guidance need a class-conditional model: a TorchScript file whose forward takes (x, t, labels), with --classes K (K, the number of classes, is its null label).",
+                            "--label"
+                        )
+                    )
+                let loaded = ModelFile.load c.ModelPath tsOptions
+                try
+                    checkSde c.Sde loaded c.ModelPath
+                with _ ->
+                    (loaded :> IDisposable).Dispose()
+                    reraise ()
+                loaded.Model, loaded.Info, (loaded :> IDisposable), None
+        use _owner = owner
+        use _labels =
+            match labels with
+            | Some l -> l
+            | None -> null
         if ext = ".png" && info.SampleShape <> [| 2L |] then
             raise (
                 ArgumentException(
@@ -337,9 +413,19 @@ module Commands =
                 )
             )
         Ui.info ui (sprintf "model: %s" info.Description)
+        let condition = Conditioning.condition c.Condition info c.Count
+        use _condition =
+            { new IDisposable with
+                member _.Dispose() =
+                    condition
+                    |> Option.iter (fun k ->
+                        k.Values.Dispose()
+                        k.Mask.Dispose()
+                        k.Basis |> Option.iter (fun b -> b.Dispose())) }
+        let sampler = { c.Sampler with Sampling = { c.Sampler.Sampling with Condition = condition } }
         let noise = Noise.fromSeed c.Seed torch.CPU
-        use xT = Sampler.prior (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
-        let result, seconds, _ = runSampler ui c.Sampler info.Sde loaded.Model xT (c.Seed + 1L) 0L
+        use xT = Sampler.prior info.Sde (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
+        let result, seconds, _ = Conditioning.namingOptions (fun () -> runSampler ui sampler info.Sde model xT (c.Seed + 1L) 0L)
         use raw = result.Samples
         use samples =
             match info.Standardisation with
@@ -364,131 +450,4 @@ module Commands =
         ui.Out.WriteLine(
             sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2")
         )
-        0
-
-    /// `demo`: train on a built-in dataset, sample with every sampler, measure and plot.
-    let demo (ui: Ui) (c: DemoCommand) : int =
-        let total = Stopwatch.StartNew()
-        let sde = VpSde.standard
-        Directory.CreateDirectory c.Out |> ignore
-        let name = ToyDataset.name c.Dataset
-        // Training data and held-out data come from independent seeds.
-        use g = new torch.Generator(uint64 c.Seed, torch.CPU)
-        use gHeld = new torch.Generator(Noise.sampleSeed c.Seed 1_000_003, torch.CPU)
-        use data = ToyDataset.sample c.Dataset 20000 torch.float32 g
-        use held = ToyDataset.sample c.Dataset c.Count torch.float32 gHeld
-        let trainCommand =
-            { Source = DataSource.BuiltIn(c.Dataset, 20000)
-              Steps = c.TrainSteps
-              BatchSize = Training.defaults.BatchSize
-              LearningRate = Training.defaults.LearningRate
-              Seed = c.Seed
-              Hidden = 128
-              Layers = 3
-              Weighting = LossWeighting.Noise
-              EmaDecay = Training.defaults.EmaDecay
-              Standardise = Some false
-              Out = Path.Combine(c.Out, "model")
-              LossPlot = None }
-        use net = new ScoreNet(ScoreNet.defaultConfig 2, g)
-        Ui.info
-            ui
-            (sprintf
-                "demo: %s dataset, 20000 training points, %d held-out points; MLP score network with %d parameters"
-                name
-                c.Count
-                net.ParameterCount)
-        let r = trainWithProgress ui sde (trainSettings trainCommand) net data g
-        use ema = r.Ema
-        ModelFile.save trainCommand.Out ema sde None (trainingMetadata trainCommand name 20000L r)
-        let model = ScoreNet.toModel ema
-        // Every sampler starts from the same prior draw.
-        let noise = Noise.fromSeed (c.Seed + 1L) torch.CPU
-        use xT = Sampler.prior [| int64 c.Count; 2L |] torch.float32 torch.CPU noise
-        let runs =
-            [ for entry in Samplers.all ->
-                  let run = entry.Demo
-                  let result, seconds, paths = runSampler ui run sde model xT (c.Seed + 2L) 6L
-                  run, result, seconds, paths ]
-        // Held-out bits/dim through the probability-flow ODE (exact divergence, Dopri5 at 1e-5) on
-        // the first points of the held-out set, and the data's exact bits/dim on the same points.
-        let likelihoodPoints = min 1000L held.shape.[0]
-        use heldSubset = held.narrow (0L, 0L, likelihoodPoints)
-        let _, bpd, likNfe, likSeconds =
-            logLikelihoods ui sde model None (likelihoodSettings 1e-5 1e-5 1e-5 None) (Noise.fromSeed c.Seed torch.CPU) 1000 heldSubset
-        let bpdText (v: float[]) = let m, se = meanAndError v in sprintf "%s +- %s" (inv m "F3") (inv se "F3")
-        let exactBpd =
-            ToyDataset.tryLogDensity c.Dataset heldSubset
-            |> Option.map (fun lp -> use lp = lp in host lp |> Array.map (fun v -> -v / (2.0 * Math.Log 2.0)))
-        let sw (x: Tensor) = Metrics.slicedWasserstein1 x held
-        let finite (x: Tensor) = torch.isfinite(x).all().item<bool>()
-        use trainSubset = data.narrow (0L, 0L, min (int64 c.Count) data.shape.[0])
-        let rows =
-            [ for run, result, seconds, _ in runs do
-                  yield
-                      [ run.Label
-                        string result.Nfe
-                        inv seconds "F2"
-                        (if finite result.Samples then inv (sw result.Samples) "F4" else "diverged")
-                        "" ]
-              yield [ "likelihood: ODE Dopri5, exact divergence"; string likNfe; inv likSeconds "F2"; ""; bpdText bpd ]
-              yield
-                  [ "reference: training data"
-                    ""
-                    ""
-                    inv (sw trainSubset) "F4"
-                    (match exactBpd with
-                     | Some v -> bpdText v + " (exact density)"
-                     | None -> "") ]
-              yield [ "reference: prior N(0, I)"; ""; ""; inv (sw xT) "F4"; "" ] ]
-        Ui.table
-            ui
-            (sprintf
-                "%d samples: sliced Wasserstein-1 to %d held-out points (128 directions); bits/dim of %d held-out points"
-                c.Count
-                c.Count
-                likelihoodPoints)
-            [ "sampler"; "model evals"; "seconds"; "sliced W1"; "bits/dim" ]
-            rows
-        Ui.table
-            ui
-            "training"
-            [ "steps"; "batch"; "seconds"; "steps/s"; "samples/s"; "final loss" ]
-            [ [ string c.TrainSteps
-                string trainCommand.BatchSize
-                inv r.Seconds "F1"
-                inv r.StepsPerSecond "F0"
-                inv (r.StepsPerSecond * float trainCommand.BatchSize) "F0"
-                inv (finalLoss r.Losses) "F4" ] ]
-        // Figures.
-        let dataCloud = Plots.cloud held
-        let limits = Some(Plots.limitsOf dataCloud)
-        let files = ResizeArray<string>()
-        let out (file: string) =
-            let p = Path.Combine(c.Out, file)
-            files.Add p
-            p
-        Plots.save (out "data.png") 700 700 (Plots.scatterPlot (sprintf "%s: held-out data" name) limits dataCloud 0)
-        for run, result, _, _ in runs do
-            let title = sprintf "%s (%d evaluations)" run.Label result.Nfe
-            Plots.save (out (sprintf "samples-%s.png" run.Name)) 700 700 (Plots.scatterPlot title limits (Plots.cloud result.Samples) 1)
-        let trajectoryLimits = Some(Plots.limitsOf (Plots.cloud xT))
-        Plots.saveRow
-            (out "trajectories.png")
-            500
-            500
-            [ for run, _, _, paths in runs ->
-                  Plots.trajectoryPlot (sprintf "%s: paths from the prior (black)" run.Name) trajectoryLimits dataCloud paths 1 ]
-        Plots.save (out "loss.png") 800 500 (Plots.lossPlot r.Losses 100)
-        Plots.saveRow
-            (out "overview.png")
-            360
-            360
-            [ yield Plots.scatterPlot "data" limits dataCloud 0
-              for run, result, _, _ in runs ->
-                  Plots.scatterPlot (sprintf "%s, %d evals" run.Name result.Nfe) limits (Plots.cloud result.Samples) 1 ]
-        for _, result, _, _ in runs do
-            result.Samples.Dispose()
-        Ui.info ui (sprintf "wrote %s and the model %s" (String.Join(", ", files |> Seq.map Path.GetFileName)) trainCommand.Out)
-        ui.Out.WriteLine(sprintf "demo finished in %s s; figures in %s" (inv total.Elapsed.TotalSeconds "F1") c.Out)
         0

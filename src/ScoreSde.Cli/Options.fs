@@ -67,6 +67,15 @@ module Opt =
             else
                 None)
 
+    /// An optional finite number, zero or more (absent: null).
+    let nonNegativeOrNone (name: string) (description: string) =
+        let o = Option<Nullable<float>>(name, Description = description)
+        validate o (fun v ->
+            if v.HasValue && (not (v.Value >= 0.0) || Double.IsInfinity v.Value) then
+                Some(sprintf "must be a number, zero or more (got %g)" v.Value)
+            else
+                None)
+
     /// A number in [low, high).
     let inRange (low: float) (high: float) (name: string) (description: string) (value: float option) =
         let o = Option<float>(name, Description = description) |> withDefault <| value

@@ -47,6 +47,8 @@ let private timeScale =
         "TorchScript models: multiply t by this before calling the model (999 for models trained on t * 999 labels)"
         (Some 1.0)
 let private shape = Opt.text "--shape" "TorchScript models: shape of one sample, e.g. 2 or 3,32,32" (Some "2")
+let private sdeForModel =
+    Samplers.sdeOption "TorchScript models: the SDE the model was trained with (default vp); a model directory stores its own" None
 
 let private parseShape (text: string) =
     let parts = text.Split(',', StringSplitOptions.TrimEntries)
@@ -71,14 +73,17 @@ let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
     let trainSteps = Opt.intAtLeast 1 "--train-steps" "Training steps" (Some 6000)
     let n = Opt.intAtLeast 2 "--n" "Samples per sampler (and held-out points)" (Some 10000)
     let seed = Opt.seed "Seed of the data, the network and the samplers"
-    for o in [ dataset :> Option; trainSteps; n; seed; outDir ] do
+    let sde =
+        Samplers.sdeOption "The SDE to train and sample with (paper defaults: beta 0.1..20; VE sigma 0.01..50)" (Some "vp")
+    for o in [ dataset :> Option; sde; trainSteps; n; seed; outDir ] do
         cmd.Add o
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
         |> act (fun ui ->
-            Commands.demo
+            Demo.run
                 ui
                 { Dataset = (ToyDataset.tryParse (pr.GetValue dataset)).Value
+                  Sde = (Samplers.sdeValue pr sde).Value
                   TrainSteps = pr.GetValue trainSteps
                   Count = pr.GetValue n
                   Seed = pr.GetValue seed
@@ -106,8 +111,11 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
             (Some "auto")
     let out = Opt.required "--out" "Model directory to write (config.json and weights.bin)"
     let plot = Opt.text "--plot" "Also write the training-loss curve to this .png file" None
+    let sde =
+        Samplers.sdeOption "The SDE (stored in the model file; paper defaults: beta 0.1..20; VE sigma 0.01..50)" (Some "vp")
     for o in
         [ dataset :> Option
+          sde
           data
           points
           steps
@@ -138,6 +146,7 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
             Commands.train
                 ui
                 { Source = source
+                  Sde = (Samplers.sdeValue pr sde).Value
                   Steps = pr.GetValue steps
                   BatchSize = pr.GetValue batch
                   LearningRate = pr.GetValue lr
@@ -164,8 +173,34 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
     let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
+    let inpaint =
+        Opt.text
+            "--inpaint"
+            "Known values (.npy or .csv): one sample's shape or one per sample; the samples equal them where --mask is nonzero"
+            None
+    let mask =
+        Opt.text "--mask" "With --inpaint: .npy or .csv, nonzero where a value is known (broadcastable to the samples)" None
+    let basis =
+        Opt.text "--basis" "With --inpaint: .npy or .csv orthonormal C x C matrix; --inpaint then holds coordinates in its basis" None
+    let replacement =
+        Opt.choice
+            "--replacement"
+            "With --inpaint: 'fresh' redraws the known part after every update (the paper's, default for pc), 'fixed' keeps one latent for it (default for ode and dpm)"
+            [ "fresh"; "fixed" ]
+            None
+    let label = Opt.intAtLeastOrNone 0 "--label" "Class to sample from a class-conditional model"
+    let guidance =
+        Opt.nonNegativeOrNone
+            "--guidance"
+            "With --label: classifier-free guidance weight w, (1 + w) conditional - w unconditional (default 0)"
+    let classes =
+        Opt.intAtLeastOrNone
+            1
+            "--classes"
+            "TorchScript class-conditional models (forward(x, t, labels)): the number of classes K; label K is the null label"
     for o in
         [ modelOption :> Option
+          sdeForModel
           Samplers.choice
           Samplers.steps
           Samplers.eps
@@ -175,7 +210,14 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
           seed
           out
           timeScale
-          shape ] do
+          shape
+          inpaint
+          mask
+          basis
+          replacement
+          label
+          guidance
+          classes ] do
         cmd.Add o
     for entry in Samplers.all do
         for o in entry.Options do
@@ -186,12 +228,25 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
             Commands.sample
                 ui
                 { ModelPath = pr.GetValue modelOption
+                  Sde = Samplers.sdeValue pr sdeForModel
                   Sampler = (Samplers.selected pr).FromCommandLine pr
                   Count = pr.GetValue n
                   Seed = pr.GetValue seed
                   Out = pr.GetValue out
                   TimeScale = pr.GetValue timeScale
-                  Shape = parseShape (pr.GetValue shape) }))
+                  Shape = parseShape (pr.GetValue shape)
+                  Condition =
+                    { Inpaint = Option.ofObj (pr.GetValue inpaint)
+                      Mask = Option.ofObj (pr.GetValue mask)
+                      Basis = Option.ofObj (pr.GetValue basis)
+                      Replacement =
+                        (match pr.GetValue replacement with
+                         | null -> None
+                         | r when r.ToLowerInvariant() = "fresh" -> Some Replacement.Fresh
+                         | _ -> Some Replacement.FixedLatent)
+                      Label = Option.ofNullable (pr.GetValue label)
+                      Guidance = Option.ofNullable (pr.GetValue guidance)
+                      Classes = Option.ofNullable (pr.GetValue classes) } }))
     cmd
 
 let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
@@ -206,7 +261,18 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
     let seed = Opt.seed "Seed of the Hutchinson probes"
     let batch = Opt.intAtLeast 1 "--batch-size" "Points per ODE solve" (Some 1000)
     let out = Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
-    for o in [ modelOption :> Option; data; rtol; atol; eps; hutchinson; seed; batch; out; timeScale ] do
+    for o in
+        [ modelOption :> Option
+          sdeForModel
+          data
+          rtol
+          atol
+          eps
+          hutchinson
+          seed
+          batch
+          out
+          timeScale ] do
         cmd.Add o
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
@@ -215,6 +281,7 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
             Commands.likelihood
                 ui
                 { ModelPath = pr.GetValue modelOption
+                  Sde = Samplers.sdeValue pr sdeForModel
                   Data = pr.GetValue data
                   Rtol = pr.GetValue rtol
                   Atol = pr.GetValue atol
@@ -232,7 +299,7 @@ let rootCommand () =
     let root =
         Command(
             "scoresde",
-            "Train, sample and measure score-based generative models (VP-SDE, Song et al. 2021). Run without arguments for the demo."
+            "Train, sample and measure score-based generative models (VP, sub-VP and VE SDEs, Song et al. 2021). Run without arguments for the demo."
         )
     root.Add(Help.HelpOption(Recursive = true))
     root.Add(VersionOption())

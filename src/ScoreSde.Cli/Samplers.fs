@@ -5,7 +5,7 @@ open System.CommandLine
 open TorchSharp
 open ScoreSde
 
-/// A sampler configured and ready to run.
+/// A sampler configured and ready to run through the library's entry point (`Sampler.sample`).
 type SamplerRun =
     {
         /// Short name (as on the command line).
@@ -14,8 +14,8 @@ type SamplerRun =
         Label: string
         /// Steps the observer will see (for the progress bar); 0 when not known in advance.
         Steps: int
-        /// Run from the prior draw xT (not modified); the observer sees every step's state.
-        Run: VpSde -> Model -> Noise -> Tensor -> Observer option -> SampleResult
+        /// The run's method, schedule and finish.
+        Sampling: Sampling
     }
 
 /// A sampler the command line offers: its options on `sample` and its settings in `demo`.
@@ -73,18 +73,28 @@ module Samplers =
 
     let private predictor = Opt.choice "--predictor" "PC predictor" (List.map fst predictors) (Some "reverse-diffusion")
     let private corrector = Opt.choice "--corrector" "PC corrector" [ "langevin"; "annealed"; "none" ] (Some "langevin")
-    let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some 0.16)
-    let private correctorSteps = Opt.intAtLeast 1 "--corrector-steps" "Corrector steps per time point" (Some 1)
+    /// The library's PC sampler (`Sampling.pc`): its predictor and corrector are the defaults here.
+    let private pcPredictor, pcCorrector =
+        match Sampling.pc.Method with
+        | Method.PredictorCorrector(p, c) -> p, c
+        | _ -> Predictor.ReverseDiffusion, Corrector.langevin 0.16 1
+    let private langevinDefaults =
+        match pcCorrector with
+        | Corrector.Langevin l -> l
+        | _ -> { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+    let private snr = Opt.positive "--snr" "Langevin signal-to-noise ratio" (Some langevinDefaults.Snr)
+    let private correctorSteps =
+        Opt.intAtLeast 1 "--corrector-steps" "Corrector steps per time point" (Some langevinDefaults.Steps)
+    let private norms = [ "batch", LangevinNorm.BatchMean; "sample", LangevinNorm.PerSample ]
     let private langevinNorm =
         Opt.choice
             "--langevin-norm"
-            "How Langevin measures |z|/|score|: 'batch' averages over the batch (the paper's choice, right for low-dimensional data); 'sample' uses each sample's own norms"
-            [ "batch"; "sample" ]
-            (Some "batch")
+            "How Langevin measures |z|/|score|: 'batch' averages over the batch (the library's default and the paper's choice); 'sample' uses each sample's own norms, which biases low-dimensional data (docs/correctors.md); for batch-independent sampling use --corrector annealed"
+            (List.map fst norms)
+            (Some(norms |> List.find (fun (_, n) -> n = langevinDefaults.Norm) |> fst))
 
     /// The PC sampler with given pieces.
     let pcRun (p: Predictor) (c: Corrector) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { Sampler.pcDefaults with Predictor = p; Corrector = c; Steps = stepCount; Eps = epsValue }
         let correctorText =
             match c with
             | Corrector.NoCorrector -> ""
@@ -92,7 +102,10 @@ module Samplers =
         { Name = "pc"
           Label = sprintf "PC: %s%s, %d steps" (Predictor.name p) correctorText stepCount
           Steps = stepCount
-          Run = fun sde model noise xT observer -> Sampler.predictorCorrector sde model { settings with Observer = observer } noise xT }
+          Sampling =
+            { Sampling.pc with
+                Method = Method.PredictorCorrector(p, c)
+                Schedule = Schedule.uniform stepCount epsValue } }
 
     let private pcFromCommandLine (pr: ParseResult) =
         let p = predictors |> List.find (fun (n, _) -> n = Opt.choiceValue pr predictor) |> snd
@@ -102,11 +115,7 @@ module Samplers =
             | "none" -> Corrector.NoCorrector
             | "annealed" -> Corrector.annealedLangevin (pr.GetValue snr) k
             | _ ->
-                let norm =
-                    if Opt.choiceValue pr langevinNorm = "sample" then
-                        LangevinNorm.PerSample
-                    else
-                        LangevinNorm.BatchMean
+                let norm = norms |> List.find (fun (n, _) -> n = Opt.choiceValue pr langevinNorm) |> snd
                 Corrector.Langevin { Snr = pr.GetValue snr; Steps = k; Norm = norm }
         noTolerances pr "the PC sampler"
         pcRun p c (stepsOr pr 500) (pr.GetValue eps)
@@ -117,7 +126,7 @@ module Samplers =
           Summary = "predictor-corrector sampler of the reverse-time SDE (Song et al. 2021, Alg. 1)"
           Options = [ predictor; corrector; snr; correctorSteps; langevinNorm ]
           FromCommandLine = pcFromCommandLine
-          Demo = pcRun Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }) 250 1e-3 }
+          Demo = pcRun pcPredictor pcCorrector 250 1e-3 }
 
     // ---- probability-flow ODE: adaptive Dormand-Prince or a fixed-step solver ----
 
@@ -131,36 +140,28 @@ module Samplers =
 
     /// The fixed-step probability-flow sampler.
     let odeRun (s: OdeSolver) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings = { Sampler.odeDefaults with Solver = s; Steps = stepCount; Eps = epsValue }
         { Name = "ode"
           Label = sprintf "ODE: %s, %d steps" (OdeSolver.name s) stepCount
           Steps = stepCount
-          Run = fun sde model _ xT observer -> Sampler.probabilityFlow sde model { settings with Observer = observer } xT }
+          Sampling =
+            { Sampling.flow with
+                Method = Method.ProbabilityFlow(OdeMethod.FixedStep s)
+                Schedule = Schedule.uniform stepCount epsValue } }
 
     /// The adaptive probability-flow sampler (Dormand-Prince 5(4), one step size for the batch, as
-    /// the paper's code and `ProbabilityFlow.defaults`).
+    /// the paper's code and `Sampling.flow`).
     let adaptiveOdeRun (r: float) (a: float) (epsValue: float) : SamplerRun =
         let adaptive =
-            match ProbabilityFlow.defaults.Method with
-            | OdeMethod.Dopri5 d -> { d with Rtol = r; Atol = a }
+            match Sampling.flow.Method with
+            | Method.ProbabilityFlow(OdeMethod.Dopri5 d) -> { d with Rtol = r; Atol = a }
             | _ -> { AdaptiveOde.defaults with Rtol = r; Atol = a; Control = StepControl.BatchGlobal }
         { Name = "ode"
           Label = sprintf "ODE: Dopri5, rtol %g, atol %g" r a
           Steps = 0
-          Run =
-            fun sde model _ xT observer ->
-                // the adaptive observer sees one time per sample; with batch-global control they agree
-                let watch =
-                    observer
-                    |> Option.map (fun f ->
-                        fun (i: int) (t: Tensor) (x: Tensor) ->
-                            use t0 = t.[0L]
-                            f i (t0.to_type(torch.float64).item<float>()) x)
-                let settings =
-                    { ProbabilityFlow.defaults with
-                        Method = OdeMethod.Dopri5 { adaptive with Observer = watch }
-                        Eps = epsValue }
-                ProbabilityFlow.sample sde model settings xT }
+          Sampling =
+            { Sampling.flow with
+                Method = Method.ProbabilityFlow(OdeMethod.Dopri5 adaptive)
+                Schedule = { Sampling.flow.Schedule with Eps = epsValue } } }
 
     let ode =
         { Name = "ode"
@@ -180,62 +181,124 @@ module Samplers =
     // ---- DPM-Solver ----
 
     let private algorithms = [ "dpm-solver", DpmAlgorithm.DpmSolver; "dpm-solver++", DpmAlgorithm.DpmSolverPlusPlus ]
+    let private nameOf (choices: (string * 'T) list) (value: 'T) = choices |> List.find (fun (_, v) -> v = value) |> fst
     let private algorithm =
         Opt.choice
             "--algorithm"
-            "DPM: noise-prediction DPM-Solver (best for unguided models) or data-prediction DPM-Solver++"
+            "DPM: noise-prediction DPM-Solver (the default, best for unguided models) or data-prediction DPM-Solver++ (guided sampling)"
             (List.map fst algorithms)
-            (Some "dpm-solver")
-    let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some "3")
+            (Some(nameOf algorithms DpmSolver.defaults.Algorithm))
+    let private order = Opt.choice "--order" "DPM: solver order" [ "1"; "2"; "3" ] (Some(string DpmSolver.defaults.Order))
     let private dpmMethod =
         Opt.choice
             "--method"
             "DPM: multistep, single-step, or adaptive step size (orders 2 and 3)"
             [ "multistep"; "singlestep"; "adaptive" ]
             (Some "multistep")
+    let private lowerOrderRules =
+        [ "below10", LowerOrderFinal.BelowSteps 10
+          "below15", LowerOrderFinal.BelowSteps 15
+          "always", LowerOrderFinal.Always
+          "never", LowerOrderFinal.Never ]
+    let private lowerOrderFinal =
+        Opt.choice
+            "--lower-order-final"
+            "DPM multistep: lower the final steps' orders below 10 steps (dpm_solver_pytorch.py), below 15 (diffusers), always or never"
+            (List.map fst lowerOrderRules)
+            (Some(nameOf lowerOrderRules DpmSolver.defaults.LowerOrderFinal))
+    let private thirdOrders = [ "published", DpmThirdOrder.Published; "taylor-exact", DpmThirdOrder.TaylorExact ]
+    let private thirdOrder =
+        Opt.choice
+            "--third-order"
+            "DPM multistep order 3: the published update or the Taylor-exact one (doubled second difference)"
+            (List.map fst thirdOrders)
+            (Some(nameOf thirdOrders DpmSolver.defaults.ThirdOrder))
+
+    let private thresholding =
+        Opt.choice
+            "--thresholding"
+            "DPM-Solver++: correct the data prediction, 'static' (clamp to +-threshold-max) or 'dynamic' (Imagen's: per sample, the threshold-quantile of |x0|, at least threshold-max)"
+            [ "none"; "static"; "dynamic" ]
+            (Some "none")
+    let private thresholdQuantile =
+        Opt.inRange 1e-6 1.000001 "--threshold-quantile" "DPM-Solver++ dynamic thresholding: the quantile of |x0|" (Some 0.995)
+    let private thresholdMax =
+        Opt.positive "--threshold-max" "DPM-Solver++ thresholding: the bound (pixels in [-1, 1]: 1)" (Some 1.0)
 
     /// DPM-Solver with the given settings (the logSNR grid of the papers for the fixed-step methods).
-    let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
-        let settings =
-            { DpmSolver.defaults with
-                Algorithm = alg
-                Method = method
-                Order = k
-                Steps = stepCount
-                Eps = epsValue }
-        let name = if alg = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
+    let dpmRunWith (settings: DpmSolverSettings) (stepCount: int) (epsValue: float) : SamplerRun =
+        let name = if settings.Algorithm = DpmAlgorithm.DpmSolver then "DPM-Solver" else "DPM-Solver++"
+        let k = settings.Order
         let label, progressSteps =
-            match method with
+            match settings.Method with
             | DpmMethod.MultiStep -> sprintf "%s-%dM, %d steps" name k stepCount, stepCount
             | DpmMethod.SingleStep -> sprintf "%s-%dS, %d evaluations" name k stepCount, 0
             | DpmMethod.Adaptive a -> sprintf "%s-%d adaptive, rtol %g, atol %g" name k a.Rtol a.Atol, 0
+        let label =
+            match settings.Thresholding with
+            | Thresholding.NoThresholding -> label
+            | Thresholding.Static b -> sprintf "%s, static thresholding at %g" label b
+            | Thresholding.Dynamic(q, m) -> sprintf "%s, dynamic thresholding (quantile %g, max %g)" label q m
         { Name = "dpm"
           Label = label
           Steps = progressSteps
-          Run = fun sde model _ xT observer -> DpmSolver.sample sde model { settings with Observer = observer } xT }
+          Sampling =
+            { Sampling.dpmSolver with
+                Method = Method.DpmSolver settings
+                Schedule = { Sampling.dpmSolver.Schedule with Steps = stepCount; Eps = epsValue } } }
+
+    /// DPM-Solver with the given algorithm, method, order, steps and eps, the library's defaults otherwise.
+    let dpmRun (alg: DpmAlgorithm) (method: DpmMethod) (k: int) (stepCount: int) (epsValue: float) : SamplerRun =
+        dpmRunWith { DpmSolver.defaults with Algorithm = alg; Method = method; Order = k } stepCount epsValue
 
     let dpm =
         { Name = "dpm"
           Summary = "DPM-Solver: exponential integrators of the probability-flow ODE for 10 to 20 model evaluations (Lu et al. 2022)"
-          Options = [ algorithm; order; dpmMethod ]
+          Options =
+            [ algorithm
+              order
+              dpmMethod
+              lowerOrderFinal
+              thirdOrder
+              thresholding
+              thresholdQuantile
+              thresholdMax ]
           FromCommandLine =
             fun pr ->
-                let alg = algorithms |> List.find (fun (n, _) -> n = Opt.choiceValue pr algorithm) |> snd
-                let k = int (Opt.choiceValue pr order)
+                let pick (choices: (string * 'T) list) (o: Option<string>) =
+                    choices |> List.find (fun (n, _) -> n = Opt.choiceValue pr o) |> snd
+                let settings =
+                    { DpmSolver.defaults with
+                        Algorithm = pick algorithms algorithm
+                        Order = int (Opt.choiceValue pr order)
+                        LowerOrderFinal = pick lowerOrderRules lowerOrderFinal
+                        ThirdOrder = pick thirdOrders thirdOrder
+                        Thresholding =
+                            match Opt.choiceValue pr thresholding with
+                            | "static" -> Thresholding.Static(pr.GetValue thresholdMax)
+                            | "dynamic" -> Thresholding.Dynamic(pr.GetValue thresholdQuantile, pr.GetValue thresholdMax)
+                            | _ -> Thresholding.NoThresholding }
+                if
+                    settings.Thresholding <> Thresholding.NoThresholding
+                    && settings.Algorithm <> DpmAlgorithm.DpmSolverPlusPlus
+                then
+                    raise (
+                        ArgumentException(
+                            "--thresholding applies to DPM-Solver++ (--algorithm dpm-solver++): it corrects the data prediction.",
+                            "--thresholding"
+                        )
+                    )
                 match Opt.choiceValue pr dpmMethod with
                 | "adaptive" ->
                     noSteps pr "--method adaptive"
                     let a = DpmSolver.adaptiveDefaults
-                    dpmRun
-                        alg
-                        (DpmMethod.Adaptive { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol })
-                        k
-                        0
-                        (pr.GetValue eps)
+                    let adaptive = { a with Rtol = valueOr pr rtol a.Rtol; Atol = valueOr pr atol a.Atol }
+                    dpmRunWith { settings with Method = DpmMethod.Adaptive adaptive } 0 (pr.GetValue eps)
                 | m ->
                     noTolerances pr (sprintf "--method %s" m)
-                    dpmRun alg (if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep) k (stepsOr pr 20) (pr.GetValue eps)
-          Demo = dpmRun DpmAlgorithm.DpmSolver DpmMethod.MultiStep 3 20 1e-3 }
+                    let method = if m = "singlestep" then DpmMethod.SingleStep else DpmMethod.MultiStep
+                    dpmRunWith { settings with Method = method } (stepsOr pr Sampling.dpmSolver.Schedule.Steps) (pr.GetValue eps)
+          Demo = dpmRunWith DpmSolver.defaults Sampling.dpmSolver.Schedule.Steps Sampling.dpmSolver.Schedule.Eps }
 
     /// Every sampler the command line offers, in the order `demo` runs them.
     let all = [ pc; ode; dpm ]
@@ -248,3 +311,15 @@ module Samplers =
 
     /// The entry named on the command line.
     let selected (pr: ParseResult) = all |> List.find (fun e -> e.Name = Opt.choiceValue pr choice)
+
+    /// The SDEs the command line offers, with the paper's parameters.
+    let sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
+
+    /// An `--sde` option (`value`: its default; None when the model file decides).
+    let sdeOption (description: string) (value: string option) = Opt.choice "--sde" description (List.map fst sdes) value
+
+    /// The SDE named by an `--sde` option, if given.
+    let sdeValue (pr: ParseResult) (o: Option<string>) =
+        match pr.GetValue o with
+        | null -> None
+        | name -> sdes |> List.tryFind (fun (n, _) -> n = name.ToLowerInvariant()) |> Option.map snd

@@ -65,8 +65,10 @@ module internal Check =
                 )
             )
 
-/// Small numerical helpers on host doubles.
-module internal HostMath =
+/// Small numerical helpers on host doubles (public so that the SDE's inline coefficient functions can
+/// use them).
+[<RequireQualifiedAccess>]
+module HostMath =
     /// exp(x) - 1 without cancellation for small |x| (Kahan's trick; .NET's ExpM1 is exp(x) - 1).
     let expm1 (x: float) =
         let u = Math.Exp x

@@ -25,9 +25,10 @@ type LikelihoodSettings =
     {
         /// ODE method for the augmented state [x, delta log p] (adaptive, or fixed-step).
         Method: OdeMethod
+        /// Its schedule: integration starts at the end time (the data are taken as x(Eps); 1e-5 by
+        /// default) and runs up to T, on the grid when the method has fixed steps.
+        Schedule: Schedule
         Divergence: Divergence
-        /// Integration starts at t = Eps (the data are taken as x(Eps)); 1e-5 by default.
-        Eps: float
         /// Added to the bits per dimension: log2 of the dequantisation bin count (e.g. 7 for 8-bit data
         /// scaled to [-1, 1]), 0 for continuous data.
         DequantizationOffset: float
@@ -62,14 +63,13 @@ module Likelihood =
     /// dequantisation offset.
     let defaults =
         { Method = OdeMethod.Dopri5 AdaptiveOde.defaults
+          Schedule = Schedule.uniform 100 1e-5
           Divergence = Divergence.Exact
-          Eps = 1e-5
           DequantizationOffset = 0.0 }
 
     /// Check the settings (throws ArgumentException naming the bad one).
-    let validate (s: LikelihoodSettings) =
-        OdeMethod.validate s.Method
-        Check.finite "eps" s.Eps
+    let validate (sde: Sde) (s: LikelihoodSettings) =
+        OdeMethod.validate sde s.Method s.Schedule
         Check.finite "dequantizationOffset" s.DequantizationOffset
         match s.Divergence with
         | Divergence.Hutchinson(_, probes) -> Check.positiveInt "probes" probes
@@ -102,7 +102,7 @@ module Likelihood =
     /// The probability-flow drift at (x, t) and its divergence per sample ([B]), both detached.
     /// `probes` is [B, K, D] for Hutchinson (None for the exact trace). Enables gradients around the
     /// model call, whatever the caller's mode.
-    let driftAndDivergence (sde: VpSde) (model: Model) (probes: Tensor option) (x: Tensor) (t: Tensor) : Tensor * Tensor =
+    let driftAndDivergence (sde: Sde) (model: Model) (probes: Tensor option) (x: Tensor) (t: Tensor) : Tensor * Tensor =
         use scope = torch.NewDisposeScope()
         use _grad = torch.enable_grad (true)
         let batch = x.shape.[0]
@@ -115,8 +115,7 @@ module Likelihood =
                     "The model's output does not depend on x through autograd (requires_grad is false), so its divergence cannot be computed. The likelihood needs a differentiable model; do not detach or run it under no_grad."
                 )
             )
-        let score = ProbabilityFlow.scoreFromOutput sde model.Output xg out t
-        let f = VpSde.probabilityFlowDrift sde score xg t
+        let f = ProbabilityFlow.fromOutput sde model.Output xg out t
         let vjp (v: Tensor) =
             let g = torch.autograd.grad ([| f |], [| xg |], [| v |], retain_graph = true)
             g.[0].reshape([| batch; dim |])
@@ -149,14 +148,13 @@ module Likelihood =
 
     /// log p(x) per sample for data x [B, ...] (not modified). Hutchinson probes come from `noise`
     /// (unused for the exact divergence). The model must be differentiable in x.
-    let compute (sde: VpSde) (model: Model) (settings: LikelihoodSettings) (noise: Noise) (x: Tensor) : LikelihoodResult =
+    let compute (sde: Sde) (model: Model) (settings: LikelihoodSettings) (noise: Noise) (x: Tensor) : LikelihoodResult =
         Native.ensureLoaded ()
-        validate settings
+        Sde.validate sde
+        validate sde settings
         Check.floating "x" x
         if x.dim () < 1L || x.shape.[0] < 1L then
             Check.fail "x" x.shape "a tensor with a batch dimension"
-        if settings.Eps <= 0.0 || settings.Eps >= sde.T then
-            Check.fail "eps" settings.Eps (sprintf "in (0, %g)" sde.T)
         let batch = x.shape.[0]
         let dim = x.numel () / batch
         let shape = x.shape
@@ -178,17 +176,14 @@ module Likelihood =
             use flat = detached.reshape ([| batch; dim |])
             use zero = torch.zeros ([| batch; 1L |], dtype = x.dtype, device = x.device)
             torch.cat ([| flat; zero |], 1L)
-        let zT, nfe = OdeMethod.integrate sde settings.Method augmented z0 settings.Eps false
+        let zT, nfe = OdeMethod.integrate sde settings.Method settings.Schedule augmented z0 false
         use _zT = zT
-        let latent =
-            use head = zT.narrow (1L, 0L, dim)
-            use shaped = head.reshape (shape)
-            shaped.clone ()
-        use delta = zT.select (1L, dim)
-        use prior = VpSde.priorLogp latent
-        let logp = prior + delta
-        let bpd =
-            use nll = logp.neg ()
-            use scaled = nll / (float dim * Math.Log 2.0)
-            scaled + settings.DequantizationOffset
-        { LogLikelihood = logp; BitsPerDim = bpd; Latent = latent; Nfe = nfe }
+        // the results are made in a scope and moved out together, so an exception leaves none behind
+        use scope = torch.NewDisposeScope()
+        let latent = zT.narrow(1L, 0L, dim).reshape(shape).clone()
+        let logp = (Sde.priorLogp sde latent).add_(zT.select (1L, dim))
+        let bpd = Tensors.affine logp (-1.0 / (float dim * Math.Log 2.0)) settings.DequantizationOffset
+        { LogLikelihood = logp.MoveToOuterDisposeScope()
+          BitsPerDim = bpd.MoveToOuterDisposeScope()
+          Latent = latent.MoveToOuterDisposeScope()
+          Nfe = nfe }

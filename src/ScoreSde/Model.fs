@@ -42,33 +42,68 @@ module Model =
         out
 
     /// Host coefficients (a, b) with score = a x + b out, for a time shared by the whole batch.
-    let scoreCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+    let inline scoreCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
         match output with
         | ModelOutput.Score -> 0.0, 1.0
-        | ModelOutput.Noise -> 0.0, -1.0 / VpSde.sigmaAt sde t
+        | ModelOutput.Noise -> 0.0, -1.0 / Sde.sigmaAt sde t
         | ModelOutput.Data ->
-            let v = VpSde.varianceAt sde t
-            -1.0 / v, VpSde.alphaAt sde t / v
+            let v = Sde.varianceAt sde t
+            -1.0 / v, Sde.alphaAt sde t / v
+
+    /// The tensor twin of `scoreCoefficientsAt`: (ka, kb) with score = ka x + kb out for a time tensor t
+    /// (element-wise; broadcast it over x first). ka is None where it is zero (noise and score outputs).
+    let scoreCoefficients (sde: Sde) (output: ModelOutput) (t: Tensor) : Tensor option * Tensor =
+        match output with
+        | ModelOutput.Score -> None, torch.ones_like (t)
+        | ModelOutput.Noise ->
+            use s = Sde.sigma sde t
+            let kb = s.reciprocal ()
+            kb.neg_ () |> ignore
+            None, kb
+        | ModelOutput.Data ->
+            use v = Sde.variance sde t
+            use a = Sde.alpha sde t
+            let ka = v.reciprocal ()
+            ka.neg_ () |> ignore
+            Some ka, a.div (v)
+
+    /// The score s(x, t) from a model output `out` at (x, t), t 0-d or one time per batch element, with
+    /// the coefficients computed on the tensors' device (no host round trip). Differentiable in x.
+    let scoreFromOutput (sde: Sde) (output: ModelOutput) (x: Tensor) (out: Tensor) (t: Tensor) : Tensor =
+        match output with
+        | ModelOutput.Score -> out.alias ()
+        | _ ->
+            use scope = torch.NewDisposeScope()
+            let tb = Tensors.broadcastTime "t" t x
+            let ka, kb = scoreCoefficients sde output tb
+            let s = kb.mul (out)
+            let s =
+                match ka with
+                | Some ka ->
+                    use one = Tensors.scalar 1.0
+                    s.addcmul_ (ka, x, one)
+                | None -> s
+            s.MoveToOuterDisposeScope()
 
     /// Host coefficients (a, b) with eps = a x + b out.
-    let noiseCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+    let noiseCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
         match output with
         | ModelOutput.Noise -> 0.0, 1.0
-        | ModelOutput.Score -> 0.0, -(VpSde.sigmaAt sde t)
+        | ModelOutput.Score -> 0.0, -(Sde.sigmaAt sde t)
         | ModelOutput.Data ->
-            let s = VpSde.sigmaAt sde t
-            1.0 / s, -(VpSde.alphaAt sde t) / s
+            let s = Sde.sigmaAt sde t
+            1.0 / s, -(Sde.alphaAt sde t) / s
 
     /// Host coefficients (a, b) with x_0 = a x + b out.
-    let dataCoefficientsAt (sde: VpSde) (output: ModelOutput) (t: float) : float * float =
+    let dataCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
         match output with
         | ModelOutput.Data -> 0.0, 1.0
         | ModelOutput.Noise ->
-            let a = VpSde.alphaAt sde t
-            1.0 / a, -(VpSde.sigmaAt sde t) / a
+            let a = Sde.alphaAt sde t
+            1.0 / a, -(Sde.sigmaAt sde t) / a
         | ModelOutput.Score ->
-            let a = VpSde.alphaAt sde t
-            1.0 / a, VpSde.varianceAt sde t / a
+            let a = Sde.alphaAt sde t
+            1.0 / a, Sde.varianceAt sde t / a
 
     /// a x + b out, with (a, b) from host coefficients of t (per sample when t varies over the batch).
     let private combine (x: Tensor) (out: Tensor) (t: Tensor) (coefficients: float -> float * float) : Tensor =
@@ -95,21 +130,21 @@ module Model =
         (combine x out t coefficients).MoveToOuterDisposeScope()
 
     /// The score at (x, t) (t 0-d or one value per batch element), converted from the model's output.
-    let scoreOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (scoreCoefficientsAt sde model.Output)
+    let scoreOf (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (scoreCoefficientsAt sde model.Output)
 
     /// The noise prediction at (x, t).
-    let noiseOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (noiseCoefficientsAt sde model.Output)
+    let noiseOf (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (noiseCoefficientsAt sde model.Output)
 
     /// The data prediction x_0 at (x, t).
-    let dataOf (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (dataCoefficientsAt sde model.Output)
+    let dataOf (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor = convert x t model (dataCoefficientsAt sde model.Output)
 
     /// Drift of the reverse-time SDE at (x, t) from a model: f(x, t) - g(t)^2 s(x, t) (t 0-d or one
     /// value per batch element). Its diffusion is g(t), as in the forward SDE.
-    let reverseDrift (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+    let reverseDrift (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
         use score = scoreOf sde model x t
-        VpSde.reverseDrift sde score x t
+        Sde.reverseDrift sde score x t
 
     /// Drift of the probability-flow ODE at (x, t) from a model: f(x, t) - 1/2 g(t)^2 s(x, t).
-    let probabilityFlowDrift (sde: VpSde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
+    let probabilityFlowDrift (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =
         use score = scoreOf sde model x t
-        VpSde.probabilityFlowDrift sde score x t
+        Sde.probabilityFlowDrift sde score x t

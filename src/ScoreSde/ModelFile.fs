@@ -10,7 +10,7 @@ open TorchSharp
 /// What a saved or imported model is: how to call it and what its samples look like.
 type ModelInfo =
     {
-        Sde: VpSde
+        Sde: Sde
         /// The network is called with t * TimeScale (1 for networks trained on t in [0, 1]; 999 for
         /// networks trained on the paper code's discrete labels t * 999).
         TimeScale: float
@@ -41,7 +41,7 @@ type LoadedModel =
 /// Options for importing a TorchScript file (written by PyTorch's `torch.jit.save`).
 type TorchScriptOptions =
     {
-        Sde: VpSde
+        Sde: Sde
         TimeScale: float
         Output: ModelOutput
         /// Shape of one sample without the batch dimension.
@@ -91,13 +91,27 @@ module ModelFile =
                     forward x ts)
               Output = output }
 
+    /// The SDE as config.json stores it: its type ("vp", "subvp" or "ve") and its parameters.
+    let sdeJson (sde: Sde) : JsonObject =
+        let o = JsonObject()
+        o.["type"] <- JsonValue.Create(Sde.name sde)
+        match sde with
+        | Sde.Vp s
+        | Sde.SubVp s ->
+            o.["betaMin"] <- JsonValue.Create s.BetaMin
+            o.["betaMax"] <- JsonValue.Create s.BetaMax
+        | Sde.Ve s ->
+            o.["sigmaMin"] <- JsonValue.Create s.SigmaMin
+            o.["sigmaMax"] <- JsonValue.Create s.SigmaMax
+        o
+
     /// Write config.json (around the "network" object) and the weights into `dir`.
     let private write
         (dir: string)
         (network: JsonObject)
         (net: torch.nn.Module)
         (dtype: torch.ScalarType)
-        (sde: VpSde)
+        (sde: Sde)
         (standardisation: Standardisation option)
         (pixels: PixelRange option)
         (training: JsonObject)
@@ -117,13 +131,7 @@ module ModelFile =
         config.["dtype"] <- JsonValue.Create(dtypeName dtype)
         config.["output"] <- JsonValue.Create "noise"
         config.["timeScale"] <- JsonValue.Create 1.0
-        config.["sde"] <-
-            JsonObject(
-                dict
-                    [ "type", JsonValue.Create "vp" :> JsonNode
-                      "betaMin", JsonValue.Create sde.BetaMin
-                      "betaMax", JsonValue.Create sde.BetaMax ]
-            )
+        config.["sde"] <- sdeJson sde
         match standardisation with
         | Some st -> config.["standardisation"] <- JsonObject(dict [ "shift", floats st.Shift :> JsonNode; "scale", floats st.Scale ])
         | None -> ()
@@ -137,7 +145,7 @@ module ModelFile =
     /// Save a trained network and its metadata into directory `dir` (created if needed; existing
     /// config.json and weights.bin are replaced). `training` is free-form metadata stored under
     /// "training" in config.json.
-    let save (dir: string) (net: ScoreNet) (sde: VpSde) (standardisation: Standardisation option) (training: JsonObject) =
+    let save (dir: string) (net: ScoreNet) (sde: Sde) (standardisation: Standardisation option) (training: JsonObject) =
         Check.notNull "net" net
         let c = net.Config
         let network =
@@ -154,7 +162,7 @@ module ModelFile =
 
     /// Save a trained U-Net, the pixel range its data were scaled to, and free-form training
     /// metadata into directory `dir` (as `save`; network type "unet").
-    let saveUNet (dir: string) (net: UNet) (sde: VpSde) (pixels: PixelRange) (training: JsonObject) =
+    let saveUNet (dir: string) (net: UNet) (sde: Sde) (pixels: PixelRange) (training: JsonObject) =
         Check.notNull "net" net
         write dir (NetworkConfig.unetToJson net.Config) net net.Dtype sde None (Some pixels) training
 
@@ -186,12 +194,17 @@ module ModelFile =
         let sampleShape = NetworkConfig.sampleShape config
         let dim = int (Array.fold (*) 1L sampleShape)
         let sdeNode = field path root "sde"
-        let sdeKind = get<string> path sdeNode "type"
-        if sdeKind <> "vp" then
-            FileError.fail path (sprintf "SDE type '%s' is not supported (expected 'vp')" sdeKind)
+        let number = get<float> path sdeNode
+        let create, a, b =
+            match get<string> path sdeNode "type" with
+            | "vp" -> Sde.vp, "betaMin", "betaMax"
+            | "subvp" -> Sde.subVp, "betaMin", "betaMax"
+            | "ve" -> Sde.ve, "sigmaMin", "sigmaMax"
+            | kind -> FileError.fail path (sprintf "SDE type '%s' is not supported (expected vp, subvp or ve)" kind)
+        let a, b = number a, number b
         let sde =
             try
-                VpSde.create (get<float> path sdeNode "betaMin") (get<float> path sdeNode "betaMax")
+                create a b
             with :? ArgumentException as e ->
                 FileError.fail path e.Message
         let dtype =

@@ -19,11 +19,19 @@ module Noise =
     /// stream as PyTorch's `torch.randn(shape, generator=g)` for the same seed, so seeded loops
     /// reproduce Python numbers. The generator's state advances; it is never reseeded or disposed.
     /// A generator on another device than the tensor (a CPU generator with GPU tensors) draws on its
-    /// own device and the draws are copied over, as diffusers' randn_tensor does.
+    /// own device and the draws are copied over, as diffusers' randn_tensor does. A disposed generator
+    /// is an error.
     let fromGenerator (generator: torch.Generator) : Noise =
         Check.notNull "generator" generator
+        // A disposed TorchSharp generator has a null handle, and drawing with it silently uses torch's
+        // global generator instead: refuse it, here and at every draw.
+        let checkLive () =
+            if generator.Handle = 0n then
+                Check.fail "generator" "disposed" "a live torch.Generator, not a disposed one"
+        checkLive ()
         let gdev = generator.device
         let fill (t: Tensor) =
+            checkLive ()
             if t.device.``type`` = gdev.``type`` && (gdev.``type`` = DeviceType.CPU || t.device.index = gdev.index) then
                 t.normal_ (0.0, 1.0, generator) |> ignore
             else

@@ -6,6 +6,12 @@ open TorchSharp
 /// must not modify x.
 type VectorField = Tensor -> float -> Tensor
 
+/// Called after every step of a sampler or solver with the step index (0-based), the time reached and
+/// the state. The state is the working buffer: read it (or clone it), never modify or keep it. Under the
+/// adaptive solver's per-sample step control the time is the one every sample has reached (the
+/// slowest sample's).
+type Observer = int -> float -> Tensor -> unit
+
 /// Fixed-step explicit Runge-Kutta solvers.
 [<RequireQualifiedAccess>]
 type OdeSolver =
@@ -70,8 +76,12 @@ module OdeSolver =
     /// the final state (a fresh tensor; x is not modified) and the number of evaluations of f.
     let integrate (solver: OdeSolver) (f: VectorField) (x: Tensor) (times: float[]) : Tensor * int =
         let mutable state = x.clone ()
-        for i in 0 .. times.Length - 2 do
-            let next = step solver f state times.[i] times.[i + 1]
+        try
+            for i in 0 .. times.Length - 2 do
+                let next = step solver f state times.[i] times.[i + 1]
+                state.Dispose()
+                state <- next
+            state, (times.Length - 1) * evaluationsPerStep solver
+        with _ ->
             state.Dispose()
-            state <- next
-        state, (times.Length - 1) * evaluationsPerStep solver
+            reraise ()

@@ -6,240 +6,251 @@ open TorchSharp
 /// Samples and the number of model evaluations it took to make them.
 type SampleResult = { Samples: Tensor; Nfe: int }
 
-/// Called after every step with the step index (0-based), the time reached and the current state.
-/// The state is the sampler's working buffer: read it (or clone it), never modify or keep it.
-type Observer = int -> float -> Tensor -> unit
+/// A latent and the number of model evaluations it took to compute it.
+type EncodeResult = { Latent: Tensor; Nfe: int }
 
-/// Settings of the predictor-corrector sampler.
-type PcSettings =
-    {
-        Predictor: Predictor
-        Corrector: Corrector
-        /// Time grid; `Steps` predictor steps go from T down to `Eps`.
-        Grid: TimeGrid
-        Steps: int
-        Eps: float
-        /// Return the mean of the last update (no noise in the final step), as the paper does.
-        Denoise: bool
-        Observer: Observer option
-    }
+/// How a sampling run finishes at its end time.
+[<RequireQualifiedAccess>]
+type Finish =
+    /// Return the state as the last step left it.
+    | NoFinish
+    /// Return the mean of the last update, without its noise (the paper's PC sampler). The
+    /// deterministic methods add no noise, so for them this is `NoFinish`.
+    | LastMean
+    /// Finish with Tweedie's denoising step x_0 = E[x_0 | x_eps] = (x + sigma^2 s(x, eps)) / alpha at
+    /// the end time: one more model evaluation (DPM-Solver spends one of its `Steps` on it, as its
+    /// evaluation budget is exact).
+    | Tweedie
 
-/// Settings of the fixed-step probability-flow ODE sampler.
-type OdeSettings =
-    {
-        Solver: OdeSolver
-        Grid: TimeGrid
-        Steps: int
-        Eps: float
-        /// Finish with Tweedie's denoising step x_0 = (x + sigma_eps^2 s(x, eps)) / alpha_eps (one more
-        /// model evaluation).
-        Denoise: bool
-        Observer: Observer option
-    }
+/// What integrates the reverse-time dynamics.
+[<RequireQualifiedAccess>]
+type Method =
+    /// The predictor-corrector sampler of the reverse-time SDE (Song et al. 2021, Alg. 1): at each grid
+    /// time the corrector runs first, then the predictor steps to the next time.
+    | PredictorCorrector of predictor: Predictor * corrector: Corrector
+    /// The probability-flow ODE with a fixed-step or adaptive solver.
+    | ProbabilityFlow of OdeMethod
+    /// DPM-Solver or DPM-Solver++ (its `Steps` are the schedule's: the number of model evaluations).
+    | DpmSolver of DpmSolverSettings
 
-/// Sampling entry points: each combines an SDE, a model, a method and a noise source.
+/// One sampling run's configuration: the method, the schedule (grid, steps, end time), how the run
+/// finishes, an optional observer called after every step, and an optional condition (known values,
+/// e.g. inpainting; see `Condition`).
+type Sampling =
+    { Method: Method
+      Schedule: Schedule
+      Finish: Finish
+      Observer: Observer option
+      Condition: Condition option }
+
+[<RequireQualifiedAccess>]
+module Sampling =
+    /// The paper's PC sampler: reverse diffusion + Langevin (snr 0.16, 1 step), 1000 uniform steps to
+    /// eps = 1e-3, returning the last step's mean.
+    let pc =
+        { Method = Method.PredictorCorrector(Predictor.ReverseDiffusion, Corrector.langevin 0.16 1)
+          Schedule = Schedule.uniform 1000 1e-3
+          Finish = Finish.LastMean
+          Observer = None
+          Condition = None }
+
+    /// The paper's ODE sampler: the probability flow with Dormand-Prince 5(4) at rtol = atol = 1e-5 and
+    /// one step size for the whole batch (`StepControl.BatchGlobal`: on the 2-D mixture benchmark of
+    /// docs/ode.md it needs fewer evaluations than per-sample control for the same accuracy), to
+    /// eps = 1e-3. Choose `StepControl.PerSample` when a sample's result must not depend on its
+    /// batch-mates. The schedule's 100 uniform steps apply when the method is set to a fixed-step solver.
+    let flow =
+        { Method = Method.ProbabilityFlow(OdeMethod.Dopri5 { AdaptiveOde.defaults with Control = StepControl.BatchGlobal })
+          Schedule = Schedule.uniform 100 1e-3
+          Finish = Finish.NoFinish
+          Observer = None
+          Condition = None }
+
+    /// DPM-Solver with its defaults (`DpmSolver.defaults`: DPM-Solver-3M with the published update) and
+    /// 20 evaluations on the logSNR grid to eps = 1e-3.
+    let dpmSolver =
+        { Method = Method.DpmSolver DpmSolver.defaults
+          Schedule = Schedule.create TimeGrid.LogSnr 20 1e-3
+          Finish = Finish.NoFinish
+          Observer = None
+          Condition = None }
+
+    /// What the method allows a condition to do.
+    let internal stepKind (sampling: Sampling) =
+        match sampling.Method with
+        | Method.PredictorCorrector _ -> StepKind.Stochastic
+        | Method.ProbabilityFlow(OdeMethod.FixedStep _) -> StepKind.FixedSteps
+        | Method.ProbabilityFlow(OdeMethod.Dopri5 _) -> StepKind.AdaptivePerSample
+        | Method.DpmSolver { Method = DpmMethod.Adaptive _ } -> StepKind.AdaptiveShared
+        | Method.DpmSolver _ -> StepKind.FixedSteps
+
+    /// Check a configuration against the SDE before any work (ArgumentException naming the setting).
+    let validate (sde: Sde) (sampling: Sampling) =
+        sampling.Condition |> Option.iter (Condition.validate (stepKind sampling))
+        match sampling.Method with
+        | Method.PredictorCorrector(_, corrector) ->
+            Corrector.validate corrector
+            Schedule.points sde sampling.Schedule |> ignore
+        | Method.ProbabilityFlow m -> OdeMethod.validate sde m sampling.Schedule
+        | Method.DpmSolver d -> DpmSolver.validate sde d sampling.Schedule (sampling.Finish = Finish.Tweedie)
+
+/// The sampling entry point and what it is built on: each run combines an SDE, a model, a `Sampling`
+/// (method, schedule, finish, observer), a noise source and a starting state.
 [<RequireQualifiedAccess>]
 module Sampler =
-    /// The paper's PC sampler defaults: reverse diffusion + Langevin (snr 0.16, 1 step), 1000 uniform
-    /// steps to eps = 1e-3, denoised.
-    let pcDefaults =
-        { Predictor = Predictor.ReverseDiffusion
-          Corrector = Corrector.langevin 0.16 1
-          Grid = TimeGrid.Uniform
-          Steps = 1000
-          Eps = 1e-3
-          Denoise = true
-          Observer = None }
-
-    /// Probability-flow ODE defaults: RK4 on 100 uniform steps to eps = 1e-3, no denoising.
-    let odeDefaults =
-        { Solver = OdeSolver.Rk4
-          Grid = TimeGrid.Uniform
-          Steps = 100
-          Eps = 1e-3
-          Denoise = false
-          Observer = None }
-
-    /// A draw from the prior N(0, I) with the given shape, dtype and device.
-    let prior (shape: int64[]) (dtype: torch.ScalarType) (device: torch.Device) (noise: Noise) : Tensor =
+    /// A draw from the SDE's prior (N(0, I), or N(0, SigmaMax^2 I) for VE) with the given shape, dtype
+    /// and device.
+    let prior (sde: Sde) (shape: int64[]) (dtype: torch.ScalarType) (device: torch.Device) (noise: Noise) : Tensor =
         Native.ensureLoaded ()
-        Check.shape "shape" shape
-        if not (dtype = torch.float32 || dtype = torch.float64 || dtype = torch.float16 || dtype = torch.bfloat16) then
-            Check.fail "dtype" dtype "a floating-point dtype"
-        Noise.draw noise shape dtype device
+        Sde.validate sde
+        Sde.priorSample sde shape dtype device noise
 
-    let private checkStart (xT: Tensor) =
-        Check.floating "xT" xT
-        if xT.dim () < 1L || xT.shape.[0] < 1L then
-            Check.fail "xT" xT.shape "a tensor with a batch dimension"
+    /// Tweedie's denoising step at time t: E[x_0 | x_t] = (x + sigma_t^2 s(x, t)) / alpha_t (fresh).
+    let denoise (sde: Sde) (model: Model) (x: Tensor) (t: float) : Tensor =
+        use tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
+        Model.dataOf sde model x tb
 
-    /// The predictor-corrector sampler (Song et al. 2021, Alg. 1) from the starting state xT (not
-    /// modified). At each grid time t_i the corrector runs first, then the predictor steps to t_{i+1};
-    /// the step size is the grid spacing. Runs without gradients.
-    let predictorCorrector (sde: VpSde) (model: Model) (settings: PcSettings) (noise: Noise) (xT: Tensor) : SampleResult =
-        Native.ensureLoaded ()
-        checkStart xT
-        Corrector.validate settings.Corrector
-        let ts = TimeGrid.points sde settings.Grid settings.Steps settings.Eps
+    let private checkState (name: string) (x: Tensor) =
+        Check.floating name x
+        if x.dim () < 1L || x.shape.[0] < 1L then
+            Check.fail name x.shape "a tensor with a batch dimension"
+
+    /// A starting state made from a latent (not modified): a copy in the given dtype and device.
+    let latentAs (latent: Tensor) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
+        checkState "xT" latent
+        Check.notNull "device" device
+        use detached = latent.detach ()
+        detached.``to`` (dtype, device, copy = true)
+
+    /// The predictor-corrector loop in place on x; `lastMean` leaves the last update without its noise.
+    /// `afterCorrector t x` runs after the corrector's updates at time t, `afterStep` after each step.
+    let private predictorCorrector
+        sde
+        model
+        predictor
+        corrector
+        (ts: float[])
+        lastMean
+        noise
+        (afterCorrector: float -> Tensor -> unit)
+        (afterStep: Observer)
+        (x: Tensor)
+        =
         let n = ts.Length - 1
-        use _noGrad = torch.no_grad ()
-        let x = xT.clone ()
         use z = torch.empty_like (x)
         use tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
         // Working memory for the corrector's score with data-prediction models, made on first use.
         let scratch = lazy (torch.empty_like (x))
-        use _scratch =
-            { new IDisposable with
-                member _.Dispose() =
-                    if scratch.IsValueCreated then
-                        scratch.Value.Dispose() }
-        let mutable nfe = 0
-        let predictorEvaluates = Predictor.evaluatesModel settings.Predictor
-        for i in 0 .. n - 1 do
-            let t, s = ts.[i], ts.[i + 1]
-            Tensors.fillHost tb t
-            let last = i = n - 1
-            let alphaI = Corrector.stepAlpha sde t s
-            nfe <-
-                nfe
-                + Corrector.correctWith
-                    sde
-                    settings.Corrector
-                    model
+        try
+            let mutable nfe = 0
+            let predictorEvaluates = Predictor.evaluatesModel predictor
+            for i in 0 .. n - 1 do
+                let t, s = ts.[i], ts.[i + 1]
+                Tensors.fillHost tb t
+                let last = i = n - 1
+                let alphaI = Corrector.stepAlpha sde t s
+                let correctorMean = last && lastMean && not predictorEvaluates
+                let corrections = Corrector.correctWith sde corrector model x tb z scratch noise t alphaI correctorMean
+                if corrections > 0 then
+                    afterCorrector t x
+                nfe <- nfe + corrections
+                nfe <- nfe + Predictor.stepInPlace sde predictor model x tb z noise t s (not (last && lastMean))
+                afterStep i s x
+            nfe
+        finally
+            if scratch.IsValueCreated then
+                scratch.Value.Dispose()
+
+    /// Run a method in place on x, the run's working copy; returns the evaluations.
+    let private run (sde: Sde) (model: Model) (sampling: Sampling) (noise: Noise) afterCorrector (afterStep: Observer) (x: Tensor) =
+        match sampling.Method with
+        | Method.PredictorCorrector(p, c) ->
+            let ts = Schedule.points sde sampling.Schedule
+            predictorCorrector sde model p c ts (sampling.Finish = Finish.LastMean) noise afterCorrector afterStep x
+        | Method.ProbabilityFlow(OdeMethod.FixedStep solver) ->
+            ProbabilityFlow.integrateInPlace sde model solver (Schedule.points sde sampling.Schedule) x afterStep
+        | Method.ProbabilityFlow(OdeMethod.Dopri5 a) ->
+            let observe =
+                match a.Observer with
+                | Some own ->
+                    fun i t x ->
+                        (own i t x
+                         afterStep i t x)
+                | None -> afterStep
+            let r =
+                AdaptiveOde.integrateInPlace
+                    { a with Observer = Some observe }
+                    (ProbabilityFlow.fieldInto sde model)
                     x
-                    tb
-                    z
-                    scratch
-                    noise
-                    t
-                    alphaI
-                    (last && settings.Denoise && not predictorEvaluates)
-            nfe <-
-                nfe
-                + Predictor.stepInPlace sde settings.Predictor model x tb z noise t s (not (last && settings.Denoise))
-            settings.Observer |> Option.iter (fun f -> f i s x)
-        { Samples = x; Nfe = nfe }
+                    sde.T
+                    sampling.Schedule.Eps
+            r.Nfe
+        | Method.DpmSolver d -> DpmRunner.run sde model d sampling.Schedule (sampling.Finish = Finish.Tweedie) afterStep x
 
-    /// The probability-flow vector field dx/dt = -1/2 beta(t) (x + s(x, t)) of a model, evaluated
-    /// with a batch-shared time.
-    let probabilityFlowField (sde: VpSde) (model: Model) : VectorField =
-        fun (x: Tensor) (t: float) ->
-            use scope = torch.NewDisposeScope()
-            let tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
-            let out = Model.eval model x tb
-            let ka, kb = Model.scoreCoefficientsAt sde model.Output t
-            let hb = -0.5 * VpSde.betaAt sde t
-            // -1/2 beta (x + ka x + kb out)
-            let r = x * (hb * (1.0 + ka)) + out * (hb * kb)
-            r.MoveToOuterDisposeScope()
-
-    /// Tweedie's denoising step at time t: E[x_0 | x_t] = (x + sigma_t^2 s(x, t)) / alpha_t.
-    let denoise (sde: VpSde) (model: Model) (x: Tensor) (t: float) : Tensor =
-        use scope = torch.NewDisposeScope()
-        let tb = Tensors.fullTime x.shape.[0] t x.dtype x.device
-        (Model.dataOf sde model x tb).MoveToOuterDisposeScope()
-
-    /// One fixed step from t to s of the probability-flow ODE, in place on x. The field is linear in the
-    /// model output, F(x, t) = p x + q out(x, t) with host scalars p = -1/2 beta(t) (1 + ka) and
-    /// q = -1/2 beta(t) kb (score = ka x + kb out), so every stage is a few in-place updates: Euler
-    /// updates x alone, Heun also uses the stage buffer y, RK4 y and the accumulator acc (both shaped
-    /// like x; unused ones may be null). `evaluate state t update` evaluates the model at (state, t)
-    /// and passes its output to `update`. Safe for an output that is the state itself.
-    let internal flowStepInPlace
-        (sde: VpSde)
-        (output: ModelOutput)
-        (solver: OdeSolver)
-        (x: Tensor)
-        (y: Tensor)
-        (acc: Tensor)
-        (t: float)
-        (s: float)
-        (evaluate: Tensor -> float -> (Tensor -> unit) -> unit)
-        =
-        let coefficients (t: float) =
-            let ka, kb = Model.scoreCoefficientsAt sde output t
-            let hb = -0.5 * VpSde.betaAt sde t
-            hb * (1.0 + ka), hb * kb
-        // y <- x + c (p y + q out), with out possibly y itself (axpby is alias-safe).
-        let stage (c: float) (p: float) (q: float) (out: Tensor) =
-            if not (Fused.tryLinear y (c * p) y (c * q) out 1.0 x) then
-                Kernel.axpby y (c * p) out (c * q)
-                y.add_ (x) |> ignore
-        let h = s - t
-        match solver with
-        | OdeSolver.Euler ->
-            let p, q = coefficients t
-            evaluate x t (fun out -> Kernel.axpby x (1.0 + h * p) out (h * q))
-        | OdeSolver.Heun ->
-            let p1, q1 = coefficients t
-            y.copy_ (x) |> ignore
-            evaluate x t (fun out -> Kernel.axpby y (1.0 + h * p1) out (h * q1))
-            // x + h/2 (k1 + k2) with k1 = (y - x) / h: 0.5 x + (0.5 + h p2 / 2) y + (h q2 / 2) out2
-            let p2, q2 = coefficients s
-            evaluate y s (fun out -> Kernel.addTwo x 0.5 y (0.5 + 0.5 * h * p2) out (0.5 * h * q2))
-        | OdeSolver.Rk4 ->
-            let m = t + 0.5 * h
-            let p1, q1 = coefficients t
-            let pm, qm = coefficients m
-            let p4, q4 = coefficients s
-            // acc = k1; y = x + h/2 k1
-            evaluate x t (fun out ->
-                acc.copy_ (x) |> ignore
-                Kernel.axpby acc p1 out q1)
-            y.copy_ (x) |> ignore
-            Kernel.addScaled y acc (0.5 * h)
-            // acc += 2 k2; y = x + h/2 k2
-            evaluate y m (fun out ->
-                Kernel.addTwo acc 1.0 y (2.0 * pm) out (2.0 * qm)
-                stage (0.5 * h) pm qm out)
-            // acc += 2 k3; y = x + h k3
-            evaluate y m (fun out ->
-                Kernel.addTwo acc 1.0 y (2.0 * pm) out (2.0 * qm)
-                stage h pm qm out)
-            // acc += k4; x += h/6 acc
-            evaluate y s (fun out -> Kernel.addTwo acc 1.0 y p4 out q4)
-            Kernel.addScaled x acc (h / 6.0)
-
-    /// Integrate the probability-flow ODE of a model through the time points (decreasing to sample,
-    /// increasing to encode) with a fixed-step solver, in place on x (the caller's working buffer):
-    /// `flowStepInPlace` per step, with the time buffer and the stage buffers allocated once, so
-    /// nothing beyond the model's own tensors is created per step. `observe i t` runs after step i, at
-    /// time t. Returns the number of model evaluations.
-    let internal flowInPlace
-        (sde: VpSde)
-        (model: Model)
-        (solver: OdeSolver)
-        (times: float[])
-        (x: Tensor)
-        (observe: int -> float -> unit)
-        : int =
-        use tb = torch.empty ([| x.shape.[0] |], dtype = x.dtype, device = x.device)
-        use y = if solver = OdeSolver.Euler then null else torch.empty_like (x)
-        use acc = if solver = OdeSolver.Rk4 then torch.empty_like (x) else null
-        // What the model created during a call is disposed with the scope.
-        let evaluate (state: Tensor) (t: float) (update: Tensor -> unit) =
-            Tensors.fillHost tb t
-            use scope = torch.NewDisposeScope()
-            update (Model.eval model state tb)
-        for i in 0 .. times.Length - 2 do
-            flowStepInPlace sde model.Output solver x y acc times.[i] times.[i + 1] evaluate
-            observe i times.[i + 1]
-        (times.Length - 1) * OdeSolver.evaluationsPerStep solver
-
-    /// Sample by integrating the probability-flow ODE from T down to eps with a fixed-step solver,
-    /// starting at xT (not modified). Runs without gradients, in place on one working copy of xT
-    /// (`flowInPlace`).
-    let probabilityFlow (sde: VpSde) (model: Model) (settings: OdeSettings) (xT: Tensor) : SampleResult =
+    /// Sample from the starting state xT (not modified; e.g. `prior`, or a latent from `encode`) with
+    /// the configured method, schedule and finish; `noise` drives the stochastic steps (unused by the
+    /// deterministic methods) and a condition's draws. Runs without gradients on one working copy of xT,
+    /// which becomes the result. After every step the run calls its per-step hook: the condition's
+    /// replacement of the known part, when there is a condition (the PC sampler also replaces after its
+    /// corrector), then the observer, when one is given. With a condition the known part of the result
+    /// is exactly the known values.
+    let sample (sde: Sde) (model: Model) (sampling: Sampling) (noise: Noise) (xT: Tensor) : SampleResult =
         Native.ensureLoaded ()
-        checkStart xT
-        let ts = TimeGrid.points sde settings.Grid settings.Steps settings.Eps
+        Sde.validate sde
+        checkState "xT" xT
+        Sampling.validate sde sampling
+        sampling.Condition |> Option.iter (fun c -> Condition.checkShapes c xT)
         use _noGrad = torch.no_grad ()
-        let mutable x = xT.clone ()
-        let mutable nfe =
-            flowInPlace sde model settings.Solver ts x (fun i s -> settings.Observer |> Option.iter (fun f -> f i s x))
-        if settings.Denoise then
-            let d = denoise sde model x ts.[ts.Length - 1]
+        let mutable x =
+            use detached = xT.detach ()
+            detached.clone ()
+        try
+            use condition = ConditionRun.Start(sde, Sampling.stepKind sampling, sampling.Condition, model, noise, x)
+            let model = condition.Model
+            // The one place every method reports a finished step to.
+            let afterStep: Observer =
+                match sampling.Observer with
+                | Some observe ->
+                    fun i t x ->
+                        condition.AfterUpdate t x
+                        observe i t x
+                | None -> fun _ t x -> condition.AfterUpdate t x
+            condition.Start x
+            let mutable nfe = run sde model sampling noise condition.AfterUpdate afterStep x
+            match sampling.Finish, sampling.Method with
+            | Finish.Tweedie, Method.PredictorCorrector _
+            | Finish.Tweedie, Method.ProbabilityFlow _ ->
+                let d = denoise sde model x (Schedule.endTime sde sampling.Schedule)
+                x.Dispose()
+                x <- d
+                nfe <- nfe + 1
+            | _ -> ()
+            condition.Finish x
+            { Samples = x; Nfe = nfe }
+        with _ ->
             x.Dispose()
-            x <- d
-            nfe <- nfe + 1
-        { Samples = x; Nfe = nfe }
+            reraise ()
+
+    /// Encode: integrate the probability-flow ODE from the schedule's end time up to T starting at data
+    /// x0 (not modified). `sample` with `Method.ProbabilityFlow` of the same method and schedule inverts
+    /// it to within the solver's accuracy. Runs without gradients.
+    let encode (sde: Sde) (model: Model) (ode: OdeMethod) (schedule: Schedule) (x0: Tensor) : EncodeResult =
+        Native.ensureLoaded ()
+        Sde.validate sde
+        checkState "x0" x0
+        OdeMethod.validate sde ode schedule
+        use _noGrad = torch.no_grad ()
+        let z =
+            use detached = x0.detach ()
+            detached.clone ()
+        try
+            let nfe =
+                match ode with
+                | OdeMethod.FixedStep solver ->
+                    let up = Array.rev (Schedule.points sde schedule)
+                    ProbabilityFlow.integrateInPlace sde model solver up z (fun _ _ _ -> ())
+                | OdeMethod.Dopri5 a -> (AdaptiveOde.integrateInPlace a (ProbabilityFlow.fieldInto sde model) z schedule.Eps sde.T).Nfe
+            { Latent = z; Nfe = nfe }
+        with _ ->
+            z.Dispose()
+            reraise ()

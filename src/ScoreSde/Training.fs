@@ -9,7 +9,7 @@ open TorchSharp
 type LossWeighting =
     /// The noise-prediction loss |eps(x_t, t) - z|^2 (= |sigma_t s + z|^2): every time counts alike.
     | Noise
-    /// Likelihood weighting g(t)^2 |s + z / sigma_t|^2 = beta(t) / sigma_t^2 |eps(x_t, t) - z|^2, which
+    /// Likelihood weighting g(t)^2 |s + z / sigma_t|^2 = g(t)^2 / sigma_t^2 |eps(x_t, t) - z|^2, which
     /// makes the loss a bound on the negative log-likelihood. The weight grows like 1 / t near
     /// t = eps, so the loss has a much larger variance: use a smaller learning rate.
     | Likelihood
@@ -54,8 +54,8 @@ type TrainResult =
     /// Optimiser steps per second.
     member r.StepsPerSecond = float r.Losses.Length / r.Seconds
 
-/// Denoising score matching for the continuous VP-SDE (Song et al. 2021, Eq. 7): with t ~ U(eps, 1),
-/// z ~ N(0, I) and x_t = alpha_t x_0 + sigma_t z, fit eps(x_t, t) to z with Adam.
+/// Denoising score matching for the continuous SDEs (Song et al. 2021, Eq. 7): with t ~ U(eps, 1),
+/// z ~ N(0, I) and x_t = alpha_t x_0 + sigma_t z with the SDE's marginal, fit eps(x_t, t) to z with Adam.
 [<RequireQualifiedAccess>]
 module Training =
     /// Defaults that fit the built-in 2-D datasets in about a minute on two CPU cores.
@@ -86,14 +86,14 @@ module Training =
         settings.GradClip |> Option.iter (Check.positive "GradClip")
 
     /// Per-sample coefficients of times t (host doubles): alpha_t, sigma_t and the loss weight
-    /// (1, or beta(t) / sigma_t^2 for likelihood weighting).
-    let coefficients (sde: VpSde) (weighting: LossWeighting) (t: float[]) =
-        let alpha = t |> Array.map (VpSde.alphaAt sde)
-        let sigma = t |> Array.map (VpSde.sigmaAt sde)
+    /// (1, or g(t)^2 / sigma_t^2 for likelihood weighting).
+    let coefficients (sde: Sde) (weighting: LossWeighting) (t: float[]) =
+        let alpha = t |> Array.map (Sde.alphaAt sde)
+        let sigma = t |> Array.map (Sde.sigmaAt sde)
         let weight =
             match weighting with
             | LossWeighting.Noise -> None
-            | LossWeighting.Likelihood -> Some(Array.map2 (fun tt s -> VpSde.betaAt sde tt / (s * s)) t sigma)
+            | LossWeighting.Likelihood -> Some(Array.map2 (fun tt s -> Sde.diffusionSquaredAt sde tt / (s * s)) t sigma)
         alpha, sigma, weight
 
     /// The denoising score-matching loss of a noise-prediction network on clean data x0 [B, ...] at
@@ -101,7 +101,7 @@ module Training =
     /// mean over the batch of the per-sample mean over coordinates of w(t) (eps(x_t, t) - z)^2.
     /// Differentiable; x0, t and z are not modified. The per-sample coefficients are computed on the
     /// host in float64 (no TorchSharp Scalars, which have finalizers, in the training loop).
-    let loss (sde: VpSde) (weighting: LossWeighting) (net: Tensor -> Tensor -> Tensor) (x0: Tensor) (t: Tensor) (z: Tensor) : Tensor =
+    let loss (sde: Sde) (weighting: LossWeighting) (net: Tensor -> Tensor -> Tensor) (x0: Tensor) (t: Tensor) (z: Tensor) : Tensor =
         Check.sameShape "z" z x0 "x0"
         if t.numel () <> x0.shape.[0] then
             Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
@@ -131,7 +131,7 @@ module Training =
     /// indices, times, noise) comes from `generator`, so the same seed and network initialisation
     /// reproduce the run. Returns the EMA network, the losses and the time taken. `data` is not
     /// modified; it is moved to the network's device and dtype once.
-    let train (sde: VpSde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (generator: torch.Generator) : TrainResult =
+    let train (sde: Sde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (generator: torch.Generator) : TrainResult =
         Native.ensureLoaded ()
         Check.notNull "net" net
         Check.notNull "generator" generator

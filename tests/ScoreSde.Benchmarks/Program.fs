@@ -42,79 +42,87 @@ let private unet (argv: string[]) =
     printfn "Report written to %s" path
     0
 
+/// The BenchmarkDotNet suite.
+let benchmarks (argv: string[]) =
+    ScoreSde.Native.ensureLoaded ()
+    let mutable quick = false
+    let mutable memorySteps = Some 10000
+    let mutable pairedRounds = Some 40
+    let bdnArgs = ResizeArray<string>()
+    let rec parse (args: string list) =
+        match args with
+        | "--quick" :: rest ->
+            quick <- true
+            parse rest
+        | "--threads" :: v :: rest ->
+            threadCounts <- v.Split(',') |> Array.map int
+            parse rest
+        | "--memory-steps" :: v :: rest ->
+            memorySteps <- Some(int v)
+            parse rest
+        | "--no-memory" :: rest ->
+            memorySteps <- None
+            parse rest
+        | "--no-paired" :: rest ->
+            pairedRounds <- None
+            parse rest
+        | a :: rest ->
+            bdnArgs.Add a
+            parse rest
+        | [] -> ()
+    parse (List.ofArray argv)
+    if quick then
+        threadCounts <- [| 1 |]
+        memorySteps <- memorySteps |> Option.map (fun n -> min n 1000)
+        pairedRounds <- pairedRounds |> Option.map (fun n -> min n 10)
+    if not (bdnArgs.Contains "--filter") then
+        bdnArgs.AddRange [ "--filter"; "*" ]
+    let job =
+        Job.Default
+            .WithToolchain(InProcessEmitToolchain(TimeSpan.FromMinutes 30.0, true))
+            .WithLaunchCount(1)
+            .WithWarmupCount(if quick then 2 else 3)
+            .WithIterationCount(if quick then 5 else 10)
+            .WithIterationTime(TimeInterval.FromMilliseconds(if quick then 100.0 else 250.0))
+            .WithId(if quick then "quick" else "short")
+    let config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job)
+    let summaries =
+        BenchmarkSwitcher.FromAssembly(typeof<StepBenchmarks>.Assembly).Run(bdnArgs.ToArray(), config)
+        |> Seq.toArray
+    let report =
+        [ sprintf "Machine: %s" (Report.machine ())
+          sprintf "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
+          ""
+          "Steps (float32, one step from t = 0.5, dt = 1/1000):"
+          ""
+          Report.stepTable summaries
+          match pairedRounds with
+          | Some n ->
+              "StepPred against the noise floor, measured in alternation (blocks of about 20 ms):\n\n"
+              + Paired.table n
+          | None -> ""
+          "Samplers (model share subtracted):"
+          ""
+          Report.samplerTable summaries
+          match memorySteps with
+          | Some n -> "Memory over long runs:\n\n" + Report.memoryTable n
+          | None -> "" ]
+        |> String.concat "\n"
+    printfn "\n%s" report
+    let dir = Path.Combine(Environment.CurrentDirectory, "BenchmarkDotNet.Artifacts")
+    Directory.CreateDirectory dir |> ignore
+    let path = Path.Combine(dir, "scoresde-report.md")
+    File.WriteAllText(path, report)
+    printfn "Report written to %s" path
+    0
+
 [<EntryPoint>]
 let main argv =
-    ScoreSde.Native.ensureLoaded ()
-    if Array.contains "--unet" argv then
+    match argv with
+    | [| "--native-startup-child" |] -> NativeStartup.child ()
+    | [| "--native-startup" |] -> NativeStartup.run 15
+    | [| "--native-startup"; rounds |] -> NativeStartup.run (int rounds)
+    | _ when Array.contains "--unet" argv ->
+        ScoreSde.Native.ensureLoaded ()
         unet argv
-    else
-        let mutable quick = false
-        let mutable memorySteps = Some 10000
-        let mutable pairedRounds = Some 40
-        let bdnArgs = ResizeArray<string>()
-        let rec parse (args: string list) =
-            match args with
-            | "--quick" :: rest ->
-                quick <- true
-                parse rest
-            | "--threads" :: v :: rest ->
-                threadCounts <- v.Split(',') |> Array.map int
-                parse rest
-            | "--memory-steps" :: v :: rest ->
-                memorySteps <- Some(int v)
-                parse rest
-            | "--no-memory" :: rest ->
-                memorySteps <- None
-                parse rest
-            | "--no-paired" :: rest ->
-                pairedRounds <- None
-                parse rest
-            | a :: rest ->
-                bdnArgs.Add a
-                parse rest
-            | [] -> ()
-        parse (List.ofArray argv)
-        if quick then
-            threadCounts <- [| 1 |]
-            memorySteps <- memorySteps |> Option.map (fun n -> min n 1000)
-            pairedRounds <- pairedRounds |> Option.map (fun n -> min n 10)
-        if not (bdnArgs.Contains "--filter") then
-            bdnArgs.AddRange [ "--filter"; "*" ]
-        let job =
-            Job.Default
-                .WithToolchain(InProcessEmitToolchain(TimeSpan.FromMinutes 30.0, true))
-                .WithLaunchCount(1)
-                .WithWarmupCount(if quick then 2 else 3)
-                .WithIterationCount(if quick then 5 else 10)
-                .WithIterationTime(TimeInterval.FromMilliseconds(if quick then 100.0 else 250.0))
-                .WithId(if quick then "quick" else "short")
-        let config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job)
-        let summaries =
-            BenchmarkSwitcher.FromAssembly(typeof<StepBenchmarks>.Assembly).Run(bdnArgs.ToArray(), config)
-            |> Seq.toArray
-        let report =
-            [ sprintf "Machine: %s" (Report.machine ())
-              sprintf "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
-              ""
-              "Steps (float32, one step from t = 0.5, dt = 1/1000):"
-              ""
-              Report.stepTable summaries
-              match pairedRounds with
-              | Some n ->
-                  "StepPred against the noise floor, measured in alternation (blocks of about 20 ms):\n\n"
-                  + Paired.table n
-              | None -> ""
-              "Samplers (model share subtracted):"
-              ""
-              Report.samplerTable summaries
-              match memorySteps with
-              | Some n -> "Memory over long runs:\n\n" + Report.memoryTable n
-              | None -> "" ]
-            |> String.concat "\n"
-        printfn "\n%s" report
-        let dir = Path.Combine(Environment.CurrentDirectory, "BenchmarkDotNet.Artifacts")
-        Directory.CreateDirectory dir |> ignore
-        let path = Path.Combine(dir, "scoresde-report.md")
-        File.WriteAllText(path, report)
-        printfn "Report written to %s" path
-        0
+    | _ -> benchmarks argv

@@ -115,28 +115,14 @@ let memoryTable (steps: int) =
             steps
     )
     line "|---|---|---|---|---|"
-    let cases: (string * (Model -> Observer -> Noise -> torch.Tensor -> SampleResult)) list =
-        [ "PC Euler-Maruyama",
-          (fun model obs noise xT ->
-              Sampler.predictorCorrector sde model { SamplerCases.pcEm with Steps = steps; Observer = Some obs } noise xT)
-          "PC reverse diffusion + Langevin",
-          (fun model obs noise xT ->
-              Sampler.predictorCorrector sde model { SamplerCases.pcRdLangevin with Steps = steps; Observer = Some obs } noise xT)
-          "probability flow, Euler",
-          (fun model obs _ xT -> Sampler.probabilityFlow sde model { SamplerCases.odeEuler with Steps = steps; Observer = Some obs } xT)
-          "probability flow, RK4",
-          (fun model obs _ xT -> Sampler.probabilityFlow sde model { SamplerCases.odeRk4 with Steps = steps; Observer = Some obs } xT)
-          "probability flow, Dopri5 (per-sample control, held to the steps)",
-          (fun model obs _ xT ->
-              let settings = SamplerCases.dopri5 steps
-              let settings =
-                  match settings.Method with
-                  | OdeMethod.Dopri5 a -> { settings with Method = OdeMethod.Dopri5 { a with Observer = Some(fun i _ x -> obs i 0.0 x) } }
-                  | _ -> settings
-              ProbabilityFlow.sample sde model settings xT)
-          "DPM-Solver++ (multistep, order 3)",
-          (fun model obs _ xT -> DpmSolver.sample sde model { SamplerCases.dpm with Steps = steps; Observer = Some obs } xT) ]
-    for name, run in cases do
+    let cases: (string * Sampling) list =
+        [ "PC Euler-Maruyama", SamplerCases.pcEm steps
+          "PC reverse diffusion + Langevin", SamplerCases.pcRdLangevin steps
+          "probability flow, Euler", SamplerCases.ode OdeSolver.Euler steps
+          "probability flow, RK4", SamplerCases.ode OdeSolver.Rk4 steps
+          "probability flow, Dopri5 (per-sample control, held to the steps)", SamplerCases.dopri5 steps
+          "DPM-Solver++ (multistep, order 3)", SamplerCases.dpm steps ]
+    for name, sampling in cases do
         use g = new torch.Generator(7UL, torch.CPU)
         let noise = Noise.fromGenerator g
         use xT = torch.randn ([| 4L; 3L; 64L; 64L |], generator = g)
@@ -156,7 +142,7 @@ let memoryTable (steps: int) =
         let peakReset = resetPeakRss ()
         let created0 = tensorsCreated ()
         let bytes0 = GC.GetAllocatedBytesForCurrentThread()
-        let r = run model obs noise xT
+        let r = Sampler.sample sde model { sampling with Observer = Some obs } noise xT
         let bytes = GC.GetAllocatedBytesForCurrentThread() - bytes0
         let created = tensorsCreated () - created0
         r.Samples.Dispose()

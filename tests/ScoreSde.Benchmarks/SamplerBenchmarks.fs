@@ -9,7 +9,7 @@ open ScoreSde.Benchmarks.Setup
 
 /// The samplers measured: name, settings maker, model evaluations per step.
 module SamplerCases =
-    let sde = VpSde.standard
+    let sde = Sde.standardVp
 
     /// Data N(0, I): under the VP-SDE every marginal p_t is N(0, I) (alpha_t^2 + sigma_t^2 = 1), so the
     /// score is -x at every t. One tensor operation that allocates its output, as a network does.
@@ -18,19 +18,28 @@ module SamplerCases =
     /// Steps per benchmarked run.
     let steps = 100
 
-    let pcEm =
-        { Sampler.pcDefaults with
-            Predictor = Predictor.EulerMaruyama
-            Corrector = Corrector.NoCorrector
-            Steps = steps }
-    let pcRdLangevin =
-        { Sampler.pcDefaults with
-            Predictor = Predictor.ReverseDiffusion
-            Corrector = Corrector.langevin 0.16 1
-            Steps = steps }
-    let odeEuler = { Sampler.odeDefaults with Solver = OdeSolver.Euler; Steps = steps }
-    let odeRk4 = { Sampler.odeDefaults with Solver = OdeSolver.Rk4; Steps = steps }
-    let dpm = { DpmSolver.defaults with Steps = steps }
+    /// The samplers through the library's entry point, `steps` uniform steps (logSNR for DPM-Solver).
+    let pc (p: Predictor) (c: Corrector) (steps: int) =
+        { Sampling.pc with
+            Method = Method.PredictorCorrector(p, c)
+            Schedule = Schedule.uniform steps 1e-3 }
+
+    let pcEm steps = pc Predictor.EulerMaruyama Corrector.NoCorrector steps
+    // per-sample norms, as the figures in docs/performance.md were measured (the batch mean, now the
+    // default, runs the same kernels and averages the step sizes on the host)
+    let pcRdLangevin steps =
+        pc Predictor.ReverseDiffusion (Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.PerSample }) steps
+
+    let ode (solver: OdeSolver) (steps: int) =
+        { Sampling.flow with
+            Method = Method.ProbabilityFlow(OdeMethod.FixedStep solver)
+            Schedule = Schedule.uniform steps 1e-3 }
+
+    /// DPM-Solver++ (multistep, order 3, logSNR grid).
+    let dpm (steps: int) =
+        { Sampling.dpmSolver with
+            Method = Method.DpmSolver { DpmSolver.defaults with Algorithm = DpmAlgorithm.DpmSolverPlusPlus; Order = 3 }
+            Schedule = { Sampling.dpmSolver.Schedule with Steps = steps } }
 
     /// Adaptive Dormand-Prince 5(4) on the probability-flow ODE, per-sample step control, held to
     /// `steps` steps by its initial and largest step size (the analytic model's flow field is zero, so
@@ -38,14 +47,19 @@ module SamplerCases =
     /// time rounding can add a last short step).
     let dopri5 (steps: int) =
         let h = (1.0 - 1e-3) / float steps
-        { ProbabilityFlow.defaults with
+        { Sampling.flow with
             Method =
-                OdeMethod.Dopri5
-                    { AdaptiveOde.defaults with
-                        Control = StepControl.PerSample
-                        InitialStep = Some h
-                        MaxStep = Some h
-                        MaxSteps = steps + 10 } }
+                Method.ProbabilityFlow(
+                    OdeMethod.Dopri5
+                        { AdaptiveOde.defaults with
+                            Control = StepControl.PerSample
+                            InitialStep = Some h
+                            MaxStep = Some h
+                            MaxSteps = steps + 10 }
+                ) }
+
+    /// Noise for the deterministic samplers (not drawn from).
+    let unused = Noise.fromSeed 0L torch.CPU
 
 [<MemoryDiagnoser>]
 type SamplerBenchmarks() =
@@ -133,7 +147,7 @@ type SamplerBenchmarks() =
     /// (the cost does not depend on the direction).
     member private _.OdeKernel(solver: OdeSolver) =
         let h = (1.0 - 1e-3) / float SamplerCases.steps
-        Sampler.flowStepInPlace sde ModelOutput.Score solver state stage acc t0 (t0 + h) (fun _ _ update -> update z)
+        ProbabilityFlow.stepInPlace sde ModelOutput.Score solver state stage acc t0 (t0 + h) (fun _ _ update -> update z)
 
     /// The Euler probability-flow kernel alone.
     [<Benchmark>]
@@ -146,41 +160,41 @@ type SamplerBenchmarks() =
     /// PC sampler, Euler-Maruyama, no corrector, 100 steps.
     [<Benchmark>]
     member _.PcEulerMaruyama() =
-        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm noise xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.pcEm SamplerCases.steps) noise xT
         r.Samples.Dispose()
 
     /// PC sampler, Euler-Maruyama, no corrector, 100 steps, with the optional Noise.fast source.
     [<Benchmark>]
     member _.PcEulerMaruyamaFastNoise() =
-        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcEm fastNoise xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.pcEm SamplerCases.steps) fastNoise xT
         r.Samples.Dispose()
 
     /// PC sampler, reverse diffusion + Langevin (per-sample norms), 100 steps.
     [<Benchmark>]
     member _.PcReverseDiffusionLangevin() =
-        let r = Sampler.predictorCorrector sde SamplerCases.model SamplerCases.pcRdLangevin noise xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.pcRdLangevin SamplerCases.steps) noise xT
         r.Samples.Dispose()
 
     /// Probability-flow ODE, forward Euler, 100 steps.
     [<Benchmark>]
     member _.OdeEuler() =
-        let r = Sampler.probabilityFlow sde SamplerCases.model SamplerCases.odeEuler xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.ode OdeSolver.Euler SamplerCases.steps) SamplerCases.unused xT
         r.Samples.Dispose()
 
     /// DPM-Solver++ (multistep, order 3, logSNR grid), 100 evaluations.
     [<Benchmark>]
     member _.DpmSolverPlusPlus() =
-        let r = DpmSolver.sample sde SamplerCases.model SamplerCases.dpm xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.dpm SamplerCases.steps) SamplerCases.unused xT
         r.Samples.Dispose()
 
     /// Probability-flow ODE, adaptive Dormand-Prince 5(4) held to 100 steps.
     [<Benchmark>]
     member _.OdeDopri5() =
-        let r = ProbabilityFlow.sample sde SamplerCases.model (SamplerCases.dopri5 SamplerCases.steps) xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.dopri5 SamplerCases.steps) SamplerCases.unused xT
         r.Samples.Dispose()
 
     /// Probability-flow ODE, RK4, 100 steps.
     [<Benchmark>]
     member _.OdeRk4() =
-        let r = Sampler.probabilityFlow sde SamplerCases.model SamplerCases.odeRk4 xT
+        let r = Sampler.sample sde SamplerCases.model (SamplerCases.ode OdeSolver.Rk4 SamplerCases.steps) SamplerCases.unused xT
         r.Samples.Dispose()

@@ -21,7 +21,7 @@ type StepBenchmarks() =
     let mutable scheduler: ScoreSde.CSharp.ScoreSdeVpScheduler = Unchecked.defaultof<_>
     let mutable noise: Noise = Unchecked.defaultof<_>
     let mutable fastNoise: Noise = Unchecked.defaultof<_>
-    let sde = VpSde.standard
+    let sde = Sde.standardVp
     // The step of the benchmark: from t = 0.5 with diffusers' dt = 1 / len(timesteps).
     let t0 = 0.5
     let s0 = t0 - 1.0 / float steps
@@ -99,7 +99,7 @@ type StepBenchmarks() =
     [<Benchmark>]
     member _.NaiveTransliteration() =
         use scope = torch.NewDisposeScope()
-        let bmin, bmax = sde.BetaMin, sde.BetaMax
+        let bmin, bmax = VpSchedule.standard.BetaMin, VpSchedule.standard.BetaMax
         let logMeanCoeff = t.pow (Scalar.op_Implicit 2.0) * (-0.25 * (bmax - bmin)) - t * (0.5 * bmin)
         let std = torch.sqrt (1.0 - torch.exp (logMeanCoeff * 2.0))
         let mutable std = std.flatten ()

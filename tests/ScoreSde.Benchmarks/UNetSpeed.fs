@@ -132,7 +132,7 @@ type private FSharpCase(o: Options, config: UNetConfig, channelsLast: bool) =
         let t = torch.tensor (times, dtype = torch.float32)
         let z = torch.randn (shape, generator = g)
         Gradients.zero parameters
-        let loss = Training.loss VpSde.standard LossWeighting.Noise model x0 t z
+        let loss = Training.loss Sde.standardVp LossWeighting.Noise model x0 t z
         loss.backward ()
         adam.Step 2e-4
         loss.item<float32>() |> ignore

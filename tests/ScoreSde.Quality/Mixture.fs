@@ -1,5 +1,6 @@
 /// Gaussian mixtures with diagonal covariances: exact samples and the exact noise prediction of the
-/// VP-SDE marginals, so a sampler's distance to the data is solver error plus Monte Carlo noise only.
+/// marginals of each SDE (VP, sub-VP, VE), so a sampler's distance to the data is solver error plus
+/// Monte Carlo noise only.
 module ScoreSde.Quality.Mixture
 
 open System
@@ -61,24 +62,49 @@ let private expm1 (x: float) =
     elif u - 1.0 = -1.0 then -1.0
     else (u - 1.0) * x / Math.Log u
 
-/// The exact noise prediction eps(x, t) = -sigma_t grad log p_t(x) of the mixture under the VP-SDE:
-/// p_t = sum_k w_k N(alpha_t m_k, alpha_t^2 S_k + sigma_t^2 I), the responsibilities by log-sum-exp.
-/// Computed in float64 whatever x's dtype, with its own alpha/sigma formulas.
-let noiseModel (sde: VpSde) (m: Mixture) : Tensor -> Tensor -> Tensor =
+/// alpha(t) and sigma(t)^2 of the SDE's marginal, from the paper's formulas written here (VP: e^m and
+/// 1 - e^(2m); sub-VP: e^m and (1 - e^(2m))^2; VE: 1 and (sigma_min (sigma_max / sigma_min)^t)^2).
+let marginal (sde: Sde) (t: float) =
+    match sde with
+    | Sde.Vp s
+    | Sde.SubVp s ->
+        let logA = -0.25 * t * t * (s.BetaMax - s.BetaMin) - 0.5 * t * s.BetaMin
+        let v = -(expm1 (2.0 * logA))
+        Math.Exp logA, (if Sde.name sde = "vp" then v else v * v)
+    | Sde.Ve s -> 1.0, (s.SigmaMin * Math.Pow(s.SigmaMax / s.SigmaMin, t)) ** 2.0
+
+/// The one time of a batch's time tensor. The samplers share a time over the batch, but libtorch may
+/// round a time computed for every sample differently in its vectorised body and its scalar tail (one
+/// unit in the last place, seen with Dormand-Prince at 200 samples on one thread), so times within four
+/// units in the last place of the tensor's dtype count as one.
+let sharedTime (t: Tensor) =
+    use scope = torch.NewDisposeScope()
+    let ts = t.to_type(torch.float64).flatten()
+    let tv = ts.[0L].item<float>()
+    let ulp = if t.dtype = torch.float64 then 2.2e-16 else 1.2e-7
+    let spread = (ts.max().item<float>()) - (ts.min().item<float>())
+    if spread > 4.0 * ulp * max 1.0 (abs tv) then
+        failwithf "the exact mixture functions expect one time for the whole batch (times spread over %g)" spread
+    tv
+
+/// The mixture's parameters as float64 tensors: means [K, D], variances [K, D], log-weights [1, K].
+let parameters (m: Mixture) =
     let k, d = int64 m.Modes, int64 m.Dim
     let means = torch.tensor(Array.concat m.Means, dtype = torch.float64).reshape([| k; d |])
     let vars0 = torch.tensor(Array.concat m.Stds |> Array.map (fun s -> s * s), dtype = torch.float64).reshape([| k; d |])
     let logW = torch.tensor(m.Weights |> Array.map Math.Log, dtype = torch.float64).reshape([| 1L; k |])
+    means, vars0, logW
+
+/// The exact noise prediction eps(x, t) = -sigma_t grad log p_t(x) of the mixture under an SDE:
+/// p_t = sum_k w_k N(alpha_t m_k, alpha_t^2 S_k + sigma_t^2 I), the responsibilities by log-sum-exp.
+/// Computed in float64 whatever x's dtype, with its own alpha/sigma formulas (`marginal`).
+let noiseModel (sde: Sde) (m: Mixture) : Tensor -> Tensor -> Tensor =
+    let k = int64 m.Modes
+    let means, vars0, logW = parameters m
     fun (x: Tensor) (t: Tensor) ->
         use scope = torch.NewDisposeScope()
         // the samplers share one time over the batch; the marginal is then the same for every sample
-        let ts = t.to_type(torch.float64).flatten()
-        let tv = ts.[0L].item<float>()
-        if ts.numel () > 1L && not (ts.eq(torch.tensor (tv, dtype = torch.float64)).all().item<bool>()) then
-            failwith "the mixture model expects one time for the whole batch"
-        let logA = -0.25 * tv * tv * (sde.BetaMax - sde.BetaMin) - 0.5 * tv * sde.BetaMin
-        let a = Math.Exp logA
-        let s2 = -(expm1 (2.0 * logA))
+        let a, s2 = marginal sde (sharedTime t)
         let v = vars0 * (a * a) + s2 // [K, D] marginal variances
         let iv = v.reciprocal ()
         let mv = means * iv // m_k / v_k

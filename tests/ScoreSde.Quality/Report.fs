@@ -9,6 +9,14 @@ open System.Text
 /// budget is too small for the method).
 type Row = { Name: string; Family: string; Cells: (int * float) option[] }
 
+/// A report written as it is printed: every line goes to stdout and into the text.
+type Log() =
+    let text = StringBuilder()
+    member _.Say(line: string) =
+        printfn "%s" line
+        text.AppendLine line |> ignore
+    override _.ToString() = text.ToString()
+
 let private inv (format: string) (v: float) = v.ToString(format, CultureInfo.InvariantCulture)
 
 /// A markdown table: one column per budget; a cell that used fewer evaluations than requested shows

@@ -6,7 +6,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let private gauss = PredictorTests.gauss
 
 /// x' = -2 t x (batch-shared rate); exact solution x(t) = x(t0) exp(t0^2 - t^2).
@@ -46,7 +46,7 @@ let tests =
     testList
         "Adaptive ODE solver (Dormand-Prince 5(4))"
         [ test "the tableau satisfies the order conditions (independent host arithmetic)" {
-              let c, a, b, bh = AdaptiveOde.nodes, AdaptiveOde.coupling, AdaptiveOde.weights5, AdaptiveOde.weights4
+              let c, a, b, bh = Dopri5.nodes, Dopri5.coupling, Dopri5.weights5, Dopri5.weights4
               for i in 1..6 do
                   close 1e-14 (Array.sum a.[i]) c.[i] (sprintf "row %d sums to c" i)
               // order 5 (quadrature conditions sum b c^k = 1 / (k + 1), k = 0..4) and order 4 for the embedded pair
@@ -176,9 +176,7 @@ let tests =
               let times = ResizeArray<float>()
               let r2 =
                   AdaptiveOde.integrate
-                      { AdaptiveOde.defaults with
-                          InitialStep = Some 0.01
-                          Observer = Some(fun _ t _ -> times.Add(scalar t)) }
+                      { AdaptiveOde.defaults with InitialStep = Some 0.01; Observer = Some(fun _ t _ -> times.Add t) }
                       decay
                       x0
                       0.0

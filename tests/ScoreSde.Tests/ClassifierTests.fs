@@ -112,7 +112,8 @@ let tests =
                   0.98
                   (sprintf "test accuracy after training (before: %.2f; losses %A)" before r.Losses.[72..])
               Expect.isLessThan (Array.average r.Losses.[72..]) (Array.average r.Losses.[..7]) "the loss went down"
-              let dir = Path.Combine(tempDir "classifier", "c")
+              use dirTemp = tempDir "classifier"
+              let dir = Path.Combine(dirTemp.Path, "c")
               let meta = JsonObject()
               meta.["accuracy"] <- JsonValue.Create after
               ClassifierFile.save dir net PixelRange.ZeroOne meta
@@ -135,7 +136,7 @@ let tests =
               use train = squares 256 56L
               use g = generator 56L
               use net = new Classifier(tinyConfig 4 true, g)
-              let sde = VpSde.standard
+              let sde = Sde.standardVp
               let settings =
                   { ClassifierTraining.defaults with
                       Epochs = 25
@@ -143,7 +144,7 @@ let tests =
                       LearningRate = 1e-2
                       WarmupSteps = 5
                       Pixels = PixelRange.Centred
-                      Marginal = Some(fun t -> VpSde.alphaAt sde t, VpSde.sigmaAt sde t) }
+                      Marginal = Some(fun t -> Sde.alphaAt sde t, Sde.sigmaAt sde t) }
               let r = ClassifierTraining.train settings net train g
               // at t near 1 the input is noise, so the loss cannot reach 0, but it must fall below
               // chance (log 4 = 1.386) on average

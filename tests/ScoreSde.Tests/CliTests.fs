@@ -44,7 +44,8 @@ let tests =
     <| testList
         "Command line"
         [ test "train then sample to .csv, .npy and .png" {
-              let dir = tempDir "cli"
+              use temp = tempDir "cli"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               let out =
                   cliOk
@@ -112,7 +113,8 @@ let tests =
           }
 
           test "same seed, same samples; another seed, other samples" {
-              let dir = tempDir "cliseed"
+              use temp = tempDir "cliseed"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               cliOk
                   [ "train"
@@ -138,7 +140,8 @@ let tests =
           }
 
           test "user data from CSV are standardised for training and samples come back in data units" {
-              let dir = tempDir "clidata"
+              use temp = tempDir "clidata"
+              let dir = temp.Path
               // N((10, -5), diag(2^2, 0.5^2)): far from the prior's scale
               use g = generator 80L
               use z = torch.randn ([| 400L; 2L |], dtype = torch.float64, generator = g)
@@ -181,7 +184,8 @@ let tests =
           }
 
           test "demo on a tiny budget writes every figure, the model and the table" {
-              let dir = tempDir "demo"
+              use temp = tempDir "demo"
+              let dir = temp.Path
               let out = cliOk [ "demo"; "--train-steps"; "30"; "--n"; "300"; "--out"; dir; "--quiet" ]
               let expected =
                   [ "data.png"
@@ -199,7 +203,8 @@ let tests =
           }
 
           test "the TorchScript fixture samples its Gaussian through the command line with every sampler" {
-              let dir = tempDir "clits"
+              use temp = tempDir "clits"
+              let dir = temp.Path
               // each sampler's default settings; the log names what ran
               for sampler, logged, ext in
                   [ "pc", "PC: reverse diffusion + Langevin, 500 steps", ".csv"
@@ -224,8 +229,48 @@ let tests =
                   expectFixtureGaussian s (sprintf "scoresde sample --sampler %s (seed 0)" sampler)
           }
 
+          test "the DPM sampler's lower-order rule and third-order update are options" {
+              use temp = tempDir "clidpm"
+              let dir = temp.Path
+              for extra in
+                  [ [ "--lower-order-final"; "never"; "--third-order"; "taylor-exact" ]
+                    [ "--lower-order-final"; "below15"; "--algorithm"; "dpm-solver++" ] ] do
+                  let out = Path.Combine(dir, "g.npy")
+                  cliOk (
+                      [ "sample"
+                        "--model"
+                        fixture "gaussian_eps_t999.pt"
+                        "--time-scale"
+                        "999"
+                        "--sampler"
+                        "dpm"
+                        "--steps"
+                        "20"
+                        "--n"
+                        "4000"
+                        "--out"
+                        out ]
+                      @ extra
+                  )
+                  |> ignore
+                  use s = DataFile.load out torch.float64
+                  expectFixtureGaussian s (sprintf "scoresde sample --sampler dpm %A (seed 0)" extra)
+              cliFails
+                  [ "sample"
+                    "--model"
+                    fixture "gaussian_eps_t999.pt"
+                    "--sampler"
+                    "dpm"
+                    "--lower-order-final"
+                    "sometimes"
+                    "--out"
+                    Path.Combine(dir, "x.csv") ]
+                  "--lower-order-final"
+          }
+
           test "likelihood of the TorchScript Gaussian matches its closed-form density" {
-              let dir = tempDir "clilik"
+              use temp = tempDir "clilik"
+              let dir = temp.Path
               // 300 points of the fixture's Gaussian, written as .npy
               use g = generator 90L
               use z = torch.randn ([| 300L; 2L |], dtype = torch.float64, generator = g)
@@ -276,7 +321,8 @@ let tests =
           }
 
           test "bad input: one line on stderr, non-zero exit, no stack trace" {
-              let dir = tempDir "clibad"
+              use temp = tempDir "clibad"
+              let dir = temp.Path
               let model = Path.Combine(dir, "model")
               cliOk
                   [ "train"

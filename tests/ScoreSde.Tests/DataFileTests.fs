@@ -8,12 +8,6 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-/// A fresh temporary directory for one test.
-let tempDir (name: string) =
-    let d = Path.Combine(Path.GetTempPath(), sprintf "scoresde-tests-%s-%s" name (Guid.NewGuid().ToString("N")))
-    Directory.CreateDirectory d |> ignore
-    d
-
 let private fixture (name: string) = Path.Combine(AppContext.BaseDirectory, "fixtures", name)
 
 /// The fixtures' table: element (i, j) = 10 i + j + 0.25.
@@ -49,7 +43,8 @@ let tests =
           }
 
           test ".npy round trips exactly in float32 and float64, any rank" {
-              let dir = tempDir "npy"
+              use temp = tempDir "npy"
+              let dir = temp.Path
               for dtype in [ torch.float32; torch.float64 ] do
                   for shape in [ [| 7L |]; [| 5L; 3L |]; [| 2L; 3L; 4L |] ] do
                       use g = generator 21L
@@ -67,7 +62,8 @@ let tests =
           }
 
           test "CSV round trips exactly; a header line and comments are skipped" {
-              let dir = tempDir "csv"
+              use temp = tempDir "csv"
+              let dir = temp.Path
               for dtype in [ torch.float32; torch.float64 ] do
                   use g = generator 22L
                   use x = torch.randn ([| 9L; 3L |], dtype = dtype, generator = g) * 1e3
@@ -83,7 +79,8 @@ let tests =
           }
 
           test "malformed .npy files get clear errors" {
-              let dir = tempDir "npybad"
+              use temp = tempDir "npybad"
+              let dir = temp.Path
               let good = File.ReadAllBytes(fixture "c_f8.npy")
               let write name (bytes: byte[]) =
                   let p = Path.Combine(dir, name)
@@ -101,7 +98,8 @@ let tests =
           }
 
           test "malformed CSV files get clear errors naming the line" {
-              let dir = tempDir "csvbad"
+              use temp = tempDir "csvbad"
+              let dir = temp.Path
               let write name (text: string) =
                   let p = Path.Combine(dir, name)
                   File.WriteAllText(p, text)

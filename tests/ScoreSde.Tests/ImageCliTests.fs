@@ -3,6 +3,7 @@ module ScoreSde.Tests.ImageCliTests
 open System.IO
 open Expecto
 open ScoreSde
+open ScoreSde.Tests.Common
 open ScoreSde.Tests.DataFileTests
 open ScoreSde.Tests.ImageDataTests
 open ScoreSde.Tests.CliTests
@@ -14,10 +15,12 @@ let tests =
     <| testList
         "Command line: images"
         [ test "classifier trains on an MNIST-format directory, reports its accuracy and saves itself" {
-              let data = tempDir "clicls-data"
+              use dataTemp = tempDir "clicls-data"
+              let data = dataTemp.Path
               writeSplit data "train" 40 12 12 true
               writeSplit data "t10k" 20 12 12 false
-              let out = Path.Combine(tempDir "clicls", "classifier")
+              use outTemp = tempDir "clicls"
+              let out = Path.Combine(outTemp.Path, "classifier")
               let log =
                   cliOk
                       [ "classifier"
@@ -42,7 +45,8 @@ let tests =
               let floor = cliOk [ "frechet"; "--classifier"; out; "--data-dir"; data ]
               Expect.stringContains floor "the training split (40 images) and the test split (20 images)" "train vs test"
               use test = FashionMnist.load data Split.Test
-              let samples = Path.Combine(tempDir "clicls-samples", "s.npy")
+              use samplesTemp = tempDir "clicls-samples"
+              let samples = Path.Combine(samplesTemp.Path, "s.npy")
               use x = ImageSet.batch PixelRange.Centred TorchSharp.torch.float32 (TorchSharp.torch.arange 20L) test
               DataFile.save samples x
               let same = cliOk [ "frechet"; "--classifier"; out; "--data-dir"; data; "--samples"; samples ]
@@ -52,6 +56,7 @@ let tests =
           }
 
           test "classifier without the dataset says how to install it, in one line" {
-              let empty = tempDir "clicls-empty"
+              use emptyTemp = tempDir "clicls-empty"
+              let empty = emptyTemp.Path
               cliFails [ "classifier"; "--data-dir"; empty; "--out"; Path.Combine(empty, "c") ] "apt-get install dataset-fashion-mnist"
           } ]

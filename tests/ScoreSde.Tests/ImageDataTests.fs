@@ -50,7 +50,8 @@ let tests =
     testList
         "Image data"
         [ test "IDX files read back, gzipped or not, whatever their name" {
-              let dir = tempDir "idx"
+              use dirTemp = tempDir "idx"
+              let dir = dirTemp.Path
               let data = Array.init (3 * 4 * 5) byte
               for gz in [ false; true ] do
                   let raw = idxBytes 8uy [ 3; 4; 5 ] data
@@ -68,7 +69,8 @@ let tests =
           }
 
           test "malformed IDX files are rejected naming the file and the problem" {
-              let dir = tempDir "idxbad"
+              use dirTemp = tempDir "idxbad"
+              let dir = dirTemp.Path
               let good = idxBytes 8uy [ 2; 3; 3 ] (Array.zeroCreate 18)
               let check name (bytes: byte[]) (fragments: string list) (read: string -> IdxArray) =
                   let p = writeFile dir name bytes
@@ -90,7 +92,8 @@ let tests =
           }
 
           test "a Fashion-MNIST directory loads both splits; a missing one says how to install it" {
-              let dir = tempDir "fmnist"
+              use dirTemp = tempDir "fmnist"
+              let dir = dirTemp.Path
               writeSplit dir "train" 5 4 3 true
               writeSplit dir "t10k" 2 4 3 false
               use train = FashionMnist.load dir Split.Train
@@ -104,7 +107,8 @@ let tests =
                          for y in 0..3 do
                              for x in 0..2 -> float ((7 * i + 3 * y + x) % 256) |]
               Expect.sequenceEqual (values train.Levels) expected "pixel levels in order"
-              let empty = tempDir "fmnist-empty"
+              use emptyTemp = tempDir "fmnist-empty"
+              let empty = emptyTemp.Path
               try
                   FashionMnist.load empty Split.Test |> ignore
                   failtest "expected an error"

@@ -6,11 +6,8 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let private gauss = PredictorTests.gauss
-
-/// alpha_t from the tests' own float64 formula.
-let private alphaAt (t: float) = Math.Exp(-0.25 * t * t * (sde.BetaMax - sde.BetaMin) - 0.5 * t * sde.BetaMin)
 
 /// Gaussian data N(mu, R diag(s^2) R^T) with a rotation R (non-diagonal covariance, so the flow's
 /// Jacobian has off-diagonal terms and Hutchinson's estimators have non-zero variance). In the
@@ -25,33 +22,47 @@ type private Rotated =
 
     member g.Dim = g.Mu.Length
 
-    /// Score model: -R diag(1 / v_t) R^T (x - alpha_t mu), v_t = alpha_t^2 s^2 + sigma_t^2 (float64).
-    member g.ScoreModel: Tensor -> Tensor -> Tensor =
+    /// Score model under an SDE: -R diag(1 / v_t) R^T (x - alpha_t mu), v_t = alpha_t^2 s^2 + sigma_t^2
+    /// (float64, with the tests' own alpha and sigma).
+    member g.ScoreModelFor(sde: Sde) : Tensor -> Tensor -> Tensor =
         fun x t ->
             use scope = torch.NewDisposeScope()
             let d = int64 g.Dim
-            let t64 = t.to_type(torch.float64).reshape([| -1L; 1L |])
-            let a = (t64 * t64 * (-0.25 * (sde.BetaMax - sde.BetaMin)) - t64 * (0.5 * sde.BetaMin)).exp()
+            let column (f: float * float -> float) =
+                torch.tensor(values t |> Array.map (marginalCoefficients sde >> f), dtype = torch.float64).reshape([| -1L; 1L |])
+            let a, sigma = column fst, column snd
             let r = torch.tensor(Array.init (g.Dim * g.Dim) (fun k -> g.R.[k / g.Dim, k % g.Dim]), dtype = torch.float64).reshape(d, d)
             let mu = torch.tensor(g.Mu, dtype = torch.float64).reshape(1L, d)
             let s2 = torch.tensor(g.S |> Array.map (fun s -> s * s), dtype = torch.float64).reshape(1L, d)
-            let v = a * a * s2 + (1.0 - a * a)
+            let v = a * a * s2 + sigma * sigma
             let u = (x.to_type (torch.float64) - a * mu).matmul(r) // row vectors: u = (x - a mu) R
-            (-(u / v).matmul(r.t ())).to_type(x.dtype).MoveToOuterDisposeScope()
+            (u / v).matmul(r.t ()).neg().to_type(x.dtype).MoveToOuterDisposeScope()
 
-    /// Closed-form log-density at x of the pushforward of N(0, I) from t = 1 to t = eps by the exact
-    /// (linear) flow: x_1 = alpha_1 mu + R diag(sqrt(v_1 / v_eps)) R^T (x - alpha_eps mu), and
-    /// log p(x) = log N(x_1; 0, I) + 1/2 sum_d log(v_1,d / v_eps,d).
-    member g.PushforwardLogp (eps: float) (x: float[]) =
+    /// The VP-SDE's score model.
+    member g.ScoreModel = g.ScoreModelFor sde
+
+    /// Closed-form log-density at x of the pushforward of the prior N(0, std^2 I) from t = 1 to t = eps by
+    /// the exact (linear) flow: x_1 = alpha_1 mu + R diag(sqrt(v_1 / v_eps)) R^T (x - alpha_eps mu), and
+    /// log p(x) = log N(x_1; 0, std^2 I) + 1/2 sum_d log(v_1,d / v_eps,d).
+    member g.PushforwardLogpFor (sde: Sde) (eps: float) (x: float[]) =
         let n = g.Dim
-        let a0, a1 = alphaAt eps, alphaAt 1.0
-        let v t a = Array.init n (fun d -> a * a * g.S.[d] * g.S.[d] + (1.0 - a * a))
-        let v0, v1 = v eps a0, v 1.0 a1
+        let v t =
+            let a, s = marginalCoefficients sde t
+            a, Array.init n (fun d -> a * a * g.S.[d] * g.S.[d] + s * s)
+        let (a0, v0), (a1, v1) = v eps, v 1.0
         let u = Array.init n (fun j -> Array.init n (fun i -> (x.[i] - a0 * g.Mu.[i]) * g.R.[i, j]) |> Array.sum)
         let u1 = Array.init n (fun j -> u.[j] * sqrt (v1.[j] / v0.[j]))
         let x1 = Array.init n (fun i -> a1 * g.Mu.[i] + (Array.init n (fun j -> g.R.[i, j] * u1.[j]) |> Array.sum))
-        let logN = -0.5 * float n * log (2.0 * Math.PI) - 0.5 * (x1 |> Array.sumBy (fun y -> y * y))
+        // the prior's variance: 1, or sigma_max^2 for VE (the paper's prior_logp)
+        let p =
+            match sde with
+            | Sde.Ve s -> s.SigmaMax * s.SigmaMax
+            | _ -> 1.0
+        let logN = -0.5 * float n * log (2.0 * Math.PI * p) - 0.5 * (x1 |> Array.sumBy (fun y -> y * y)) / p
         logN + 0.5 * (Array.init n (fun d -> log (v1.[d] / v0.[d])) |> Array.sum)
+
+    /// The VP-SDE's closed form.
+    member g.PushforwardLogp (eps: float) (x: float[]) = g.PushforwardLogpFor sde eps x
 
 /// A 3-D rotation: rotations by 0.7 about z, then 0.4 about x (orthonormal columns).
 let private rotated: Rotated =
@@ -91,16 +102,24 @@ let private noNoise = Noise.fromSeed 0L torch.CPU
 let tests =
     testList
         "Likelihood"
-        [ test "exact divergence: log p matches the closed-form pushforward density to 1e-3 nats (rtol = atol = 1e-5)" {
-              for name, g in [ "diagonal 4-D", diagonal; "rotated 3-D", rotated ] do
-                  use x = dataFor g 24L 40L
-                  use r = Likelihood.compute sde (Model.score g.ScoreModel) Likelihood.defaults noNoise x
-                  let lp = values r.LogLikelihood
-                  rows x
-                  |> Array.iteri (fun i xi ->
-                      // DP5 at 1e-5 on [x, delta log p]: the logp component carries a few 1e-5 of error per unit
-                      close 1e-3 lp.[i] (g.PushforwardLogp 1e-5 xi) (sprintf "%s sample %d (seed 40)" name i))
-                  Expect.isGreaterThan r.Nfe 20 "evaluations counted"
+        [ test "exact divergence: log p matches the closed-form pushforward density to 1e-3 nats (rtol = atol = 1e-5, every SDE)" {
+              for sdeName, sde in allSdes do
+                  for name, g in [ "diagonal 4-D", diagonal; "rotated 3-D", rotated ] do
+                      use x = dataFor g 24L 40L
+                      use r = Likelihood.compute sde (Model.score (g.ScoreModelFor sde)) Likelihood.defaults noNoise x
+                      let lp = values r.LogLikelihood
+                      let exact = rows x |> Array.map (g.PushforwardLogpFor sde 1e-5)
+                      printfn
+                          "Likelihood, %s, %s: largest |log p - closed form| over 24 samples %.2e nats, %d evaluations"
+                          sdeName
+                          name
+                          (Array.map2 (fun a b -> abs (a - b)) lp exact |> Array.max)
+                          r.Nfe
+                      exact
+                      |> Array.iteri (fun i e ->
+                          // DP5 at 1e-5 on [x, delta log p]: the logp component carries a few 1e-5 of error per unit
+                          close 1e-3 lp.[i] e (sprintf "%s %s sample %d (seed 40)" sdeName name i))
+                      Expect.isGreaterThan r.Nfe 20 "evaluations counted"
           }
 
           test "tightening the tolerance converges to the closed form (error tracks rtol)" {
@@ -198,7 +217,10 @@ let tests =
                   // evaluation over ~100 steps, and the state's own rounding near eps: 1e-2 nats
                   check "float32" 1e-2 r)
               run Likelihood.defaults (Model.data ProbabilityFlowTests.gaussianDataModel) x64 (check "data model" 1e-3)
-              let rk4 = { Likelihood.defaults with Method = OdeMethod.FixedStep(OdeSolver.Rk4, TimeGrid.Uniform, 400) }
+              let rk4 =
+                  { Likelihood.defaults with
+                      Method = OdeMethod.FixedStep OdeSolver.Rk4
+                      Schedule = { Likelihood.defaults.Schedule with Steps = 400 } }
               run rk4 noiseModel x64 (fun r ->
                   Expect.equal r.Nfe 1600 "RK4: 4 evaluations per step"
                   check "RK4 x 400" 1e-3 r)
@@ -233,8 +255,8 @@ let tests =
                       Expect.equal e.ParamName name (sprintf "parameter %s" name)
               let d = Likelihood.defaults
               expectArg "probes" { d with Divergence = Divergence.Hutchinson(Probe.Gaussian, 0) } x
-              expectArg "eps" { d with Eps = 0.0 } x
-              expectArg "eps" { d with Eps = 1.0 } x
+              expectArg "eps" { d with Schedule = Schedule.uniform 1 0.0 } x
+              expectArg "eps" { d with Schedule = Schedule.uniform 1 1.0 } x
               expectArg "dequantizationOffset" { d with DequantizationOffset = Double.NaN } x
               expectArg "atol" { d with Method = OdeMethod.dopri5 1e-5 0.0 } x
               expectArg "x" d (torch.zeros ([| 2L; 4L |], dtype = torch.int64))

@@ -10,7 +10,7 @@ open ScoreSde
 open ScoreSde.Tests.Common
 open ScoreSde.Tests.DataFileTests
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let fixture (name: string) = Path.Combine(AppContext.BaseDirectory, "fixtures", name)
 
 /// The Gaussian the TorchScript fixture was written for (see fixtures/make_torchscript_fixtures.py).
@@ -42,12 +42,13 @@ let tests =
     testList
         "Model files"
         [ test "save then load gives the same network, SDE and standardisation" {
-              let dir = Path.Combine(tempDir "model", "m")
+              use temp = tempDir "model"
+              let dir = Path.Combine(temp.Path, "m")
               use g = generator 70L
               let config = { ScoreNet.defaultConfig 3 with Hidden = 16; Layers = 2; Embedding = 6 }
               use net = new ScoreNet(config, g, torch.float64)
               let st = { Shift = [| 1.0; 2.0; 3.0 |]; Scale = [| 0.5; 1.0; 4.0 |] }
-              let sde2 = VpSde.create 0.2 15.0
+              let sde2 = Sde.vp 0.2 15.0
               let training = JsonObject()
               training.["steps"] <- JsonValue.Create 123
               ModelFile.save dir net sde2 (Some st) training
@@ -67,8 +68,42 @@ let tests =
               Expect.equal (meta.["steps"].GetValue<int>()) 123 "training metadata kept"
           }
 
+          test "every SDE round-trips through the model file; a file of the previous version (vp) still loads" {
+              use temp = tempDir "sdefile"
+              let root = temp.Path
+              use g = generator 73L
+              use net = new ScoreNet({ ScoreNet.defaultConfig 2 with Hidden = 8; Layers = 1; Embedding = 4 }, g)
+              for name, s in [ "vp", Sde.vp 0.2 15.0; "subvp", Sde.subVp 0.1 20.0; "ve", Sde.ve 0.02 30.0 ] do
+                  let d = Path.Combine(root, name)
+                  ModelFile.save d net s None (JsonObject())
+                  let stored = JsonNode.Parse(File.ReadAllText(Path.Combine(d, ModelFile.configFile))).["sde"]
+                  Expect.equal (stored.["type"].GetValue<string>()) name "stored type"
+                  use loaded = ModelFile.loadNative d
+                  Expect.equal loaded.Info.Sde s (sprintf "%s read back" name)
+              // the "sde" object as the previous version wrote it (VP only): {"type": "vp", "betaMin", "betaMax"}
+              let old = Path.Combine(root, "old")
+              ModelFile.save old net sde None (JsonObject())
+              let p = Path.Combine(old, ModelFile.configFile)
+              let o = JsonNode.Parse(File.ReadAllText p).AsObject()
+              o.["sde"] <- JsonNode.Parse("""{ "type": "vp", "betaMin": 0.1, "betaMax": 20.0 }""")
+              File.WriteAllText(p, o.ToJsonString())
+              use loaded = ModelFile.loadNative old
+              Expect.equal loaded.Info.Sde Sde.standardVp "previous version's VP file"
+              // an unknown type and invalid parameters name the problem
+              o.["sde"] <- JsonNode.Parse("""{ "type": "cld", "betaMin": 0.1, "betaMax": 20.0 }""")
+              File.WriteAllText(p, o.ToJsonString())
+              expectFileError "unknown SDE" [ "SDE type 'cld' is not supported" ] (fun () -> ModelFile.loadNative old)
+              o.["sde"] <- JsonNode.Parse("""{ "type": "ve", "sigmaMin": 1.0, "sigmaMax": 0.5 }""")
+              File.WriteAllText(p, o.ToJsonString())
+              expectFileError "bad VE parameters" [ "sigmaMax" ] (fun () -> ModelFile.loadNative old)
+              o.["sde"] <- JsonNode.Parse("""{ "type": "ve", "betaMin": 0.1, "betaMax": 20.0 }""")
+              File.WriteAllText(p, o.ToJsonString())
+              expectFileError "VE without its parameters" [ "missing 'sigmaMin'" ] (fun () -> ModelFile.loadNative old)
+          }
+
           test "broken model directories get clear errors" {
-              let root = tempDir "badmodel"
+              use temp = tempDir "badmodel"
+              let root = temp.Path
               use g = generator 71L
               use net = new ScoreNet({ ScoreNet.defaultConfig 2 with Hidden = 8; Layers = 1; Embedding = 4 }, g)
               let fresh name =
@@ -122,7 +157,7 @@ let tests =
               use m = ModelFile.load (fixture "gaussian_eps_t999.pt") (torchScriptOptions 999.0)
               use g = generator 72L
               use xT = torch.randn ([| 20000L; 2L |], generator = g)
-              let r = Sampler.probabilityFlow sde m.Model { Sampler.odeDefaults with Steps = 50 } xT
+              let r = Sampler.sample sde m.Model (fixedFlow OdeSolver.Rk4 TimeGrid.Uniform 50 1e-3) (unusedNoise ()) xT
               use x = r.Samples
               expectFixtureGaussian x "ODE samples (seed 72)"
           }

@@ -7,7 +7,7 @@ open ScoreSde.CSharp
 open ScoreSde.Tests.Common
 
 let private gauss = PredictorTests.gauss
-let private coreSde = ScoreSde.VpSde.standard
+let private coreSde = ScoreSde.Sde.standardVp
 let private model = Func<Tensor, Tensor, Tensor>(gaussianNoiseModel coreSde gauss)
 
 let private maxAbsDiff (a: float[]) (b: float[]) = Array.map2 (fun x y -> abs (x - y)) a b |> Array.max
@@ -40,10 +40,11 @@ let tests =
                       )
                   use x = r.Samples
                   let expected =
-                      ScoreSde.Sampler.probabilityFlow
+                      ScoreSde.Sampler.sample
                           coreSde
                           coreModel
-                          { ScoreSde.Sampler.odeDefaults with Solver = core; Steps = steps }
+                          (fixedFlow core ScoreSde.TimeGrid.Uniform steps 1e-3)
+                          (unusedNoise ())
                           latent
                   use e = expected.Samples
                   Expect.equal r.Nfe expected.Nfe (sprintf "%A NFE" solver)
@@ -152,7 +153,8 @@ let tests =
               expectArg "options.Latent" (fun () -> box (Sampler.Encode(VpSde(), model, data, OdeOptions(Latent = data))))
               expectArg "options.Denoise" (fun () -> box (Sampler.Encode(VpSde(), model, data, OdeOptions(Denoise = true))))
               expectArg "data" (fun () -> box (Sampler.Encode(VpSde(), model, torch.zeros ([| 2L |], dtype = torch.int64), OdeOptions())))
-              expectArg "options.Probes" (fun () -> like (LikelihoodOptions(Probes = 0)))
+              expectArg "options.Probes" (fun () ->
+                  like (LikelihoodOptions(Estimator = DivergenceEstimator.HutchinsonRademacher, Probes = 0)))
               expectArg "options.Eps" (fun () -> like (LikelihoodOptions(Eps = 0.0)))
               expectArg "options.Rtol" (fun () -> like (LikelihoodOptions(Rtol = -1.0)))
               expectArg "options.Estimator" (fun () -> like (LikelihoodOptions(Estimator = enum 7)))

@@ -6,7 +6,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 /// A cheap model that allocates its output, like a real network does (differentiable in x).
 let private cheap = Model.noise (fun x _ -> x * 0.5)
@@ -52,8 +52,8 @@ let memory =
               let settings =
                   { Likelihood.defaults with
                       Method = OdeMethod.Dopri5 adaptive
-                      Divergence = Divergence.Hutchinson(Probe.Rademacher, 1)
-                      Eps = 1e-3 }
+                      Schedule = Schedule.uniform 1 1e-3
+                      Divergence = Divergence.Hutchinson(Probe.Rademacher, 1) }
               use r = Likelihood.compute sde cheap settings (Noise.fromGenerator g) x
               let growth = rss.[rss.Count - 1] - rss.[0]
               printfn "likelihood RSS (MB, every 100 steps): %A" (rss |> Seq.map (fun v -> Math.Round(v, 1)) |> List.ofSeq)

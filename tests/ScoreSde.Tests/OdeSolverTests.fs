@@ -6,7 +6,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let private gauss = PredictorTests.gauss
 let private solvers = [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ]
 
@@ -48,7 +48,7 @@ let tests =
               let eps = 1e-3
               for solver in solvers do
                   let err n =
-                      let r = Sampler.probabilityFlow sde model { Sampler.odeDefaults with Solver = solver; Steps = n; Eps = eps } xT
+                      let r = Sampler.sample sde model (fixedFlow solver TimeGrid.Uniform n eps) (unusedNoise ()) xT
                       Expect.equal r.Nfe (n * OdeSolver.evaluationsPerStep solver) "NFE"
                       let v = values r.Samples
                       r.Samples.Dispose()
@@ -66,7 +66,7 @@ let tests =
 
           test "integration runs backwards and forwards (data -> latent -> data)" {
               let model = Model.noise (gaussianNoiseModel sde gauss)
-              let field = Sampler.probabilityFlowField sde model
+              let field = ProbabilityFlow.sharedField sde model
               use g = generator 6L
               use x0 = torch.randn ([| 16L; 4L |], dtype = torch.float64, generator = g)
               let up = Array.init 201 (fun i -> 1e-3 + (1.0 - 1e-3) * float i / 200.0)

@@ -6,22 +6,20 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 let private gauss = PredictorTests.gauss
 let private noiseModel = Model.noise (gaussianNoiseModel sde gauss)
 
-/// The exact data-prediction model of Gaussian data: Tweedie's x_0 = (x + sigma_t^2 s) / alpha_t,
-/// written with the tests' own float64 alpha.
-let gaussianDataModel: Tensor -> Tensor -> Tensor =
-    fun x t ->
-        use scope = torch.NewDisposeScope()
-        let score = gaussianScoreModel sde gauss x t
-        let t64 = t.to_type(torch.float64).reshape([| -1L; 1L |])
-        let a = (t64 * t64 * (-0.25 * (sde.BetaMax - sde.BetaMin)) - t64 * (0.5 * sde.BetaMin)).exp()
-        let x0 = (x.to_type (torch.float64) + (1.0 - a * a) * score.to_type (torch.float64)) / a
-        x0.to_type(x.dtype).MoveToOuterDisposeScope()
+/// The exact data-prediction model of the 4-D Gaussian under the VP-SDE.
+let gaussianDataModel: Tensor -> Tensor -> Tensor = Common.gaussianDataModel sde gauss
 
 let private adaptive tol control = OdeMethod.Dopri5 { AdaptiveOde.defaults with Rtol = tol; Atol = tol; Control = control }
+
+/// The adaptive flow sampler with an ODE method, down to 1e-3.
+let private flowWith (m: OdeMethod) = { Sampling.flow with Method = Method.ProbabilityFlow m }
+
+/// Sample from xT with a deterministic sampler.
+let private sampleFrom (sampling: Sampling) (xT: Tensor) = Sampler.sample sde noiseModel sampling (unusedNoise ()) xT
 
 let private maxAbsDiff (a: float[]) (b: float[]) = Array.map2 (fun x y -> abs (x - y)) a b |> Array.max
 
@@ -38,7 +36,7 @@ let tests =
                   use f = ProbabilityFlow.field sde model x tb
                   for i in 0..4 do
                       use xi = x.narrow (0L, int64 i, 1L)
-                      use fi = Sampler.probabilityFlowField sde model xi times.[i]
+                      use fi = ProbabilityFlow.sharedField sde model xi times.[i]
                       use row = f.narrow (0L, int64 i, 1L)
                       let a, b = values row, values fi
                       for d in 0..3 do
@@ -50,7 +48,7 @@ let tests =
               use xT = torch.randn ([| 64L; 4L |], dtype = torch.float64, generator = g)
               let exact = values xT |> Array.mapi (fun i x -> OdeSolverTests.exactFlow x (i % 4) 1.0 1e-3)
               for control in [ StepControl.PerSample; StepControl.BatchGlobal ] do
-                  let r = ProbabilityFlow.sample sde noiseModel { ProbabilityFlow.defaults with Method = adaptive 1e-7 control } xT
+                  let r = sampleFrom (flowWith (adaptive 1e-7 control)) xT
                   use x = r.Samples
                   Expect.isGreaterThan r.Nfe 0 "evaluations counted"
                   // error tracks the tolerance (AdaptiveOdeTests: ~1e-7 at 1e-7 on this flow)
@@ -65,37 +63,33 @@ let tests =
                        + torch.tensor (gauss.Mu, dtype = torch.float64))
                           .to_type(dtype)
                   let m = adaptive tol StepControl.PerSample
-                  let enc = ProbabilityFlow.encode sde noiseModel m 1e-3 x0
+                  let enc = Sampler.encode sde noiseModel m Sampling.flow.Schedule x0
                   use z = enc.Latent
                   Expect.equal z.dtype dtype "latent dtype"
                   let exactLatent = values x0 |> Array.mapi (fun i x -> OdeSolverTests.exactFlow x (i % 4) 1e-3 1.0)
                   Expect.isLessThan (maxAbsDiff (values z) exactLatent) bound (sprintf "%O: latent vs the exact map" dtype)
-                  let dec = ProbabilityFlow.sample sde noiseModel { ProbabilityFlow.defaults with Method = m } z
+                  let dec = sampleFrom (flowWith m) z
                   use back = dec.Samples
                   // the round trip error is two solves' worth of tolerance-level error (plus float32 rounding)
                   Expect.isLessThan (maxAbsDiff (values back) (values x0)) bound (sprintf "%O: decode(encode(x)) vs x (seed 32)" dtype)
           }
 
-          test "fixed-step methods compose: OdeMethod.FixedStep equals Sampler.probabilityFlow, and round-trips" {
+          test "fixed-step methods: the in-place flow equals the generic solver on the shared-time field, and round-trips" {
               use g = generator 33L
               use xT = torch.randn ([| 16L; 4L |], dtype = torch.float64, generator = g)
               for solver in [ OdeSolver.Euler; OdeSolver.Heun; OdeSolver.Rk4 ] do
                   for grid in [ TimeGrid.Uniform; TimeGrid.LogSnr ] do
-                      let a =
-                          ProbabilityFlow.sample
-                              sde
-                              noiseModel
-                              { ProbabilityFlow.defaults with Method = OdeMethod.FixedStep(solver, grid, 40) }
-                              xT
-                      let b =
-                          Sampler.probabilityFlow sde noiseModel { Sampler.odeDefaults with Solver = solver; Grid = grid; Steps = 40 } xT
-                      Expect.equal a.Nfe b.Nfe "same NFE"
-                      Expect.isLessThan (maxAbsDiff (values a.Samples) (values b.Samples)) 1e-12 (sprintf "%A %A: same samples" solver grid)
+                      let a = sampleFrom (fixedFlow solver grid 40 1e-3) xT
+                      let ts = TimeGrid.points sde grid 40 1e-3
+                      let b, nfe = OdeSolver.integrate solver (ProbabilityFlow.sharedField sde noiseModel) xT ts
+                      Expect.equal a.Nfe nfe "same NFE"
+                      Expect.isLessThan (maxAbsDiff (values a.Samples) (values b)) 1e-12 (sprintf "%A %A: same samples" solver grid)
                       a.Samples.Dispose()
-                      b.Samples.Dispose()
-              let m = OdeMethod.FixedStep(OdeSolver.Rk4, TimeGrid.Uniform, 400)
-              let enc = ProbabilityFlow.encode sde noiseModel m 1e-3 xT
-              let dec = ProbabilityFlow.sample sde noiseModel { ProbabilityFlow.defaults with Method = m } enc.Latent
+                      b.Dispose()
+              let schedule = Schedule.uniform 400 1e-3
+              let m = OdeMethod.FixedStep OdeSolver.Rk4
+              let enc = Sampler.encode sde noiseModel m schedule xT
+              let dec = sampleFrom { flowWith m with Schedule = schedule } enc.Latent
               // RK4 at 400 steps: ~1e-7 per direction on this flow (OdeSolverTests' round trip at 200 steps: 1e-6)
               Expect.isLessThan (maxAbsDiff (values dec.Samples) (values xT)) 1e-6 "RK4 round trip"
               Expect.equal enc.Nfe (400 * 4) "RK4 encode evaluations"
@@ -107,8 +101,8 @@ let tests =
               let n = 20000
               use g = generator 34L
               let noise = Noise.fromGenerator g
-              use xT = Sampler.prior [| int64 n; 4L |] torch.float32 torch.CPU noise
-              let r = ProbabilityFlow.sample sde noiseModel ProbabilityFlow.defaults xT
+              use xT = Sampler.prior sde [| int64 n; 4L |] torch.float32 torch.CPU noise
+              let r = sampleFrom Sampling.flow xT
               use x = r.Samples
               let ms, ss = moments x
               // The exact flow maps N(0, I) at T = 1 linearly: x_eps = m_eps + sqrt(v_eps / v_1) (z - m_1)
@@ -121,7 +115,7 @@ let tests =
                   let sd = sqrt (ve / v1)
                   close (5.0 * sd / sqrt (float n)) ms.[d] (expectedMean d) (sprintf "mean dim %d (seed 34)" d)
                   close (5.0 * sd / sqrt (2.0 * float n)) ss.[d] sd (sprintf "std dim %d (seed 34)" d)
-              let rd = ProbabilityFlow.sample sde noiseModel { ProbabilityFlow.defaults with Denoise = true } xT
+              let rd = sampleFrom { Sampling.flow with Finish = Finish.Tweedie } xT
               use xd = rd.Samples
               Expect.equal rd.Nfe (r.Nfe + 1) "denoising costs one evaluation"
               let msd, _ = moments xd
@@ -134,15 +128,42 @@ let tests =
                   close (5.0 * k * gauss.S.[d] / sqrt (float n)) msd.[d] expected (sprintf "denoised mean dim %d (seed 34)" d)
           }
 
+          test "the probability flow transports each SDE's Gaussian marginals: p_T to p_eps, on the exact map" {
+              // For Gaussian data every marginal is N(alpha_t mu, v_t), v_t = alpha_t^2 s^2 + sigma_t^2, and the
+              // flow keeps (x - alpha_t mu) / sqrt(v_t) constant. Samples of p_T (not the prior) must land on
+              // that affine map, and the set on p_eps's moments.
+              let n = 20000
+              for name, sde in allSdes do
+                  use g = generator 37L
+                  use z = torch.randn ([| int64 n; 4L |], dtype = torch.float64, generator = g)
+                  let m1, v1 = Array.init 4 (gauss.MarginalAt sde 1.0) |> Array.unzip
+                  use xT =
+                      z * torch.tensor (Array.map sqrt v1, dtype = torch.float64)
+                      + torch.tensor (m1, dtype = torch.float64)
+                  let model = Model.noise (gaussianNoiseModel sde gauss)
+                  let r = Sampler.sample sde model (flowWith (adaptive 1e-7 StepControl.BatchGlobal)) (unusedNoise ()) xT
+                  use x = r.Samples
+                  let xs, zs = values x, values z
+                  for i in 0 .. xs.Length - 1 do
+                      let m0, v0 = gauss.MarginalAt sde 1e-3 (i % 4)
+                      // tolerance-level error relative to the state's scale
+                      close (1e-5 * (1.0 + sqrt v1.[i % 4])) xs.[i] (m0 + sqrt v0 * zs.[i]) (sprintf "%s element %d (seed 37)" name i)
+                  let ms, ss = moments x
+                  for d in 0..3 do
+                      let m0, v0 = gauss.MarginalAt sde 1e-3 d
+                      close (5.0 * sqrt v0 / sqrt (float n)) ms.[d] m0 (sprintf "%s mean dim %d (seed 37)" name d)
+                      close (5.0 * sqrt v0 / sqrt (2.0 * float n)) ss.[d] (sqrt v0) (sprintf "%s std dim %d (seed 37)" name d)
+          }
+
           test "per-sample control makes each sample's result independent of its batch" {
               use g = generator 35L
               use xT = torch.randn ([| 40L; 4L |], dtype = torch.float64, generator = g)
-              let s = { ProbabilityFlow.defaults with Method = adaptive 1e-5 StepControl.PerSample }
-              let all = ProbabilityFlow.sample sde noiseModel s xT
+              let s = flowWith (adaptive 1e-5 StepControl.PerSample)
+              let all = sampleFrom s xT
               use xs = all.Samples
               for i in [ 0L; 17L; 39L ] do
                   use xi = xT.narrow (0L, i, 1L)
-                  let one = ProbabilityFlow.sample sde noiseModel s xi
+                  let one = sampleFrom s xi
                   use x1 = one.Samples
                   use row = xs.narrow (0L, i, 1L)
                   Expect.isTrue (same x1 row) (sprintf "sample %d alone equals sample %d of the batch" i i)
@@ -156,14 +177,14 @@ let tests =
                       failtestf "expected an ArgumentException for %s" name
                   with :? ArgumentException as e ->
                       Expect.equal e.ParamName name (sprintf "parameter %s" name)
-              let d = ProbabilityFlow.defaults
-              expectArg "eps" (fun () -> ProbabilityFlow.sample sde noiseModel { d with Eps = 0.0 } xT)
-              expectArg "eps" (fun () -> ProbabilityFlow.sample sde noiseModel { d with Eps = 1.0 } xT)
-              expectArg "steps" (fun () ->
-                  ProbabilityFlow.sample sde noiseModel { d with Method = OdeMethod.fixedStep OdeSolver.Heun 0 } xT)
-              expectArg "rtol" (fun () -> ProbabilityFlow.sample sde noiseModel { d with Method = OdeMethod.dopri5 -1.0 1e-5 } xT)
-              expectArg "xT" (fun () -> ProbabilityFlow.sample sde noiseModel d (torch.zeros ([| 2L |], dtype = torch.int32)))
+              let d = Sampling.flow
+              expectArg "eps" (fun () -> sampleFrom { d with Schedule = Schedule.uniform 10 0.0 } xT)
+              expectArg "eps" (fun () -> sampleFrom { d with Schedule = Schedule.uniform 10 1.0 } xT)
+              expectArg "steps" (fun () -> sampleFrom (fixedFlow OdeSolver.Heun TimeGrid.Uniform 0 1e-3) xT)
+              expectArg "rtol" (fun () -> sampleFrom (flowWith (OdeMethod.dopri5 -1.0 1e-5)) xT)
+              expectArg "grid" (fun () -> sampleFrom { d with Schedule = Schedule.ofTimes [| 1.0; 0.1 |] } xT)
+              expectArg "xT" (fun () -> sampleFrom d (torch.zeros ([| 2L |], dtype = torch.int32)))
               expectArg "x0" (fun () ->
-                  ProbabilityFlow.encode sde noiseModel (OdeMethod.dopri5 1e-5 1e-5) 1e-3 (torch.zeros ([| 2L |], dtype = torch.int32)))
-              expectArg "eps" (fun () -> ProbabilityFlow.encode sde noiseModel (OdeMethod.dopri5 1e-5 1e-5) Double.NaN xT)
+                  Sampler.encode sde noiseModel (OdeMethod.dopri5 1e-5 1e-5) d.Schedule (torch.zeros ([| 2L |], dtype = torch.int32)))
+              expectArg "eps" (fun () -> Sampler.encode sde noiseModel (OdeMethod.dopri5 1e-5 1e-5) (Schedule.uniform 10 Double.NaN) xT)
           } ]

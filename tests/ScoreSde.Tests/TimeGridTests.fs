@@ -7,7 +7,7 @@ open FsCheck.FSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 [<Tests>]
 let tests =
@@ -35,7 +35,7 @@ let tests =
                       closeRel 1e-9 v d.[0] (sprintf "%s spacing" name)
               check "uniform" id (TimeGrid.points sde TimeGrid.Uniform steps eps)
               check "quadratic" sqrt (TimeGrid.points sde TimeGrid.Quadratic steps eps)
-              check "logSNR" (VpSde.lambdaAt sde) (TimeGrid.points sde TimeGrid.LogSnr steps eps)
+              check "logSNR" (Sde.lambdaAt sde) (TimeGrid.points sde TimeGrid.LogSnr steps eps)
           }
 
           test "explicit grids are validated" {

@@ -6,7 +6,7 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Tests.Common
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 /// A 2-D Gaussian for which the optimal noise predictor is known in closed form.
 let private gauss2 = { Mu = [| 1.0; -0.5 |]; S = [| 0.5; 0.25 |] }
@@ -17,32 +17,39 @@ let private smallConfig = { ScoreNet.defaultConfig 2 with Hidden = 32; Layers = 
 let tests =
     testList
         "Training"
-        [ test "the loss of the exact noise predictor is the closed-form residual variance" {
+        [ test "the loss of the exact noise predictor is the closed-form residual variance (every SDE)" {
               // For Gaussian data, x_t = a x0 + sigma z with x0 ~ N(mu, s^2): the best predictor
               // E[z | x_t] leaves Var(z | x_t) = a^2 s^2 / (a^2 s^2 + sigma^2) per coordinate. With
-              // likelihood weighting the loss is multiplied by beta(t) / sigma^2.
+              // likelihood weighting the loss is multiplied by g(t)^2 / sigma^2.
               let n = 200000L
-              for t in [ 0.05; 0.3; 0.9 ] do
-                  use g = generator 31L
-                  use z0 = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
-                  use x0 =
-                      z0 * torch.tensor (gauss2.S, dtype = torch.float64)
-                      + torch.tensor (gauss2.Mu, dtype = torch.float64)
-                  use z = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
-                  use tt = torch.full ([| n |], sc t, dtype = torch.float64)
-                  let a = exp (-0.25 * t * t * 19.9 - 0.05 * t)
-                  let v = 1.0 - a * a
-                  let r = Array.init 2 (fun d -> let s2 = gauss2.S.[d] ** 2.0 in a * a * s2 / (a * a * s2 + v))
-                  let residual = Array.average r
-                  // (eps* - z)_d ~ N(0, r_d), so the per-sample loss (the mean of the two squares) has
-                  // variance (2 r_0^2 + 2 r_1^2) / 4: allow 5 standard errors of the mean over n samples
-                  let se = sqrt ((2.0 * r.[0] ** 2.0 + 2.0 * r.[1] ** 2.0) / 4.0) / sqrt (float n)
-                  let model = gaussianNoiseModel sde gauss2
-                  use l = Training.loss sde LossWeighting.Noise model x0 tt z
-                  close (5.0 * se) (scalar l) residual (sprintf "noise loss at t = %g (seed 31)" t)
-                  use lw = Training.loss sde LossWeighting.Likelihood model x0 tt z
-                  let w = (0.1 + 19.9 * t) / v
-                  close (5.0 * w * se) (scalar lw) (w * residual) (sprintf "likelihood-weighted loss at t = %g (seed 31)" t)
+              for name, sde in allSdes do
+                  for t in [ 0.05; 0.3; 0.9 ] do
+                      use g = generator 31L
+                      use z0 = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
+                      use x0 =
+                          z0 * torch.tensor (gauss2.S, dtype = torch.float64)
+                          + torch.tensor (gauss2.Mu, dtype = torch.float64)
+                      use z = torch.randn ([| n; 2L |], dtype = torch.float64, generator = g)
+                      use tt = torch.full ([| n |], sc t, dtype = torch.float64)
+                      let a, sigma = marginalCoefficients sde t
+                      let v = sigma * sigma
+                      let r = Array.init 2 (fun d -> let s2 = gauss2.S.[d] ** 2.0 in a * a * s2 / (a * a * s2 + v))
+                      let residual = Array.average r
+                      // (eps* - z)_d ~ N(0, r_d), so the per-sample loss (the mean of the two squares) has
+                      // variance (2 r_0^2 + 2 r_1^2) / 4: allow 5 standard errors of the mean over n samples
+                      let se = sqrt ((2.0 * r.[0] ** 2.0 + 2.0 * r.[1] ** 2.0) / 4.0) / sqrt (float n)
+                      let model = gaussianNoiseModel sde gauss2
+                      use l = Training.loss sde LossWeighting.Noise model x0 tt z
+                      close (5.0 * se) (scalar l) residual (sprintf "%s noise loss at t = %g (seed 31)" name t)
+                      use lw = Training.loss sde LossWeighting.Likelihood model x0 tt z
+                      // g(t)^2 by hand: VP beta, sub-VP beta (1 - alpha^4), VE 2 log(sigma_max / sigma_min) sigma^2
+                      let g2 =
+                          match sde with
+                          | Sde.Vp _ -> betaOf sde t
+                          | Sde.SubVp _ -> betaOf sde t * (1.0 - a ** 4.0)
+                          | Sde.Ve _ -> 2.0 * log 5000.0 * v
+                      let w = g2 / v
+                      close (5.0 * w * se) (scalar lw) (w * residual) (sprintf "%s likelihood-weighted loss at t = %g (seed 31)" name t)
           }
 
           test "the network is initialised from the caller's generator only" {
@@ -162,7 +169,7 @@ let tests =
               Expect.isLessThan last (0.6 * first) (sprintf "loss fell from %.3f to %.3f (seed 62)" first last)
               use gs = generator 63L
               use xT = torch.randn ([| 2000L; 2L |], generator = gs)
-              let s = Sampler.probabilityFlow sde (ScoreNet.toModel ema) { Sampler.odeDefaults with Steps = 25 } xT
+              let s = Sampler.sample sde (ScoreNet.toModel ema) (fixedFlow OdeSolver.Rk4 TimeGrid.Uniform 25 1e-3) (unusedNoise ()) xT
               use samples = s.Samples
               let trained = Metrics.slicedWasserstein1 samples held
               let prior = Metrics.slicedWasserstein1 xT held

@@ -32,7 +32,7 @@ let private reference () =
 let private expectClose (what: string) (actual: Tensor) (expected: float[]) =
     Array.iteri2 (fun i a e -> close 1e-5 a e (sprintf "%s [%d]" what i)) (values actual) expected
 
-let private sde = VpSde.standard
+let private sde = Sde.standardVp
 
 [<Tests>]
 let tests =
@@ -40,7 +40,8 @@ let tests =
         "U-Net files and the PyTorch round trip"
         [ test "a saved U-Net loads back with bit-identical outputs, pixels and sample shape (float32, float64)" {
               for dtype in [ torch.float32; torch.float64 ] do
-                  let dir = Path.Combine(tempDir "unetfile", "m")
+                  use dirTemp = tempDir "unetfile"
+                  let dir = Path.Combine(dirTemp.Path, "m")
                   let config = { tiny 2 7 5 with Classes = 3 }
                   use g = generator 30L
                   use net = new UNet(config, g, dtype)
@@ -71,8 +72,9 @@ let tests =
           test "broken U-Net model directories get clear errors" {
               use g = generator 31L
               use net = new UNet(tiny 1 8 8, g)
+              use dTemp = tempDir "badunet"
               let fresh name (f: JsonObject -> unit) =
-                  let d = Path.Combine(tempDir "badunet", name)
+                  let d = Path.Combine(dTemp.Path, name)
                   ModelFile.saveUNet d net sde PixelRange.Centred (JsonObject())
                   let p = Path.Combine(d, ModelFile.configFile)
                   let o = JsonNode.Parse(File.ReadAllText p).AsObject()
@@ -172,7 +174,8 @@ let tests =
           }
 
           test "scoresde sample takes the TorchScript U-Net with --shape" {
-              let out = Path.Combine(tempDir "cliunet", "s.npy")
+              use outTemp = tempDir "cliunet"
+              let out = Path.Combine(outTemp.Path, "s.npy")
               cliOk
                   [ "sample"
                     "--model"
