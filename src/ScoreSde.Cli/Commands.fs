@@ -372,6 +372,7 @@ module Commands =
                           SampleShape = c.Shape
                           Dtype = torch.float32
                           Standardisation = None
+                          Pixels = None
                           Description =
                             sprintf
                                 "class-conditional TorchScript %s, label %d, guidance %g"

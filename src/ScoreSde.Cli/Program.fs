@@ -318,6 +318,8 @@ let rootCommand () =
     root.Add(trainCommand act)
     root.Add(sampleCommand act)
     root.Add(likelihoodCommand act)
+    root.Add(ClassifierCommand.command act)
+    root.Add(ClassifierCommand.frechetCommand act)
     root
 
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,

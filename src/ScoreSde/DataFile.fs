@@ -13,7 +13,7 @@ type HostArray =
         Shape: int64[]
         /// The values in C order (last index fastest), as doubles.
         Values: float[]
-        /// The element type in the file: torch.float32 or torch.float64.
+        /// The element type in the file: torch.float32 or torch.float64 (torch.uint8 for .npy images).
         Dtype: torch.ScalarType
     }
 
@@ -31,7 +31,8 @@ module internal FileError =
             fail path "no such file"
 
 /// NumPy `.npy` files (format versions 1.0, 2.0 and 3.0): little-endian float32 ('<f4') or float64
-/// ('<f8') arrays of any rank, C or Fortran order on reading; C order on writing.
+/// ('<f8') arrays of any rank, C or Fortran order on reading; C order on writing. uint8 ('|u1') arrays,
+/// as images are stored, are read too.
 [<RequireQualifiedAccess>]
 module Npy =
     let private magic = [| 0x93uy; byte 'N'; byte 'U'; byte 'M'; byte 'P'; byte 'Y' |]
@@ -62,7 +63,9 @@ module Npy =
             match descr.Groups.[1].Value with
             | "<f4" -> torch.float32, 4
             | "<f8" -> torch.float64, 8
-            | d -> FileError.fail path (sprintf "unsupported .npy dtype '%s' (supported: '<f4' float32 and '<f8' float64)" d)
+            | "|u1"
+            | "<u1" -> torch.uint8, 1
+            | d -> FileError.fail path (sprintf "unsupported .npy dtype '%s' (supported: '<f4' float32, '<f8' float64, '|u1' uint8)" d)
         dtype, size, order.Groups.[1].Value = "True", dims
 
     /// Read a .npy file.
@@ -93,10 +96,15 @@ module Npy =
                     "holds %d bytes of data but its header declares shape (%s) of %s, which needs %d"
                     (bytes.Length - dataStart)
                     (String.Join(", ", shape))
-                    (if size = 4 then "float32" else "float64")
+                    (match size with
+                     | 1 -> "uint8"
+                     | 4 -> "float32"
+                     | _ -> "float64")
                     (count * int64 size))
         let raw =
-            if size = 4 then
+            if size = 1 then
+                Array.init (int count) (fun i -> float bytes.[dataStart + i])
+            elif size = 4 then
                 Array.init (int count) (fun i -> float (BitConverter.ToSingle(bytes, dataStart + 4 * i)))
             else
                 Array.init (int count) (fun i -> BitConverter.ToDouble(bytes, dataStart + 8 * i))

@@ -22,6 +22,8 @@ type ModelInfo =
         Dtype: torch.ScalarType
         /// Map between data space and the model's space (None: the identity).
         Standardisation: Standardisation option
+        /// For image models: how 8-bit pixel levels map to the model's space.
+        Pixels: PixelRange option
         /// Human-readable description of the network.
         Description: string
     }
@@ -103,24 +105,50 @@ module ModelFile =
             o.["sigmaMax"] <- JsonValue.Create s.SigmaMax
         o
 
-    /// Save a trained network and its metadata into directory `dir` (created if needed; existing
-    /// config.json and weights.bin are replaced). `training` is free-form metadata stored under
-    /// "training" in config.json.
-    let save (dir: string) (net: ScoreNet) (sde: Sde) (standardisation: Standardisation option) (training: JsonObject) =
-        Check.notNull "net" net
+    /// Write config.json (around the "network" object) and the weights into `dir`.
+    let private write
+        (dir: string)
+        (network: JsonObject)
+        (net: torch.nn.Module)
+        (dtype: torch.ScalarType)
+        (sde: Sde)
+        (standardisation: Standardisation option)
+        (pixels: PixelRange option)
+        (training: JsonObject)
+        =
         if String.IsNullOrWhiteSpace dir then
             Check.fail "dir" dir "a directory path"
         if File.Exists dir then
             Check.fail "dir" dir "a directory path, not an existing file"
         Directory.CreateDirectory dir |> ignore
-        let c = net.Config
         let floats (v: float[]) = JsonArray(v |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
         let config =
             JsonObject(
                 [ Collections.Generic.KeyValuePair("format", JsonValue.Create formatName :> JsonNode)
                   Collections.Generic.KeyValuePair("version", JsonValue.Create 1 :> JsonNode) ]
             )
-        config.["network"] <-
+        config.["network"] <- network
+        config.["dtype"] <- JsonValue.Create(dtypeName dtype)
+        config.["output"] <- JsonValue.Create "noise"
+        config.["timeScale"] <- JsonValue.Create 1.0
+        config.["sde"] <- sdeJson sde
+        match standardisation with
+        | Some st -> config.["standardisation"] <- JsonObject(dict [ "shift", floats st.Shift :> JsonNode; "scale", floats st.Scale ])
+        | None -> ()
+        pixels |> Option.iter (fun p -> config.["pixels"] <- JsonValue.Create(Pixels.name p))
+        if not (isNull training) then
+            config.["training"] <- training.DeepClone()
+        let options = JsonSerializerOptions(WriteIndented = true)
+        File.WriteAllText(Path.Combine(dir, configFile), config.ToJsonString options)
+        net.save (Path.Combine(dir, weightsFile)) |> ignore
+
+    /// Save a trained network and its metadata into directory `dir` (created if needed; existing
+    /// config.json and weights.bin are replaced). `training` is free-form metadata stored under
+    /// "training" in config.json.
+    let save (dir: string) (net: ScoreNet) (sde: Sde) (standardisation: Standardisation option) (training: JsonObject) =
+        Check.notNull "net" net
+        let c = net.Config
+        let network =
             JsonObject(
                 dict
                     [ "type", JsonValue.Create "mlp" :> JsonNode
@@ -130,72 +158,41 @@ module ModelFile =
                       "embedding", JsonValue.Create c.Embedding
                       "maxFrequency", JsonValue.Create c.MaxFrequency ]
             )
-        config.["dtype"] <- JsonValue.Create(dtypeName net.Dtype)
-        config.["output"] <- JsonValue.Create "noise"
-        config.["timeScale"] <- JsonValue.Create 1.0
-        config.["sde"] <- sdeJson sde
-        match standardisation with
-        | Some st -> config.["standardisation"] <- JsonObject(dict [ "shift", floats st.Shift :> JsonNode; "scale", floats st.Scale ])
-        | None -> ()
-        if not (isNull training) then
-            config.["training"] <- training.DeepClone()
-        let options = JsonSerializerOptions(WriteIndented = true)
-        File.WriteAllText(Path.Combine(dir, configFile), config.ToJsonString options)
-        net.save (Path.Combine(dir, weightsFile)) |> ignore
+        write dir network net net.Dtype sde standardisation None training
+
+    /// Save a trained U-Net, the pixel range its data were scaled to, and free-form training
+    /// metadata into directory `dir` (as `save`; network type "unet").
+    let saveUNet (dir: string) (net: UNet) (sde: Sde) (pixels: PixelRange) (training: JsonObject) =
+        Check.notNull "net" net
+        write dir (NetworkConfig.unetToJson net.Config) net net.Dtype sde None (Some pixels) training
 
     // ---- reading config.json with clear errors ----
 
-    let private field (path: string) (node: JsonNode) (name: string) : JsonNode =
-        match node with
-        | :? JsonObject as o when o.ContainsKey name && not (isNull o.[name]) -> o.[name]
-        | _ -> FileError.fail path (sprintf "missing '%s'" name)
-
-    let private get<'T> (path: string) (node: JsonNode) (name: string) : 'T =
-        let v = field path node name
-        try
-            v.GetValue<'T>()
-        with _ ->
-            FileError.fail path (sprintf "'%s' must be a %s (got %s)" name (typeof<'T>.Name) (v.ToJsonString()))
-
-    let private floatArray (path: string) (node: JsonNode) (name: string) : float[] =
-        match field path node name with
-        | :? JsonArray as a ->
-            a
-            |> Seq.map (fun v ->
-                try
-                    v.GetValue<float>()
-                with _ ->
-                    FileError.fail path (sprintf "'%s' must hold numbers" name))
-            |> Seq.toArray
-        | v -> FileError.fail path (sprintf "'%s' must be an array of numbers (got %s)" name (v.ToJsonString()))
+    let private field = ConfigJson.field
+    let private get<'T> path node name : 'T = ConfigJson.get<'T> path node name
+    let private floatArray = ConfigJson.floatArray
 
     /// Read a model directory's config.json: the architecture and the model information.
-    let readConfig (dir: string) : ScoreNetConfig * ModelInfo * JsonObject =
+    let readConfig (dir: string) : NetworkConfig * ModelInfo * JsonObject =
         let path = Path.Combine(dir, configFile)
-        FileError.requireFile path
-        let root =
-            try
-                JsonNode.Parse(File.ReadAllText path)
-            with :? JsonException as e ->
-                FileError.fail path (sprintf "not valid JSON (%s)" e.Message)
-        if isNull root || not (root :? JsonObject) then
-            FileError.fail path "must hold a JSON object"
-        let format = get<string> path root "format"
-        if format <> formatName then
-            FileError.fail path (sprintf "'format' is '%s', expected '%s'" format formatName)
+        let root = ConfigJson.readObject path formatName
         let version = get<int> path root "version"
         if version <> 1 then
             FileError.fail path (sprintf "format version %d is not supported (this library reads version 1)" version)
         let network = field path root "network"
-        let kind = get<string> path network "type"
-        if kind <> "mlp" then
-            FileError.fail path (sprintf "network type '%s' is not supported (expected 'mlp')" kind)
         let config =
-            { Dim = get<int> path network "dim"
-              Hidden = get<int> path network "hidden"
-              Layers = get<int> path network "layers"
-              Embedding = get<int> path network "embedding"
-              MaxFrequency = get<float> path network "maxFrequency" }
+            match get<string> path network "type" with
+            | "mlp" ->
+                NetworkConfig.Mlp
+                    { Dim = get<int> path network "dim"
+                      Hidden = get<int> path network "hidden"
+                      Layers = get<int> path network "layers"
+                      Embedding = get<int> path network "embedding"
+                      MaxFrequency = get<float> path network "maxFrequency" }
+            | "unet" -> NetworkConfig.UNet(NetworkConfig.unetOfJson path network)
+            | kind -> FileError.fail path (sprintf "network type '%s' is not supported (expected 'mlp' or 'unet')" kind)
+        let sampleShape = NetworkConfig.sampleShape config
+        let dim = int (Array.fold (*) 1L sampleShape)
         let sdeNode = field path root "sde"
         let number = get<float> path sdeNode
         let create, a, b =
@@ -224,11 +221,19 @@ module ModelFile =
             match root.AsObject().TryGetPropertyValue("standardisation"): bool * JsonNode with
             | true, node when not (isNull node) ->
                 let st = { Shift = floatArray path node "shift"; Scale = floatArray path node "scale" }
-                if st.Shift.Length <> config.Dim || st.Scale.Length <> config.Dim then
-                    FileError.fail path (sprintf "'standardisation' must hold %d shifts and scales" config.Dim)
+                if st.Shift.Length <> dim || st.Scale.Length <> dim then
+                    FileError.fail path (sprintf "'standardisation' must hold %d shifts and scales" dim)
                 if st.Scale |> Array.exists (fun s -> not (s > 0.0) || Double.IsInfinity s) then
                     FileError.fail path "'standardisation.scale' must hold positive numbers"
                 Some st
+            | _ -> None
+        let pixels =
+            match root.AsObject().TryGetPropertyValue("pixels"): bool * JsonNode with
+            | true, node when not (isNull node) ->
+                let text = get<string> path root "pixels"
+                match Pixels.tryParse text with
+                | Some p -> Some p
+                | None -> FileError.fail path (sprintf "'pixels' must be zero-one or centred (got %s)" text)
             | _ -> None
         let timeScale = get<float> path root "timeScale"
         if not (timeScale > 0.0) || Double.IsInfinity timeScale then
@@ -241,11 +246,11 @@ module ModelFile =
             { Sde = sde
               TimeScale = timeScale
               Output = output
-              SampleShape = [| int64 config.Dim |]
+              SampleShape = sampleShape
               Dtype = dtype
               Standardisation = standardisation
-              Description =
-                sprintf "MLP %d -> %d x %d -> %d (time embedding %d)" config.Dim config.Layers config.Hidden config.Dim config.Embedding }
+              Pixels = pixels
+              Description = NetworkConfig.describe config }
         config, info, training
 
     /// Load a model directory written by `save`.
@@ -256,9 +261,9 @@ module ModelFile =
         let config, info, _ = readConfig dir
         let weights = Path.Combine(dir, weightsFile)
         FileError.requireFile weights
-        let net =
+        let net, forward =
             try
-                ScoreNet.Empty(config, info.Dtype)
+                NetworkConfig.createEmpty config info.Dtype
             with :? ArgumentException as e ->
                 FileError.fail (Path.Combine(dir, configFile)) e.Message
         try
@@ -267,8 +272,10 @@ module ModelFile =
             net.Dispose()
             FileError.fail weights (sprintf "does not hold this network's weights (%s)" (e.Message.Split('\n').[0]))
         net.eval ()
-        { Model = scaled (fun x t -> net.forward (x, t)) info.TimeScale info.Output
-          Info = { info with Description = sprintf "%s, %d parameters" info.Description net.ParameterCount }
+        { Model = scaled forward info.TimeScale info.Output
+          Info =
+            { info with
+                Description = sprintf "%s, %d parameters" info.Description (NetworkConfig.parameterCount net) }
           Network = net }
 
     /// Call the model once on a small batch of the given sample shape: a model that fails or
@@ -333,6 +340,7 @@ module ModelFile =
                   SampleShape = options.SampleShape
                   Dtype = torch.float32
                   Standardisation = None
+                  Pixels = None
                   Description = sprintf "TorchScript %s" (Path.GetFileName path) }
               Network = m }
         try

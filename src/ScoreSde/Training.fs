@@ -127,60 +127,6 @@ module Training =
                 1.0
         settings.LearningRate * warm * decay
 
-    /// Adam (Kingma & Ba 2015) with bias correction, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, on
-    /// the parameters' own buffers. Written here rather than TorchSharp's optimizer so that every
-    /// Scalar is bound for the duration of its native call (TorchSharp Scalars have finalizers, and
-    /// one passed inline can be collected while the call still reads it).
-    type private Adam(parameters: Modules.Parameter[]) =
-        let m = parameters |> Array.map (fun p -> torch.zeros_like (p))
-        let v = parameters |> Array.map (fun p -> torch.zeros_like (p))
-        let mutable step = 0
-        member _.Step(lr: float) =
-            step <- step + 1
-            let b1, b2, eps = 0.9, 0.999, 1e-8
-            let c1 = 1.0 - Math.Pow(b1, float step)
-            let c2 = 1.0 - Math.Pow(b2, float step)
-            use sB1 = Tensors.scalar b1
-            use sB2 = Tensors.scalar b2
-            use s1mB1 = Tensors.scalar (1.0 - b1)
-            use s1mB2 = Tensors.scalar (1.0 - b2)
-            use sSqrtC2 = Tensors.scalar (Math.Sqrt c2)
-            use sEps = Tensors.scalar eps
-            use sStep = Tensors.scalar (-lr / c1)
-            use _noGrad = torch.no_grad ()
-            for i in 0 .. parameters.Length - 1 do
-                use g = parameters.[i].grad
-                if not (isNull g) then
-                    m.[i].mul_(sB1).add_(g, s1mB1) |> ignore
-                    v.[i].mul_(sB2).addcmul_(g, g, s1mB2) |> ignore
-                    use denom = v.[i].sqrt()
-                    denom.div_(sSqrtC2).add_(sEps) |> ignore
-                    parameters.[i].addcdiv_(m.[i], denom, sStep) |> ignore
-        interface IDisposable with
-            member _.Dispose() =
-                for t in Array.append m v do
-                    t.Dispose()
-
-    /// Zero the gradients (those that exist).
-    let private zeroGradients (parameters: Modules.Parameter[]) =
-        for p in parameters do
-            use g = p.grad
-            if not (isNull g) then
-                g.zero_ () |> ignore
-
-    /// Scale the gradients so that their global L2 norm is at most maxNorm (one host read per step).
-    let private clipGradients (parameters: Modules.Parameter[]) (maxNorm: float) =
-        use scope = torch.NewDisposeScope()
-        let grads = parameters |> Array.map (fun p -> p.grad) |> Array.filter (fun g -> not (isNull g))
-        if grads.Length > 0 then
-            let total = torch.stack(grads |> Array.map (fun g -> g.square().sum()), 0L).sum().sqrt()
-            let norm = total.to_type(torch.float64).item<float>()
-            let factor = maxNorm / (norm + 1e-6)
-            if factor < 1.0 then
-                use sFactor = Tensors.scalar factor
-                for g in grads do
-                    g.mul_ (sFactor) |> ignore
-
     /// Train `net` (updated in place) on `data` [N, Dim] with Adam; every random draw (batch
     /// indices, times, noise) comes from `generator`, so the same seed and network initialisation
     /// reproduce the run. Returns the EMA network, the losses and the time taken. `data` is not
@@ -217,10 +163,10 @@ module Training =
             let t = torch.tensor (times, dtype = net.Dtype, device = net.Device)
             let z = torch.empty_like (x0)
             noise.Fill z
-            zeroGradients parameters
+            Gradients.zero parameters
             let l = loss sde settings.Weighting model x0 t z
             l.backward ()
-            settings.GradClip |> Option.iter (clipGradients parameters)
+            settings.GradClip |> Option.iter (Gradients.clipNorm parameters)
             adam.Step(learningRate settings k)
             let value = l.detach().to_type(torch.float64).item<float>()
             if Double.IsNaN value || Double.IsInfinity value then
@@ -230,12 +176,7 @@ module Training =
                     )
                 )
             losses.[k] <- value
-            let decay = min settings.EmaDecay (float (1 + k) / float (10 + k))
-            use sDecay = Tensors.scalar decay
-            use sRest = Tensors.scalar (1.0 - decay)
-            use _noGrad = torch.no_grad ()
-            for e, p in Array.zip emaParameters parameters do
-                e.mul_(sDecay).add_(p, sRest) |> ignore
+            Ema.update emaParameters parameters (Ema.decayAt settings.EmaDecay k)
             settings.Observer |> Option.iter (fun f -> f k value)
         watch.Stop()
         net.eval ()

@@ -17,6 +17,31 @@ open BenchmarkDotNet.Toolchains.InProcess.Emit
 open Perfolizer.Horology
 open ScoreSde.Benchmarks.Setup
 
+/// `--unet [--forward N] [--train N] [--batch B] [--threads T] [--configs tutorial|default|both]`: the
+/// U-Net against PyTorch (UNetSpeed.fs), instead of the BenchmarkDotNet suite.
+let private unet (argv: string[]) =
+    let rec parse (o: UNetSpeed.Options) (args: string list) =
+        match args with
+        | "--unet" :: rest -> parse o rest
+        | "--batch" :: v :: rest -> parse { o with Batch = int v } rest
+        | "--threads" :: v :: rest -> parse { o with Threads = int v } rest
+        | "--forward" :: v :: rest -> parse { o with Forward = int v } rest
+        | "--train" :: v :: rest -> parse { o with Train = int v } rest
+        | "--configs" :: "tutorial" :: rest -> parse { o with Configs = [ UNetSpeed.defaultConfigs.[0] ] } rest
+        | "--configs" :: "default" :: rest -> parse { o with Configs = [ UNetSpeed.defaultConfigs.[1] ] } rest
+        | "--configs" :: "both" :: rest -> parse { o with Configs = UNetSpeed.defaultConfigs } rest
+        | a :: _ -> failwithf "unknown --unet option %s" a
+        | [] -> o
+    let options = parse UNetSpeed.defaults (List.ofArray argv)
+    let report =
+        UNetSpeed.run options (sprintf "dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv)))
+    let dir = Path.Combine(Environment.CurrentDirectory, "BenchmarkDotNet.Artifacts")
+    Directory.CreateDirectory dir |> ignore
+    let path = Path.Combine(dir, "scoresde-unet-report.md")
+    File.WriteAllText(path, report)
+    printfn "Report written to %s" path
+    0
+
 /// The BenchmarkDotNet suite.
 let benchmarks (argv: string[]) =
     ScoreSde.Native.ensureLoaded ()
@@ -97,4 +122,7 @@ let main argv =
     | [| "--native-startup-child" |] -> NativeStartup.child ()
     | [| "--native-startup" |] -> NativeStartup.run 15
     | [| "--native-startup"; rounds |] -> NativeStartup.run (int rounds)
+    | _ when Array.contains "--unet" argv ->
+        ScoreSde.Native.ensureLoaded ()
+        unet argv
     | _ -> benchmarks argv
