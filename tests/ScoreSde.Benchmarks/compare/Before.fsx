@@ -78,45 +78,15 @@ let likelihoodHutchinson =
         Method = OdeMethod.FixedStep(OdeSolver.Rk4, TimeGrid.Uniform, 20)
         Divergence = Divergence.Hutchinson(Probe.Rademacher, 1) }
 
-let scheduler = ScoreSde.CSharp.ScoreSdeVpScheduler()
-scheduler.SetTimesteps(1000)
-
-let stepCorrect (shape: int64[]) =
-    let x = torch.randn (shape, generator = g)
-    let out = torch.randn (shape, generator = g)
-    let t = torch.full ([| shape.[0] |], Scalar.op_Implicit 0.5f, dtype = torch.float32)
-    fun () ->
-        let r = scheduler.StepCorrect(out, x, t, g)
-        r.PrevSample.Dispose()
-        r.PrevSampleMean.Dispose()
-
-/// One evaluation of the likelihood's augmented field: the drift and its divergence at one time per sample.
-let evaluation (x: torch.Tensor) (probes: torch.Tensor option) =
-    let t = torch.full ([| x.shape.[0] |], Scalar.op_Implicit 0.5f, dtype = torch.float32)
-    fun () ->
-        let f, div = Likelihood.driftAndDivergence sde model probes x t
-        f.Dispose()
-        div.Dispose()
-
-let hutchinsonProbes = torch.randn ([| 4L; 1L; 3L * 64L * 64L |], generator = g)
-
 let cases =
     samplerCases "64x2" small
     @ samplerCases "4x3x64x64" large
-    @ [ { Name = "likelihood, exact divergence, Dopri5 held to 100 steps, 64x2"
-          Steps = steps
-          Run = fun () -> (Likelihood.compute sde model likelihoodExact noise small :> System.IDisposable).Dispose() }
-        { Name = "likelihood, Hutchinson (1 probe), RK4 20 steps, 4x3x64x64"
-          Steps = 20
-          Run = fun () -> (Likelihood.compute sde model likelihoodHutchinson noise large :> System.IDisposable).Dispose() }
-        { Name = "likelihood evaluation, exact divergence, 64x2"; Steps = 1; Run = evaluation small None }
-        { Name = "likelihood evaluation, Hutchinson (1 probe), 4x3x64x64"
-          Steps = 1
-          Run = evaluation large (Some hutchinsonProbes) }
-        { Name = "VP StepCorrect (facade), 4x3x8x8"; Steps = 1; Run = stepCorrect [| 4L; 3L; 8L; 8L |] }
-        { Name = "VP StepCorrect (facade), 4x3x64x64"; Steps = 1; Run = stepCorrect [| 4L; 3L; 64L; 64L |] } ]
+    @ commonCases
+        g
+        small
+        large
+        (fun () -> Likelihood.compute sde model likelihoodExact noise small :> System.IDisposable)
+        (fun () -> Likelihood.compute sde model likelihoodHutchinson noise large :> System.IDisposable)
+        (Likelihood.driftAndDivergence sde model)
 
-let args = fsi.CommandLineArgs
-// an optional third argument keeps the cases whose name contains it
-let only = if args.Length > 3 then cases |> List.filter (fun c -> c.Name.Contains args.[3]) else cases
-timeCases "before" (int args.[1]) (float args.[2]) only
+run "before" cases
