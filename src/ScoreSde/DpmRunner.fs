@@ -273,9 +273,17 @@ module internal DpmRunner =
     /// Run DPM-Solver or DPM-Solver++ in place on x, the sampler's working copy (`Sampler.sample` calls this),
     /// without gradients: the fixed-step methods spend exactly the schedule's steps in model evaluations
     /// (one of them on Tweedie's denoising step when `denoise`), the adaptive method what it needs.
-    /// `afterStep` runs after every (accepted) step. Returns the evaluations.
-    let run (sde: Sde) (model: Model) (settings: DpmSolverSettings) (schedule: Schedule) (denoise: bool) (afterStep: Observer) (x: Tensor) =
-        DpmSolver.validate sde settings schedule denoise
+    /// `afterStep` runs after every (accepted) step. Returns the evaluations. The settings must have
+    /// passed `DpmSolver.validate` (as `Sampling.validate` does; `run` checks them itself).
+    let internal runValidated
+        (sde: Sde)
+        (model: Model)
+        (settings: DpmSolverSettings)
+        (schedule: Schedule)
+        (denoise: bool)
+        (afterStep: Observer)
+        (x: Tensor)
+        =
         use _noGrad = torch.no_grad ()
         // the adaptive method, and every SDE but VP, compute in float64 (see `DpmArithmetic`)
         let published =
@@ -291,3 +299,8 @@ module internal DpmRunner =
             // the published denoise_to_zero evaluates at float32(eps), not at the grid's last time
             run.DenoiseInPlace(x, (if published.IsSome then DpmPublished.f32 schedule.Eps else tEnd))
         run.Nfe
+
+    /// `runValidated` after `DpmSolver.validate` (ArgumentException naming the bad setting).
+    let run (sde: Sde) (model: Model) (settings: DpmSolverSettings) (schedule: Schedule) (denoise: bool) (afterStep: Observer) (x: Tensor) =
+        DpmSolver.validate sde settings schedule denoise
+        runValidated sde model settings schedule denoise afterStep x

@@ -40,14 +40,18 @@ module ProbabilityFlow =
             c.Dispose()
             reraise ()
 
+    /// The field p x + q out from its coefficients (`coefficients`), as a fresh tensor.
+    let internal ofCoefficients (p: Tensor) (q: Tensor) (x: Tensor) (out: Tensor) : Tensor =
+        let r = p.mul (x)
+        use one = Tensors.scalar 1.0
+        r.addcmul_ (q, out, one)
+
     /// The field p x + q out from a model output at (x, t), t 0-d or one time per batch element, as a
     /// fresh tensor. Differentiable in x (through x and out) when gradients are enabled.
     let fromOutput (sde: Sde) (output: ModelOutput) (x: Tensor) (out: Tensor) (t: Tensor) : Tensor =
         use scope = torch.NewDisposeScope()
         let p, q = coefficients sde output (Tensors.broadcastTime "t" t x)
-        let r = p.mul (x)
-        use one = Tensors.scalar 1.0
-        r.addcmul_(q, out, one).MoveToOuterDisposeScope()
+        (ofCoefficients p q x out).MoveToOuterDisposeScope()
 
     /// The field at (x, t), t one time per batch element (a [B] tensor in x's dtype), as a fresh tensor.
     let drift (sde: Sde) (model: Model) (x: Tensor) (t: Tensor) : Tensor =

@@ -185,7 +185,8 @@ module Sampler =
                     sde.T
                     sampling.Schedule.Eps
             r.Nfe
-        | Method.DpmSolver d -> DpmRunner.run sde model d sampling.Schedule (sampling.Finish = Finish.Tweedie) afterStep x
+        // validated with the rest of the sampling by `Sampling.validate` in `sample`
+        | Method.DpmSolver d -> DpmRunner.runValidated sde model d sampling.Schedule (sampling.Finish = Finish.Tweedie) afterStep x
 
     /// Sample from the starting state xT (not modified; e.g. `prior`, or a latent from `encode`) with
     /// the configured method, schedule and finish; `noise` drives the stochastic steps (unused by the

@@ -244,6 +244,34 @@ let tests =
                   "detached model"
           }
 
+          test "an output that depends on parameters but not on x: the divergence is D p(t), the drift p x + q out" {
+              // score = c, a parameter: F = -beta(t) / 2 (x + c) (VP), so div F = -D beta(t) / 2 exactly
+              // and the model's part of every vector-Jacobian product is zero (no path to x).
+              let cValues = [| 0.5; -1.0; 2.0 |]
+              use c0 = torch.tensor (cValues, dtype = torch.float64)
+              use c = c0.requires_grad_ (true)
+              let model = Model.score (fun x _ -> c.expand (x.shape))
+              use x0 = torch.tensor ([| 1.0; 2.0; 3.0; -1.0; 0.0; 0.25 |], dtype = torch.float64)
+              use x = x0.reshape (2L, 3L)
+              use t = torch.tensor ([| 0.3; 0.7 |], dtype = torch.float64)
+              let halfBeta (t: float) = 0.5 * (0.1 + t * 19.9)
+              for probes in [ None; Some(torch.ones ([| 2L; 1L; 3L |], dtype = torch.float64)) ] do
+                  let f, div = Likelihood.driftAndDivergence sde model probes x t
+                  use f = f
+                  use div = div
+                  Array.iteri2
+                      (fun i v tv -> close 1e-12 v (-3.0 * halfBeta tv) (sprintf "divergence, sample %d (probes %b)" i probes.IsSome))
+                      (values div)
+                      [| 0.3; 0.7 |]
+                  Array.iteri
+                      (fun k v ->
+                          let i, d = k / 3, k % 3
+                          let tv = [| 0.3; 0.7 |].[i]
+                          close 1e-12 v (-halfBeta tv * ((values x).[k] + cValues.[d])) (sprintf "drift [%d, %d]" i d))
+                      (values f)
+                  probes |> Option.iter (fun p -> p.Dispose())
+          }
+
           test "bad settings are rejected naming the parameter" {
               use x = dataFor diagonal 2L 51L
               let model = Model.noise (gaussianNoiseModel sde gauss)
