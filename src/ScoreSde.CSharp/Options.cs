@@ -98,6 +98,13 @@ public abstract class SamplerOptions : ModelOptions
     /// <summary>Known values the samples must have (inpainting, or a linear condition in an orthonormal basis);
     /// default null, no condition. Every sampler takes it; see <see cref="CSharp.Condition"/>.</summary>
     public Condition? Condition { get; set; }
+    /// <summary>Stop at the first non-finite (NaN or infinite) model output or state with a
+    /// <see cref="ScoreSde.NonFiniteException"/> naming the step and the time (default true). Every model
+    /// output and, after every step, the state are checked (one vectorised pass over each for float32 and
+    /// float64 CPU tensors; its measured cost is in docs/performance.md); false skips the check, and an
+    /// overflowing run then returns NaN samples. The F# core's <c>Sampling.CheckFinite</c>, the command
+    /// line's <c>--check-finite</c>.</summary>
+    public bool CheckFinite { get; set; } = true;
 }
 
 /// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>

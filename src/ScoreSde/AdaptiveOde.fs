@@ -142,9 +142,9 @@ module AdaptiveOde =
                 raise (
                     InvalidOperationException(
                         sprintf
-                            "The vector field returned shape %A for a state of shape %A; it must return a tensor shaped like the state."
-                            (if isNull out then null else out.shape)
-                            y.shape
+                            "The vector field returned shape %s for a state of shape %s; it must return a tensor shaped like the state."
+                            (if isNull out then "null" else Check.shapeText out.shape)
+                            (Check.shapeText y.shape)
                     )
                 )
             k.copy_ (out) |> ignore

@@ -46,7 +46,7 @@ module ToyDataset =
     let sample (dataset: ToyDataset) (n: int) (dtype: torch.ScalarType) (generator: torch.Generator) : Tensor =
         Native.ensureLoaded ()
         Check.positiveInt "n" n
-        Check.notNull "generator" generator
+        Check.liveGenerator "generator" generator
         if not (dtype = torch.float32 || dtype = torch.float64) then
             Check.fail "dtype" dtype "float32 or float64"
         use scope = torch.NewDisposeScope()

@@ -144,11 +144,12 @@ module DiffusersVe =
     let private checkPair (modelOutput: Tensor) (sample: Tensor) =
         Check.notNull "modelOutput" modelOutput
         Check.notNull "sample" sample
-        for name, t in [ "sample", sample; "modelOutput", modelOutput ] do
-            if t.dtype <> torch.float32 && t.dtype <> torch.float64 then
-                Check.fail name t.dtype "a float32 or float64 tensor (convert half precision to float32 first)"
-        if sample.dim () = 0L then
-            Check.fail "sample" sample.shape "a tensor with a batch dimension"
+        if sample.dtype <> torch.float32 && sample.dtype <> torch.float64 then
+            Check.fail "sample" sample.dtype "a float32 or float64 tensor (convert half precision to float32 first)"
+        // Any floating-point output: one of another precision is converted to the sample's dtype.
+        Check.floating "modelOutput" modelOutput
+        if sample.dim () = 0L || sample.size (0) = 0L then
+            Check.fail "sample" sample.shape "a tensor with a batch dimension holding at least one sample"
         Check.sameShape "modelOutput" modelOutput sample "sample"
 
     /// The per-sample diffusion of step_pred. The timestep becomes t * ones(B), float32 unless t is a
@@ -197,12 +198,15 @@ module DiffusersVe =
     /// the model output used as the score: mean = sample + g^2 modelOutput, prev = mean + g z with
     /// g^2 = sigma_i^2 - sigma_{i-1}^2 from consecutive discrete sigmas (sigma_{-1} = 0), i = long(t
     /// (len(timesteps) - 1)) per batch element, and z drawn with the sample's dtype after the mean.
-    /// Results have the dtype torch's promotion gives in diffusers (float64 when the sample, the output
-    /// or a one-per-sample timestep is float64). Returns (sample, mean); the inputs are not modified.
+    /// Results have the dtype torch's promotion gives in diffusers (float64 when the sample or a
+    /// one-per-sample timestep is float64); an output of another floating-point precision is first
+    /// converted to the sample's dtype, as in every sampler of the library. Returns (sample, mean); the inputs are not modified.
     let stepPred (schedule: DiffusersVeSchedule) (modelOutput: Tensor) (timestep: Tensor) (sample: Tensor) (noise: Noise) : StepResult =
         checkPair modelOutput sample
         let batch = sample.size (0)
         let gs, timeType = diffusions schedule timestep batch
+        Tensors.withDtypeOf "modelOutput" modelOutput sample
+        <| fun modelOutput ->
         let g, g2 = gs.[0]
         let sameDtype = modelOutput.dtype = sample.dtype && (timeType = torch.float32 || sample.dtype = torch.float64)
         if sameDtype && gs |> Array.forall (fun c -> c = gs.[0]) then
@@ -264,6 +268,8 @@ module DiffusersVe =
     /// prev only. The inputs are not modified.
     let stepCorrect (config: DiffusersVeConfig) (modelOutput: Tensor) (sample: Tensor) (noise: Noise) : StepResult =
         checkPair modelOutput sample
+        Tensors.withDtypeOf "modelOutput" modelOutput sample
+        <| fun modelOutput ->
         let z = torch.empty (sample.shape, dtype = torch.float32, device = sample.device)
         let mutable mean: Tensor = null
         try

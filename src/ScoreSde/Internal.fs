@@ -7,8 +7,20 @@ type Tensor = torch.Tensor
 
 /// Argument checks shared by every module: each failure names the parameter and the value.
 module internal Check =
-    let inline fail (param: string) (value: obj) (requirement: string) : 'a =
-        raise (ArgumentException(sprintf "%s must be %s (got %A)." param requirement value, param))
+    /// A shape as C# and Python print it: [4, 2] ([] for a 0-d tensor).
+    let shapeText (shape: int64[]) =
+        "[" + String.Join(", ", shape) + "]"
+
+    /// A value for a message: shapes and arrays as [4, 2], everything else as F# prints it.
+    let valueText (value: obj) =
+        match value with
+        | :? (int64[]) as a -> shapeText a
+        | :? (int[]) as a -> "[" + String.Join(", ", a) + "]"
+        | :? (float[]) as a -> "[" + String.Join(", ", a |> Array.map (fun v -> v.ToString("R", Globalization.CultureInfo.InvariantCulture))) + "]"
+        | _ -> sprintf "%A" value
+
+    let fail (param: string) (value: obj) (requirement: string) : 'a =
+        raise (ArgumentException(sprintf "%s must be %s (got %s)." param requirement (valueText value), param))
 
     let finite (param: string) (v: float) =
         if Double.IsNaN v || Double.IsInfinity v then
@@ -30,6 +42,39 @@ module internal Check =
     let notNull (param: string) (v: obj) =
         if isNull v then
             raise (ArgumentNullException(param, sprintf "%s must not be null." param))
+
+    /// A live torch.Generator. A disposed one has a null handle, and TorchSharp then draws from torch's
+    /// global generator without a word: refused with an ObjectDisposedException naming the parameter.
+    let liveGenerator (param: string) (g: torch.Generator) =
+        notNull param g
+        if g.Handle = 0n then
+            raise (
+                ObjectDisposedException(
+                    param,
+                    sprintf "%s is a disposed torch.Generator; pass a live one (a disposed generator would draw from torch's global generator)." param
+                )
+            )
+
+    /// A model output in the state's dtype: the output itself when the dtypes agree, a converted copy
+    /// when the output is floating-point of another precision (float16, bfloat16, float64 for a float32
+    /// state, ...), else an InvalidOperationException naming both dtypes. `what` names the output in
+    /// the message ("The model's output", or a parameter).
+    let outputDtype (what: string) (out: Tensor) (x: Tensor) : Tensor =
+        if out.dtype = x.dtype then
+            out
+        elif torch.is_floating_point out then
+            out.to_type (x.dtype)
+        else
+            raise (
+                InvalidOperationException(
+                    sprintf
+                        "%s has dtype %O; it must be a floating-point tensor, the state's dtype %O (a floating-point output of another precision is converted to %O)."
+                        what
+                        out.dtype
+                        x.dtype
+                        x.dtype
+                )
+            )
 
     let floating (param: string) (t: Tensor) =
         notNull param t
@@ -60,7 +105,7 @@ module internal Check =
         if not (shapesEqual t reference) then
             raise (
                 ArgumentException(
-                    sprintf "%s has shape %A but %s has shape %A; they must match." param t.shape referenceName reference.shape,
+                    sprintf "%s has shape %s but %s has shape %s; they must match." param (shapeText t.shape) referenceName (shapeText reference.shape),
                     param
                 )
             )
@@ -120,11 +165,11 @@ module internal Tensors =
             raise (
                 ArgumentException(
                     sprintf
-                        "%s must hold one value or one value per batch element (%d); got %d elements (shape %A)."
+                        "%s must hold one value or one value per batch element (%d); got %d elements (shape %s)."
                         param
                         (if x.dim () > 0L then x.shape.[0] else 1L)
                         (t.numel ())
-                        t.shape,
+                        (Check.shapeText t.shape),
                     param
                 )
             )
@@ -182,7 +227,78 @@ module internal Tensors =
 
     /// A [B] tensor of times, all equal to t, in x's dtype and device.
     let fullTime (batch: int64) (t: float) (dtype: torch.ScalarType) (device: torch.Device) : Tensor =
-        torch.full ([| batch |], scalar t, dtype = dtype, device = device)
+        use s = scalar t
+        torch.full ([| batch |], s, dtype = dtype, device = device)
+
+    /// f applied to the model output `out` in x's dtype (`Check.outputDtype`, `what` naming the output):
+    /// a converted copy is disposed afterwards, the caller's tensor never.
+    let withDtypeOf (what: string) (out: Tensor) (x: Tensor) (f: Tensor -> 'a) : 'a =
+        let converted = Check.outputDtype what out x
+        try
+            f converted
+        finally
+            if not (obj.ReferenceEquals(converted, out)) then
+                converted.Dispose()
+
+    /// a + b with the alpha Scalar bound (TorchSharp's `a + b` and `a.add (b)` create it inline).
+    let add (a: Tensor) (b: Tensor) : Tensor =
+        use one = scalar 1.0
+        a.add (b, one)
+
+    /// a <- a + b in place, the alpha Scalar bound; returns a.
+    let addInPlace (a: Tensor) (b: Tensor) : Tensor =
+        use one = scalar 1.0
+        a.add_ (b, one)
+
+    /// a - b with the alpha Scalar bound (a + (-1) b: the same value, the negation being exact).
+    let sub (a: Tensor) (b: Tensor) : Tensor =
+        use minusOne = scalar -1.0
+        a.add (b, minusOne)
+
+    /// t * t (libtorch's square is pow(t, 2) with an inline Scalar; its result is t * t exactly).
+    let square (t: Tensor) : Tensor = t.mul (t)
+
+    // Whether every element is finite: x - x is 0 for a finite x and NaN for NaN or an infinity, and
+    // NaN survives the sum, so one vectorised pass with no branch per element decides.
+    let private finite32 (values: Span<float32>) =
+        let vectors = System.Runtime.InteropServices.MemoryMarshal.Cast<float32, System.Numerics.Vector<float32>>(values)
+        let mutable acc = System.Numerics.Vector<float32>.Zero
+        for i in 0 .. vectors.Length - 1 do
+            let v = vectors.[i]
+            acc <- acc + (v - v)
+        let mutable ok = System.Numerics.Vector.EqualsAll(acc, System.Numerics.Vector<float32>.Zero)
+        let mutable i = vectors.Length * System.Numerics.Vector<float32>.Count
+        while ok && i < values.Length do
+            ok <- Single.IsFinite values.[i]
+            i <- i + 1
+        ok
+
+    let private finite64 (values: Span<float>) =
+        let vectors = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(values)
+        let mutable acc = System.Numerics.Vector<float>.Zero
+        for i in 0 .. vectors.Length - 1 do
+            let v = vectors.[i]
+            acc <- acc + (v - v)
+        let mutable ok = System.Numerics.Vector.EqualsAll(acc, System.Numerics.Vector<float>.Zero)
+        let mutable i = vectors.Length * System.Numerics.Vector<float>.Count
+        while ok && i < values.Length do
+            ok <- Double.IsFinite values.[i]
+            i <- i + 1
+        ok
+
+    /// Whether every element of t is finite. A contiguous float32 or float64 CPU tensor is read
+    /// straight from its memory in one vectorised pass (no tensor, no allocation); anything else goes
+    /// through libtorch's isfinite and all.
+    let allFinite (t: Tensor) : bool =
+        if t.device_type = DeviceType.CPU && t.is_contiguous () && t.dtype = torch.float32 then
+            finite32 (System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float32>(t.bytes))
+        elif t.device_type = DeviceType.CPU && t.is_contiguous () && t.dtype = torch.float64 then
+            finite64 (System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.bytes))
+        else
+            use d = t.detach ()
+            use f = torch.isfinite (d)
+            use all = f.all ()
+            all.item<bool> ()
 
     /// True when all elements of the host array are equal.
     let allEqual (values: float[]) = values.Length > 0 && values |> Array.forall (fun v -> v = values.[0])

@@ -188,7 +188,7 @@ module Training =
     let train (sde: Sde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (generator: torch.Generator) : TrainResult =
         Native.ensureLoaded ()
         Check.notNull "net" net
-        Check.notNull "generator" generator
+        Check.liveGenerator "generator" generator
         validate settings
         Check.floating "data" data
         if data.dim () <> 2L || data.shape.[1] <> int64 net.Config.Dim || data.shape.[0] < 1L then
