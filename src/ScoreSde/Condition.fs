@@ -135,7 +135,11 @@ module Condition =
             if not ok then
                 raise (
                     ArgumentException(
-                        sprintf "%s has shape %s, which does not broadcast to the state's shape %s." name (Check.shapeText t.shape) (Check.shapeText x.shape),
+                        sprintf
+                            "%s has shape %s, which does not broadcast to the state's shape %s."
+                            name
+                            (Check.shapeText t.shape)
+                            (Check.shapeText x.shape),
                         name
                     )
                 )

@@ -147,7 +147,11 @@ module DiffusersVe =
         if sample.dtype <> torch.float32 && sample.dtype <> torch.float64 then
             Check.fail "sample" sample.dtype "a float32 or float64 tensor (convert half precision to float32 first)"
         // Any floating-point output: one of another precision is converted to the sample's dtype.
-        Check.floating "modelOutput" modelOutput
+        if not (torch.is_floating_point modelOutput) then
+            Check.fail
+                "modelOutput"
+                modelOutput.dtype
+                "a floating-point tensor (one of another precision is converted to the sample's dtype)"
         if sample.dim () = 0L || sample.size (0) = 0L then
             Check.fail "sample" sample.shape "a tensor with a batch dimension holding at least one sample"
         Check.sameShape "modelOutput" modelOutput sample "sample"
@@ -207,21 +211,21 @@ module DiffusersVe =
         let gs, timeType = diffusions schedule timestep batch
         Tensors.withDtypeOf "modelOutput" modelOutput sample
         <| fun modelOutput ->
-        let g, g2 = gs.[0]
-        let sameDtype = modelOutput.dtype = sample.dtype && (timeType = torch.float32 || sample.dtype = torch.float64)
-        if sameDtype && gs |> Array.forall (fun c -> c = gs.[0]) then
-            Kernel.meanAndSample 1.0 sample g2 modelOutput g noise
-        else
-            // One coefficient per sample, in the time's dtype, and torch's promotion for the rest.
-            use scope = torch.NewDisposeScope()
-            let shape = Array.init (int (sample.dim ())) (fun i -> if i = 0 then batch else 1L)
-            let coef (pick: float * float -> float) =
-                let v = Array.init (int batch) (fun i -> pick gs.[if gs.Length = 1 then 0 else i])
-                torch.tensor(v, dtype = timeType, device = sample.device).reshape(shape)
-            let mean = sample.add (modelOutput.mul (coef snd))
-            let z = Noise.drawLike noise sample
-            let prev = mean.add (z.mul (coef fst))
-            { Sample = prev.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+            let g, g2 = gs.[0]
+            let sameDtype = modelOutput.dtype = sample.dtype && (timeType = torch.float32 || sample.dtype = torch.float64)
+            if sameDtype && gs |> Array.forall (fun c -> c = gs.[0]) then
+                Kernel.meanAndSample 1.0 sample g2 modelOutput g noise
+            else
+                // One coefficient per sample, in the time's dtype, and torch's promotion for the rest.
+                use scope = torch.NewDisposeScope()
+                let shape = Array.init (int (sample.dim ())) (fun i -> if i = 0 then batch else 1L)
+                let coef (pick: float * float -> float) =
+                    let v = Array.init (int batch) (fun i -> pick gs.[if gs.Length = 1 then 0 else i])
+                    torch.tensor(v, dtype = timeType, device = sample.device).reshape(shape)
+                let mean = sample.add (modelOutput.mul (coef snd))
+                let z = Noise.drawLike noise sample
+                let prev = mean.add (z.mul (coef fst))
+                { Sample = prev.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     // Per-row sums of squares in float64: one SIMD pass on an eligible CPU tensor, else tensor ops.
     let private rowSumSquares (t: Tensor) =
@@ -270,40 +274,40 @@ module DiffusersVe =
         checkPair modelOutput sample
         Tensors.withDtypeOf "modelOutput" modelOutput sample
         <| fun modelOutput ->
-        let z = torch.empty (sample.shape, dtype = torch.float32, device = sample.device)
-        let mutable mean: Tensor = null
-        try
-            noise.Fill z
-            let e, c = correctorStep config.Snr modelOutput z
-            let float32Pair = sample.dtype = torch.float32 && modelOutput.dtype = torch.float32
-            // float32 on the CPU: the noise buffer becomes the sample, one fused pass writes both results
-            let fused =
-                float32Pair
-                && sample.device_type = DeviceType.CPU
-                && (mean <- torch.empty_like (z)
-                    Fused.tryMeanAndSample mean z 1.0 sample (float e) modelOutput (float c))
-            if fused then
-                { Sample = z; Mean = mean }
-            else
-                if not (isNull mean) then
-                    mean.Dispose()
-                // torch's promotion: e modelOutput in the output's dtype, the noise term in float32
-                mean <-
-                    (use product = Tensors.mulScalar modelOutput (float e)
-                     sample.add (product))
-                Kernel.scale z (float c)
-                if float32Pair then
-                    z.add_ (mean) |> ignore
+            let z = torch.empty (sample.shape, dtype = torch.float32, device = sample.device)
+            let mutable mean: Tensor = null
+            try
+                noise.Fill z
+                let e, c = correctorStep config.Snr modelOutput z
+                let float32Pair = sample.dtype = torch.float32 && modelOutput.dtype = torch.float32
+                // float32 on the CPU: the noise buffer becomes the sample, one fused pass writes both results
+                let fused =
+                    float32Pair
+                    && sample.device_type = DeviceType.CPU
+                    && (mean <- torch.empty_like (z)
+                        Fused.tryMeanAndSample mean z 1.0 sample (float e) modelOutput (float c))
+                if fused then
                     { Sample = z; Mean = mean }
                 else
-                    let prev = mean.add (z)
-                    z.Dispose()
-                    { Sample = prev; Mean = mean }
-        with _ ->
-            z.Dispose()
-            if not (isNull mean) then
-                mean.Dispose()
-            reraise ()
+                    if not (isNull mean) then
+                        mean.Dispose()
+                    // torch's promotion: e modelOutput in the output's dtype, the noise term in float32
+                    mean <-
+                        (use product = Tensors.mulScalar modelOutput (float e)
+                         sample.add (product))
+                    Kernel.scale z (float c)
+                    if float32Pair then
+                        z.add_ (mean) |> ignore
+                        { Sample = z; Mean = mean }
+                    else
+                        let prev = mean.add (z)
+                        z.Dispose()
+                        { Sample = prev; Mean = mean }
+            with _ ->
+                z.Dispose()
+                if not (isNull mean) then
+                    mean.Dispose()
+                reraise ()
 
     /// add_noise(original, noise, timesteps): original + noise sigma_i with sigma_i the discrete sigma
     /// at integer index timesteps[i] (one index, or one per batch element), broadcast over the

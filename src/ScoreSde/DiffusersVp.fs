@@ -42,7 +42,9 @@ module DiffusersVp =
     // The output's name is the C# parameter's: score for StepPred, modelOutput for StepCorrect.
     let private checkStepInputs (outName: string) (out: Tensor) (x: Tensor) (t: Tensor) =
         Check.floating "x" x
-        Check.floating outName out
+        Check.notNull outName out
+        if not (torch.is_floating_point out) then
+            Check.fail outName out.dtype "a floating-point tensor (one of another precision than x is converted to x's dtype)"
         Check.notNull "t" t
         Check.sameShape outName out x "x"
         if x.dim () = 0L || x.size (0) = 0L then
@@ -99,20 +101,20 @@ module DiffusersVp =
         // An output of another floating-point precision is converted to x's dtype, as in every sampler.
         Tensors.withDtypeOf "score" modelOutput x
         <| fun modelOutput ->
-        if t.dtype = torch.float32 then
-            let cs = ts |> Array.map (float32 >> float32StepCoefficients config numTimesteps (x.dtype = torch.float32))
-            Predictor.stepWithCoefficients cs modelOutput x noise
-        else
-            let dt = 1.0 / float numTimesteps
-            Predictor.stepWithOutput
-                (sde config)
-                Predictor.EulerMaruyama
-                ModelOutput.Noise
-                modelOutput
-                x
-                ts
-                (ts |> Array.map (fun v -> v - dt))
-                noise
+            if t.dtype = torch.float32 then
+                let cs = ts |> Array.map (float32 >> float32StepCoefficients config numTimesteps (x.dtype = torch.float32))
+                Predictor.stepWithCoefficients cs modelOutput x noise
+            else
+                let dt = 1.0 / float numTimesteps
+                Predictor.stepWithOutput
+                    (sde config)
+                    Predictor.EulerMaruyama
+                    ModelOutput.Noise
+                    modelOutput
+                    x
+                    ts
+                    (ts |> Array.map (fun v -> v - dt))
+                    noise
 
     /// A Langevin corrector step (Song et al. 2021, Alg. 5) at time t with target signal-to-noise ratio
     /// `snr` and the given norms, treating `modelOutput` as a noise prediction like `stepPred`; alpha_i

@@ -8,15 +8,17 @@ type Tensor = torch.Tensor
 /// Argument checks shared by every module: each failure names the parameter and the value.
 module internal Check =
     /// A shape as C# and Python print it: [4, 2] ([] for a 0-d tensor).
-    let shapeText (shape: int64[]) =
-        "[" + String.Join(", ", shape) + "]"
+    let shapeText (shape: int64[]) = "[" + String.Join(", ", shape) + "]"
 
     /// A value for a message: shapes and arrays as [4, 2], everything else as F# prints it.
     let valueText (value: obj) =
         match value with
         | :? (int64[]) as a -> shapeText a
         | :? (int[]) as a -> "[" + String.Join(", ", a) + "]"
-        | :? (float[]) as a -> "[" + String.Join(", ", a |> Array.map (fun v -> v.ToString("R", Globalization.CultureInfo.InvariantCulture))) + "]"
+        | :? (float[]) as a ->
+            "["
+            + String.Join(", ", a |> Array.map (fun v -> v.ToString("R", Globalization.CultureInfo.InvariantCulture)))
+            + "]"
         | _ -> sprintf "%A" value
 
     let fail (param: string) (value: obj) (requirement: string) : 'a =
@@ -51,7 +53,9 @@ module internal Check =
             raise (
                 ObjectDisposedException(
                     param,
-                    sprintf "%s is a disposed torch.Generator; pass a live one (a disposed generator would draw from torch's global generator)." param
+                    sprintf
+                        "%s is a disposed torch.Generator; pass a live one (a disposed generator would draw from torch's global generator)."
+                        param
                 )
             )
 
@@ -105,7 +109,12 @@ module internal Check =
         if not (shapesEqual t reference) then
             raise (
                 ArgumentException(
-                    sprintf "%s has shape %s but %s has shape %s; they must match." param (shapeText t.shape) referenceName (shapeText reference.shape),
+                    sprintf
+                        "%s has shape %s but %s has shape %s; they must match."
+                        param
+                        (shapeText t.shape)
+                        referenceName
+                        (shapeText reference.shape),
                     param
                 )
             )
@@ -298,7 +307,7 @@ module internal Tensors =
             use d = t.detach ()
             use f = torch.isfinite (d)
             use all = f.all ()
-            all.item<bool> ()
+            all.item<bool>()
 
     /// True when all elements of the host array are equal.
     let allEqual (values: float[]) = values.Length > 0 && values |> Array.forall (fun v -> v = values.[0])

@@ -40,7 +40,10 @@ module Model =
         if not (Check.shapesEqual out x) then
             raise (
                 InvalidOperationException(
-                    sprintf "The model returned shape %s for input shape %s; it must return a tensor shaped like x." (Check.shapeText out.shape) (Check.shapeText x.shape)
+                    sprintf
+                        "The model returned shape %s for input shape %s; it must return a tensor shaped like x."
+                        (Check.shapeText out.shape)
+                        (Check.shapeText x.shape)
                 )
             )
         Check.outputDtype "The model's output" out x

@@ -56,18 +56,20 @@ type Method =
 /// finishes, an optional observer called after every step, an optional condition (known values,
 /// e.g. inpainting; see `Condition`) and whether the run checks that its values stay finite.
 type Sampling =
-    { Method: Method
-      Schedule: Schedule
-      Finish: Finish
-      Observer: Observer option
-      Condition: Condition option
-      /// Stop at the first non-finite model output or state with a `NonFiniteException` naming the
-      /// step and the time (default true). Every model output and, after every step, the state are
-      /// checked: one vectorised pass over each in memory for float32/float64 CPU tensors (see
-      /// docs/performance.md for its measured cost); false skips the check, and a run whose values
-      /// overflow then returns NaN samples. The same option is `CheckFinite` in C# and
-      /// `--check-finite` on the command line.
-      CheckFinite: bool }
+    {
+        Method: Method
+        Schedule: Schedule
+        Finish: Finish
+        Observer: Observer option
+        Condition: Condition option
+        /// Stop at the first non-finite model output or state with a `NonFiniteException` naming the
+        /// step and the time (default true). Every model output and, after every step, the state are
+        /// checked: one vectorised pass over each in memory for float32/float64 CPU tensors (see
+        /// docs/performance.md for its measured cost); false skips the check, and a run whose values
+        /// overflow then returns NaN samples. The same option is `CheckFinite` in C# and
+        /// `--check-finite` on the command line.
+        CheckFinite: bool
+    }
 
 [<RequireQualifiedAccess>]
 module Sampling =
