@@ -222,9 +222,9 @@ module DiffusersVe =
                 let coef (pick: float * float -> float) =
                     let v = Array.init (int batch) (fun i -> pick gs.[if gs.Length = 1 then 0 else i])
                     torch.tensor(v, dtype = timeType, device = sample.device).reshape(shape)
-                let mean = sample.add (modelOutput.mul (coef snd))
+                let mean = Tensors.add sample (modelOutput.mul (coef snd))
                 let z = Noise.drawLike noise sample
-                let prev = mean.add (z.mul (coef fst))
+                let prev = Tensors.add mean (z.mul (coef fst))
                 { Sample = prev.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     // Per-row sums of squares in float64: one SIMD pass on an eligible CPU tensor, else tensor ops.
@@ -294,13 +294,13 @@ module DiffusersVe =
                     // torch's promotion: e modelOutput in the output's dtype, the noise term in float32
                     mean <-
                         (use product = Tensors.mulScalar modelOutput (float e)
-                         sample.add (product))
+                         Tensors.add sample product)
                     Kernel.scale z (float c)
                     if float32Pair then
-                        z.add_ (mean) |> ignore
+                        Tensors.addInPlace z mean |> ignore
                         { Sample = z; Mean = mean }
                     else
-                        let prev = mean.add (z)
+                        let prev = Tensors.add mean z
                         z.Dispose()
                         { Sample = prev; Mean = mean }
             with _ ->
@@ -338,4 +338,4 @@ module DiffusersVe =
         use scope = torch.NewDisposeScope()
         let shape = Array.init (int (original.dim ())) (fun i -> if i = 0 then int64 sigmaValues.Length else 1L)
         let s = torch.tensor(sigmaValues, dtype = torch.float32, device = original.device).reshape(shape)
-        noise.mul(s).add(original).MoveToOuterDisposeScope()
+        (Tensors.add (noise.mul (s)) original).MoveToOuterDisposeScope()

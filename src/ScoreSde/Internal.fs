@@ -151,14 +151,21 @@ module internal Tensors =
     /// t + v with the Scalar kept alive for the native call.
     let addScalar (t: Tensor) (v: float) : Tensor =
         use s = scalar v
-        t.add (s)
+        use one = scalar 1.0
+        t.add (s, one)
+
+    /// t / v with the Scalar kept alive for the native call.
+    let divScalar (t: Tensor) (v: float) : Tensor =
+        use s = scalar v
+        t.div (s)
 
     /// a t + b (both host doubles) with the Scalars kept alive.
     let affine (t: Tensor) (a: float) (b: float) : Tensor =
         use sa = scalar a
         use sb = scalar b
+        use one = scalar 1.0
         use ta = t.mul (sa)
-        ta.add (sb)
+        ta.add (sb, one)
 
     /// Reshape a time tensor (0-d, or one value per batch element) so that it broadcasts over x's
     /// trailing dimensions.

@@ -132,7 +132,8 @@ module Likelihood =
                     use col = e.select (1L, i)
                     col.fill_ (one) |> ignore
                     let row = vjp (e.reshape (x.shape))
-                    acc.add_ (row.select (1L, i)) |> ignore
+                    use entry = row.select (1L, i)
+                    acc.add_ (entry, one) |> ignore
                     col.fill_ (zero) |> ignore
                 acc
             | Some p ->
@@ -142,8 +143,9 @@ module Likelihood =
                     use inner = torch.NewDisposeScope()
                     let v = p.select (1L, j)
                     let vj = vjp (v.reshape (x.shape))
-                    acc.add_ ((vj * v).sum(1L)) |> ignore
-                acc / float k
+                    Tensors.addInPlace acc ((vj * v).sum (1L)) |> ignore
+                use sk = Tensors.scalar (float k)
+                acc.div (sk)
         f.detach().MoveToOuterDisposeScope(), div.detach().MoveToOuterDisposeScope()
 
     /// log p(x) per sample for data x [B, ...] (not modified). Hutchinson probes come from `noise`
@@ -181,7 +183,7 @@ module Likelihood =
         // the results are made in a scope and moved out together, so an exception leaves none behind
         use scope = torch.NewDisposeScope()
         let latent = zT.narrow(1L, 0L, dim).reshape(shape).clone()
-        let logp = (Sde.priorLogp sde latent).add_(zT.select (1L, dim))
+        let logp = Tensors.addInPlace (Sde.priorLogp sde latent) (zT.select (1L, dim))
         let bpd = Tensors.affine logp (-1.0 / (float dim * Math.Log 2.0)) settings.DequantizationOffset
         { LogLikelihood = logp.MoveToOuterDisposeScope()
           BitsPerDim = bpd.MoveToOuterDisposeScope()

@@ -127,7 +127,9 @@ module Model =
             r
         else
             let cs = ts |> Array.map coefficients
-            Tensors.perSample (Array.map fst cs) x * x + Tensors.perSample (Array.map snd cs) x * out
+            use scope = torch.NewDisposeScope()
+            (Tensors.add (Tensors.perSample (Array.map fst cs) x * x) (Tensors.perSample (Array.map snd cs) x * out))
+                .MoveToOuterDisposeScope()
 
     // Model outputs are disposed through a local dispose scope: whatever the model created during the
     // call goes, while tensors it returns from elsewhere (x itself, a cached tensor) are left alone.

@@ -107,10 +107,10 @@ module Training =
             Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
         use scope = torch.NewDisposeScope()
         let alpha, sigma, weight = coefficients sde weighting (Tensors.toHost t)
-        let xt = Tensors.perSample alpha x0 * x0 + Tensors.perSample sigma x0 * z
+        let xt = Tensors.add (Tensors.perSample alpha x0 * x0) (Tensors.perSample sigma x0 * z)
         let pred = net xt t
         Check.sameShape "net output" pred x0 "x0"
-        let perSample = (pred - z).square().reshape([| x0.shape.[0]; -1L |]).mean([| 1L |])
+        let perSample = (Tensors.square (pred - z)).reshape([| x0.shape.[0]; -1L |]).mean([| 1L |])
         let weighted =
             match weight with
             | None -> perSample
@@ -146,6 +146,7 @@ module Training =
             use s1mB2 = Tensors.scalar (1.0 - b2)
             use sSqrtC2 = Tensors.scalar (Math.Sqrt c2)
             use sEps = Tensors.scalar eps
+            use one = Tensors.scalar 1.0
             use sStep = Tensors.scalar (-lr / c1)
             use _noGrad = torch.no_grad ()
             for i in 0 .. parameters.Length - 1 do
@@ -154,7 +155,7 @@ module Training =
                     m.[i].mul_(sB1).add_(g, s1mB1) |> ignore
                     v.[i].mul_(sB2).addcmul_(g, g, s1mB2) |> ignore
                     use denom = v.[i].sqrt()
-                    denom.div_(sSqrtC2).add_(sEps) |> ignore
+                    denom.div_(sSqrtC2).add_(sEps, one) |> ignore
                     parameters.[i].addcdiv_(m.[i], denom, sStep) |> ignore
         interface IDisposable with
             member _.Dispose() =
@@ -173,7 +174,7 @@ module Training =
         use scope = torch.NewDisposeScope()
         let grads = parameters |> Array.map (fun p -> p.grad) |> Array.filter (fun g -> not (isNull g))
         if grads.Length > 0 then
-            let total = torch.stack(grads |> Array.map (fun g -> g.square().sum()), 0L).sum().sqrt()
+            let total = torch.stack(grads |> Array.map (fun g -> (Tensors.square g).sum ()), 0L).sum().sqrt()
             let norm = total.to_type(torch.float64).item<float>()
             let factor = maxNorm / (norm + 1e-6)
             if factor < 1.0 then
