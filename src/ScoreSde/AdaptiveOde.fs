@@ -107,7 +107,7 @@ module AdaptiveOde =
             steps <- steps + 1
             use scope = torch.NewDisposeScope()
             // (T - t1) (-direction) >= 0; zero once a sample is done. The solve's cached Scalars only.
-            let remaining = w.T.add(w.Sc(-t1), w.Sc(1.0)).mul (w.Sc(-w.Direction))
+            let remaining = w.T.add(w.Sc(-t1), w.Sc(1.0)).mul(w.Sc(-w.Direction))
             let active = remaining.gt (w.Sc(0.0))
             let hUsed = torch.minimum (w.HAbs, remaining) // zero for finished samples
             let h = hUsed.mul (w.Sc(w.Direction))

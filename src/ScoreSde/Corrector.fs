@@ -260,7 +260,7 @@ module Corrector =
                 langevinStepSize settings.Norm settings.Snr 1.0 grad z
                 * perSample (alphas |> Array.map (fun a -> 2.0 * a))
             let mean = Tensors.add x (e * grad)
-            let sample = Tensors.add mean ((Tensors.add e e).sqrt () * z)
+            let sample = Tensors.add mean ((Tensors.add e e).sqrt() * z)
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`

@@ -57,9 +57,9 @@ module ToyDataset =
         // Tensor operators with a double or two tensors create Scalars TorchSharp does not keep alive:
         // the arithmetic binds them (the same operations, so the same numbers).
         let ( *. ) (t: Tensor) (v: float) = Tensors.mulScalar t v
-        let ( +. ) (t: Tensor) (v: float) = Tensors.addScalar t v
-        let ( ++ ) (a: Tensor) (b: Tensor) = Tensors.add a b
-        let ( -- ) (a: Tensor) (b: Tensor) = Tensors.sub a b
+        let (+.) (t: Tensor) (v: float) = Tensors.addScalar t v
+        let (++) (a: Tensor) (b: Tensor) = Tensors.add a b
+        let (--) (a: Tensor) (b: Tensor) = Tensors.sub a b
         let points =
             match dataset with
             | ToyDataset.Ring ->
@@ -71,8 +71,8 @@ module ToyDataset =
                 let upper = torch.randint(0L, 2L, [| n64 |], dtype = torch.int64, generator = generator).to_type(f64)
                 let theta = uniform () *. Math.PI
                 // upper moon (cos, sin); lower moon (1 - cos, 1/2 - sin); then centred and scaled
-                let x = (upper * theta.cos ()) ++ ((upper.neg () +. 1.0) * (theta.cos().neg () +. 1.0))
-                let y = (upper * theta.sin ()) ++ ((upper.neg () +. 1.0) * (theta.sin().neg () +. 0.5))
+                let x = (upper * theta.cos ()) ++ ((upper.neg () +. 1.0) * (theta.cos().neg() +. 1.0))
+                let y = (upper * theta.sin ()) ++ ((upper.neg () +. 1.0) * (theta.sin().neg() +. 0.5))
                 let p = torch.stack ([| x +. -0.5; y +. -0.25 |], 1L) ++ (normal [| n64; 2L |] *. 0.05)
                 p *. 1.2
             | ToyDataset.SwissRoll ->

@@ -201,10 +201,9 @@ module Dopri5 =
             let hSigned = h0.mul (w.Sc(w.Direction))
             let y1 = x.add (k0.mul (hSigned.reshape (w.BShape)), one)
             w.EvalInto(w.Stage, y1, w.T.add (hSigned, one))
-            let d2 = w.Norm(w.Stage.add (k0, w.Sc(-1.0)), scale).div (h0)
+            let d2 = w.Norm(w.Stage.add (k0, w.Sc(-1.0)), scale).div(h0)
             let dmax = torch.maximum (d1, d2)
-            let h1 =
-                torch.where (dmax.le (w.Sc(1e-15)), h0.mul(w.Sc(1e-3)).clamp_min(w.Sc(1e-6)), dmax.div(w.Sc(0.01)).pow(w.Sc(-0.2)))
+            let h1 = torch.where (dmax.le (w.Sc(1e-15)), h0.mul(w.Sc(1e-3)).clamp_min(w.Sc(1e-6)), dmax.div(w.Sc(0.01)).pow(w.Sc(-0.2)))
             w.HAbs.copy_ (torch.minimum(h0.mul (w.Sc(100.0)), h1).clamp_max(w.Sc(span))) |> ignore
         settings.MaxStep |> Option.iter (fun m -> w.HAbs.clamp_max_ (w.Sc(m)) |> ignore)
 
@@ -233,7 +232,8 @@ module Dopri5 =
         w.Err.mul_ (hb) |> ignore
         w.Stage.copy_(x).abs_() |> ignore
         w.Ks.[1].copy_(w.YNew).abs_().sub_(w.Stage).relu_() |> ignore
-        w.Stage.add_(w.Ks.[1], w.Sc(1.0)).mul_(w.Sc(settings.Rtol)).add_(w.Sc(settings.Atol), w.Sc(1.0)) |> ignore
+        w.Stage.add_(w.Ks.[1], w.Sc(1.0)).mul_(w.Sc(settings.Rtol)).add_(w.Sc(settings.Atol), w.Sc(1.0))
+        |> ignore
         w.Norm(w.Err, w.Stage)
 
     /// The step-size controller: accept where err <= 1 (false for NaN) among the active samples, and
@@ -244,12 +244,12 @@ module Dopri5 =
         let ok = err.le (w.Sc(1.0))
         let acc = ok.logical_and (active)
         let rej = ok.logical_not().logical_and(active)
-        let raw = err.pow(w.Sc(-0.2)).mul (w.Sc(settings.Safety))
+        let raw = err.pow(w.Sc(-0.2)).mul(w.Sc(settings.Safety))
         let grow =
             if settings.PiBeta = 0.0 then
                 raw
             else
-                err.pow(w.Sc(-(0.2 - 0.75 * settings.PiBeta))).mul(w.ErrPrev.pow (w.Sc(settings.PiBeta))).mul (w.Sc(settings.Safety))
+                err.pow(w.Sc(-(0.2 - 0.75 * settings.PiBeta))).mul(w.ErrPrev.pow (w.Sc(settings.PiBeta))).mul(w.Sc(settings.Safety))
         let grow = grow.clamp_max(w.Sc(settings.MaxFactor)).clamp_min(w.Sc(settings.MinFactor))
         let grow = torch.where (w.JustRejected, grow.clamp_max (w.Sc(1.0)), grow)
         let shrink = raw.nan_to_num(0.0).clamp_min(w.Sc(settings.MinFactor))
@@ -273,5 +273,7 @@ module Dopri5 =
         x.masked_fill_(accB, w.Sc(0.0)).add_(w.YNew.masked_fill_ (keepB, w.Sc(0.0)), one) |> ignore
         w.Ks.[0].masked_fill_(accB, w.Sc(0.0)).add_(w.Ks.[6].masked_fill_(keepB, w.Sc(0.0)), one) |> ignore
         w.T.copy_ (torch.where (acc, tNew, w.T)) |> ignore
-        w.Accepted.add_ (acc, one) |> ignore
-        w.Rejected.add_ (rej, one) |> ignore
+        // the counters are integer tensors: an integral alpha
+        use oneCount = Scalar.op_Implicit 1L
+        w.Accepted.add_ (acc, oneCount) |> ignore
+        w.Rejected.add_ (rej, oneCount) |> ignore

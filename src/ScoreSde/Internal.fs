@@ -88,9 +88,9 @@ module internal Check =
     let shape (param: string) (shape: int64[]) =
         notNull param shape
         if shape.Length = 0 then
-            fail param shape "a non-empty shape whose first entry is the batch size"
+            fail param shape "non-empty, its first entry the batch size"
         if shape |> Array.exists (fun d -> d < 1L) then
-            fail param shape "a shape of positive sizes"
+            fail param shape "all positive sizes"
 
     /// Whether two tensors have the same shape, compared size by size: `dim` and `size(i)` are cheap
     /// native calls, while TorchSharp's `shape` property costs about 1.7 microseconds (measured here),

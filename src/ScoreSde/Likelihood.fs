@@ -143,7 +143,7 @@ module Likelihood =
                     use inner = torch.NewDisposeScope()
                     let v = p.select (1L, j)
                     let vj = vjp (v.reshape (x.shape))
-                    Tensors.addInPlace acc ((vj * v).sum (1L)) |> ignore
+                    Tensors.addInPlace acc ((vj * v).sum(1L)) |> ignore
                 use sk = Tensors.scalar (float k)
                 acc.div (sk)
         f.detach().MoveToOuterDisposeScope(), div.detach().MoveToOuterDisposeScope()

@@ -174,7 +174,7 @@ module Training =
         use scope = torch.NewDisposeScope()
         let grads = parameters |> Array.map (fun p -> p.grad) |> Array.filter (fun g -> not (isNull g))
         if grads.Length > 0 then
-            let total = torch.stack(grads |> Array.map (fun g -> (Tensors.square g).sum ()), 0L).sum().sqrt()
+            let total = torch.stack(grads |> Array.map (fun g -> (Tensors.square g).sum()), 0L).sum().sqrt()
             let norm = total.to_type(torch.float64).item<float>()
             let factor = maxNorm / (norm + 1e-6)
             if factor < 1.0 then
