@@ -97,4 +97,14 @@ let main argv =
     | [| "--native-startup-child" |] -> NativeStartup.child ()
     | [| "--native-startup" |] -> NativeStartup.run 15
     | [| "--native-startup"; rounds |] -> NativeStartup.run (int rounds)
+    | [| "--finite-check" |]
+    | [| "--finite-check"; _ |] ->
+        // the cost of Sampling.CheckFinite, on and off in alternation (docs/performance.md)
+        ScoreSde.Native.ensureLoaded ()
+        let rounds = if argv.Length = 2 then int argv.[1] else 20
+        threadCounts <- [| 1 |]
+        printfn "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
+        printfn "Machine: %s\n" (Report.machine ())
+        printfn "%s" (FiniteCheck.table rounds [ "4x2"; "256x2"; "4x3x64x64"; "16x3x64x64" ])
+        0
     | _ -> benchmarks argv
