@@ -70,3 +70,39 @@ let table (rounds: int) (shapes: string list) =
                 let on, off, r, k = measure (parseShape shape) sampling rounds
                 line (sprintf "| %s | %s | %d | %.3f | %.3f | %.3f | %d, %d |" name shape th on off r k rounds)
     sb.ToString()
+
+/// The scan alone against libtorch's `isfinite(x).all()` and against one element-wise operation
+/// (`neg`, the analytic model), microseconds per call (median of blocks).
+let scanTable () =
+    let sb = StringBuilder()
+    let line (s: string) = sb.AppendLine s |> ignore
+    line "| shape | Tensors.allFinite (us) | isfinite(x).all() (us) | x.neg() (us) |"
+    line "|---|---|---|---|"
+    setThreads 1
+    for shape in [ "4x2"; "256x2"; "4x3x64x64"; "16x3x64x64" ] do
+        use x = torch.randn (parseShape shape)
+        let time (f: unit -> unit) =
+            for _ in 1..20 do
+                f ()
+            let sw = Stopwatch.StartNew()
+            let k = max 1 (int (20.0 / max 1e-4 (sw.Elapsed.TotalMilliseconds + 0.001)))
+            let per = ResizeArray()
+            for _ in 1..15 do
+                let sw = Stopwatch.StartNew()
+                for _ in 1..200 do
+                    f ()
+                per.Add(sw.Elapsed.TotalMilliseconds * 1000.0 / 200.0)
+            ignore k
+            median per
+        let ours = time (fun () -> Tensors.allFinite x |> ignore)
+        let native =
+            time (fun () ->
+                use f = torch.isfinite (x)
+                use a = f.all ()
+                a.item<bool> () |> ignore)
+        let neg =
+            time (fun () ->
+                use n = x.neg ()
+                ())
+        line (sprintf "| %s | %.2f | %.2f | %.2f |" shape ours native neg)
+    sb.ToString()

@@ -97,6 +97,10 @@ let main argv =
     | [| "--native-startup-child" |] -> NativeStartup.child ()
     | [| "--native-startup" |] -> NativeStartup.run 15
     | [| "--native-startup"; rounds |] -> NativeStartup.run (int rounds)
+    | [| "--finite-scan" |] ->
+        ScoreSde.Native.ensureLoaded ()
+        printfn "%s" (FiniteCheck.scanTable ())
+        0
     | [| "--finite-check" |]
     | [| "--finite-check"; _ |] ->
         // the cost of Sampling.CheckFinite, on and off in alternation (docs/performance.md)
