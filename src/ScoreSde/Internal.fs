@@ -280,10 +280,7 @@ module internal Tensors =
     // 4x slower: the pass was bound by the addition's latency).
     // Optimised from the first call (no tier-0 code: a sampler's first calls would scan slowly).
     [<System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)>]
-    let private finiteIn<'T when 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType>
-        (values: Span<'T>)
-        (isFinite: 'T -> bool)
-        =
+    let private finiteIn<'T when 'T: struct and 'T: (new: unit -> 'T) and 'T :> ValueType> (values: Span<'T>) (isFinite: 'T -> bool) =
         let vectors = System.Runtime.InteropServices.MemoryMarshal.Cast<'T, System.Numerics.Vector<'T>>(values)
         let mutable a0 = System.Numerics.Vector<'T>.Zero
         let mutable a1 = a0

@@ -11,9 +11,8 @@ open TorchSharp
 open ScoreSde
 open ScoreSde.Benchmarks.Setup
 
-let private median (xs: float seq) =
-    let a = Seq.toArray xs |> Array.sort
-    if a.Length % 2 = 1 then a.[a.Length / 2] else 0.5 * (a.[a.Length / 2 - 1] + a.[a.Length / 2])
+let private median = Paired.median
+let private block = Paired.block
 
 /// The samplers measured (20 steps each; Dopri5 held to 20 steps as in SamplerBenchmarks).
 let private cases =
@@ -31,11 +30,6 @@ let private measure (shape: int64[]) (sampling: Sampling) (rounds: int) =
     let run (check: bool) () =
         let r = Sampler.sample SamplerCases.sde SamplerCases.model { sampling with CheckFinite = check } noise xT
         r.Samples.Dispose()
-    let block (f: unit -> unit) (k: int) =
-        let sw = Stopwatch.StartNew()
-        for _ in 1..k do
-            f ()
-        sw.Elapsed.TotalMilliseconds / float k
     for _ in 1..3 do
         run true ()
         run false ()
@@ -81,25 +75,17 @@ let scanTable () =
     setThreads 1
     for shape in [ "4x2"; "256x2"; "4x3x64x64"; "16x3x64x64" ] do
         use x = torch.randn (parseShape shape)
+        // microseconds per call: the median of 15 blocks of 200 calls after 20 warm-up calls
         let time (f: unit -> unit) =
             for _ in 1..20 do
                 f ()
-            let sw = Stopwatch.StartNew()
-            let k = max 1 (int (20.0 / max 1e-4 (sw.Elapsed.TotalMilliseconds + 0.001)))
-            let per = ResizeArray()
-            for _ in 1..15 do
-                let sw = Stopwatch.StartNew()
-                for _ in 1..200 do
-                    f ()
-                per.Add(sw.Elapsed.TotalMilliseconds * 1000.0 / 200.0)
-            ignore k
-            median per
+            median [ for _ in 1..15 -> 1000.0 * block f 200 ]
         let ours = time (fun () -> Tensors.allFinite x |> ignore)
         let native =
             time (fun () ->
                 use f = torch.isfinite (x)
                 use a = f.all ()
-                a.item<bool> () |> ignore)
+                a.item<bool>() |> ignore)
         let neg =
             time (fun () ->
                 use n = x.neg ()

@@ -100,6 +100,9 @@ let private everyEntryPoint (seed: int64) : (string * float[]) list =
     let dpm m = { Sampling.dpmSolver with Method = Method.DpmSolver { DpmSolver.defaults with Method = m } }
     let vp = ScoreSde.CSharp.ScoreSdeVpScheduler()
     vp.SetTimesteps 10
+    let ve = ScoreSde.CSharp.ScoreSdeVeScheduler()
+    ve.SetTimesteps 10
+    ve.SetSigmas 10
     use x32 = torch.randn ([| 16L; 4L |], generator = g)
     use out32 = torch.randn ([| 16L; 4L |], generator = g)
     use t = torch.tensor (0.7f)
@@ -124,6 +127,8 @@ let private everyEntryPoint (seed: int64) : (string * float[]) list =
        values r.LogLikelihood)
       step "StepPred" (vp.StepPred(out32, x32, t, g))
       step "StepCorrect" (vp.StepCorrect(out32, x32, t, g))
+      step "VE StepPred" (ve.StepPred(out32, t, x32, g))
+      step "VE StepCorrect" (ve.StepCorrect(out32, x32, g))
       "training", training () ]
 
 [<Tests>]
