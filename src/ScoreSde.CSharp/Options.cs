@@ -73,7 +73,11 @@ public enum NoiseSource
     Fast,
 }
 
-/// <summary>What every entry point that calls a model needs to know about it.</summary>
+/// <summary>What every entry point that calls a model needs to know about it. The model must return a
+/// floating-point tensor shaped like x: an integer output is an <see cref="InvalidOperationException"/> naming
+/// its dtype and the expected one; a floating output of another precision (float16, bfloat16, float64 for
+/// float32 samples) is converted to the samples' dtype, as in every sampler, the likelihood, encoding and the
+/// schedulers' steps.</summary>
 public abstract class ModelOptions
 {
     /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
