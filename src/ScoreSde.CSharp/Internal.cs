@@ -25,6 +25,7 @@ internal static class Interop
         if (seed is { } given) s = given;
         else if (generator is not null)
         {
+            ScoreSde.NoiseModule.fromGenerator(generator); // a disposed generator is refused before the draw
             using var draw = randint(long.MaxValue, new long[] { 1 }, dtype: ScalarType.Int64, device: generator.device, generator: generator);
             s = draw.item<long>();
         }
@@ -57,9 +58,11 @@ internal static class Interop
         ArgumentNullException.ThrowIfNull(shape);
         var coreModel = ToModel(model, options.Prediction);
         CheckNoise(options.Noise, "options");
-        if (options.Condition is { } condition)
-            sampling = new ScoreSde.Sampling(sampling.Method, sampling.Schedule, sampling.Finish, sampling.Observer,
-                                             FSharpOption<ScoreSde.Condition>.Some(condition.ToCore()));
+        sampling = new ScoreSde.Sampling(sampling.Method, sampling.Schedule, sampling.Finish, sampling.Observer,
+                                         options.Condition is { } condition
+                                             ? FSharpOption<ScoreSde.Condition>.Some(condition.ToCore())
+                                             : sampling.Condition,
+                                         options.CheckFinite);
         return Core(() =>
         {
             // the options first, so that a bad one is reported before anything is drawn

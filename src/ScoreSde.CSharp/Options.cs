@@ -73,7 +73,11 @@ public enum NoiseSource
     Fast,
 }
 
-/// <summary>What every entry point that calls a model needs to know about it.</summary>
+/// <summary>What every entry point that calls a model needs to know about it. The model must return a
+/// floating-point tensor shaped like x: an integer output is an <see cref="InvalidOperationException"/> naming
+/// its dtype and the expected one; a floating output of another precision (float16, bfloat16, float64 for
+/// float32 samples) is converted to the samples' dtype, as in every sampler, the likelihood, encoding and the
+/// schedulers' steps.</summary>
 public abstract class ModelOptions
 {
     /// <summary>What the model returns (default <see cref="ModelPrediction.Noise"/>).</summary>
@@ -98,6 +102,13 @@ public abstract class SamplerOptions : ModelOptions
     /// <summary>Known values the samples must have (inpainting, or a linear condition in an orthonormal basis);
     /// default null, no condition. Every sampler takes it; see <see cref="CSharp.Condition"/>.</summary>
     public Condition? Condition { get; set; }
+    /// <summary>Stop at the first non-finite (NaN or infinite) model output or state with a
+    /// <see cref="ScoreSde.NonFiniteException"/> naming the step and the time (default true). Every model
+    /// output and, after every step, the state are checked (one vectorised pass over each for float32 and
+    /// float64 CPU tensors; its measured cost is in docs/performance.md); false skips the check, and an
+    /// overflowing run then returns NaN samples. The F# core's <c>Sampling.CheckFinite</c>, the command
+    /// line's <c>--check-finite</c>.</summary>
+    public bool CheckFinite { get; set; } = true;
 }
 
 /// <summary>Options of <see cref="Sampler.PredictorCorrector"/>.</summary>

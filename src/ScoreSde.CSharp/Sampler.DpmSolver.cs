@@ -92,6 +92,6 @@ public static partial class Sampler
             ScoreSde.Method.NewDpmSolver(settings),
             new ScoreSde.Schedule(grid, options.Steps, options.Eps),
             options.Denoise ? ScoreSde.Finish.Tweedie : ScoreSde.Finish.NoFinish,
-            null, null);
+            null, null, true);
     }
 }

@@ -30,7 +30,7 @@ public static partial class Sampler
             ScoreSde.Method.NewProbabilityFlow(OdeInterop.Method(options)),
             ScoreSde.ScheduleModule.uniform(options.Steps, options.Eps),
             options.Denoise ? ScoreSde.Finish.Tweedie : ScoreSde.Finish.NoFinish,
-            null, null);
+            null, null, true);
         return Interop.Sample(sde, model, shape, options, sampling, options.Latent, generator);
     }
 

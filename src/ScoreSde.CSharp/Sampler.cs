@@ -48,7 +48,7 @@ public static partial class Sampler
             ScoreSde.Method.NewPredictorCorrector(predictor, corrector),
             ScoreSde.ScheduleModule.uniform(options.Steps, options.Eps),
             options.Denoise ? ScoreSde.Finish.LastMean : ScoreSde.Finish.NoFinish,
-            null, null);
+            null, null, true);
         return Interop.Sample(sde, model, shape, options, sampling, null, generator);
     }
 }

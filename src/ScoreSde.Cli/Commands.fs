@@ -146,16 +146,14 @@ module Commands =
         if not (path.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) then
             raise (ArgumentException(sprintf "%s must name a .png file (got '%s')." param path, param))
 
-    let private ensureParent (path: string) =
-        let dir = Path.GetDirectoryName(Path.GetFullPath path)
-        if not (String.IsNullOrEmpty dir) then
-            Directory.CreateDirectory dir |> ignore
-
     /// `train`: fit a score network to a dataset and save it in the library's format.
     let train (ui: Ui) (c: TrainCommand) : int =
         c.LossPlot |> Option.iter (checkPngPath "--plot")
         if File.Exists c.Out then
             raise (ArgumentException(sprintf "--out must name a model directory, but '%s' is an existing file." c.Out, "--out"))
+        // Every output is checked before the work and written under a temporary name, then renamed.
+        Outputs.checkWritable "--out" true c.Out
+        c.LossPlot |> Option.iter (Outputs.checkWritable "--plot" false)
         let sde = c.Sde
         use g = new torch.Generator(uint64 c.Seed, torch.CPU)
         let raw, dataName = loadData c.Source g
@@ -184,11 +182,11 @@ module Commands =
                 (Sde.describe sde))
         let r = trainWithProgress ui sde (trainSettings c) net data g
         use ema = r.Ema
-        ModelFile.save c.Out ema sde st (trainingMetadata c dataName data.shape.[0] r)
-        c.LossPlot
-        |> Option.iter (fun p ->
-            ensureParent p
-            Plots.save p 800 500 (Plots.lossPlot r.Losses 100))
+        // The model is committed last: a failed plot leaves no model directory.
+        use staged = new Outputs.StagedFolder(c.Out)
+        ModelFile.save staged.Temporary ema sde st (trainingMetadata c dataName data.shape.[0] r)
+        c.LossPlot |> Option.iter (fun p -> Plots.save p 800 500 (Plots.lossPlot r.Losses 100))
+        staged.Commit()
         ui.Out.WriteLine(
             sprintf
                 "trained %d steps in %s s (%s steps/s, %s samples/s); final loss %s; model saved to %s"
@@ -296,7 +294,8 @@ module Commands =
         |> Option.iter (fun o ->
             let ext = Path.GetExtension(o).ToLowerInvariant()
             if ext <> ".csv" && ext <> ".npy" then
-                raise (ArgumentException(sprintf "--out must end in .csv or .npy (got '%s')." o, "--out")))
+                raise (ArgumentException(sprintf "--out must end in .csv or .npy (got '%s')." o, "--out"))
+            Outputs.checkWritable "--out" false o)
         use data = DataFile.load c.Data torch.float64
         let dim = data.shape.[1]
         let tsOptions =
@@ -325,13 +324,13 @@ module Commands =
             logLikelihoods ui info.Sde loaded.Model info.Standardisation settings (Noise.fromSeed c.Seed torch.CPU) c.BatchSize points
         c.Out
         |> Option.iter (fun o ->
-            ensureParent o
             let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
             let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
-            if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
-                Npy.write o table
-            else
-                Csv.write o (Some [| "log_likelihood"; "bits_per_dim" |]) table)
+            Outputs.writeFile o (fun temporary ->
+                if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
+                    Npy.write temporary table
+                else
+                    Csv.write temporary (Some [| "log_likelihood"; "bits_per_dim" |]) table))
         let m, se = meanAndError bpd
         let ml, _ = meanAndError logp
         ui.Out.WriteLine(
@@ -352,6 +351,7 @@ module Commands =
         let ext = Path.GetExtension(c.Out).ToLowerInvariant()
         if not (List.contains ext sampleExtensions) then
             raise (ArgumentException(sprintf "--out must end in %s (got '%s')." (String.Join(", ", sampleExtensions)) c.Out, "--out"))
+        Outputs.checkWritable "--out" false c.Out
         let tsOptions =
             { Sde = defaultArg c.Sde Sde.standardVp
               TimeScale = c.TimeScale
@@ -434,10 +434,11 @@ module Commands =
         if not (torch.isfinite(samples).all().item<bool>()) then
             raise (
                 InvalidOperationException(
-                    sprintf "the %s sampler produced NaN or infinite values; try more steps or another sampler." c.Sampler.Name
+                    sprintf
+                        "the %s sampler's samples hold NaN or infinite values (the non-finite check was off: --check-finite false); rerun with the check on to learn whether the model or the steps are at fault."
+                        c.Sampler.Name
                 )
             )
-        ensureParent c.Out
         match ext with
         | ".png" ->
             let cloud = Plots.cloud samples
@@ -446,7 +447,7 @@ module Commands =
                 800
                 800
                 (Plots.scatterPlot (sprintf "%d samples: %s" c.Count c.Sampler.Label) (Some(Plots.limitsOf cloud)) cloud 1)
-        | _ -> DataFile.save c.Out samples
+        | _ -> Outputs.writeFile c.Out (fun temporary -> DataFile.save temporary samples)
         ui.Out.WriteLine(
             sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2")
         )

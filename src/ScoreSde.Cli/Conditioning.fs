@@ -171,5 +171,6 @@ module Conditioning =
         | Some k ->
             if k < 0 || k >= classes then
                 raise (ArgumentException(sprintf "--label must be in 0 .. %d (the model's classes; got %d)." (classes - 1) k, "--label"))
-            let labels = torch.full ([| int64 count |], Scalar.op_Implicit (int64 k), dtype = torch.int64)
+            use label = Scalar.op_Implicit (int64 k)
+            let labels = torch.full ([| int64 count |], label, dtype = torch.int64)
             Guidance.classifierFree cm labels (defaultArg c.Guidance 0.0), labels

@@ -13,6 +13,7 @@ module Demo =
     let run (ui: Ui) (c: DemoCommand) : int =
         let total = Stopwatch.StartNew()
         let sde = c.Sde
+        Outputs.checkWritable "--out" true c.Out
         Directory.CreateDirectory c.Out |> ignore
         let name = ToyDataset.name c.Dataset
         // Training data and held-out data come from independent seeds.
@@ -45,7 +46,9 @@ module Demo =
                 (Sde.describe sde))
         let r = Commands.trainWithProgress ui sde (Commands.trainSettings trainCommand) net data g
         use ema = r.Ema
-        ModelFile.save trainCommand.Out ema sde None (Commands.trainingMetadata trainCommand name 20000L r)
+        (use staged = new Outputs.StagedFolder(trainCommand.Out)
+         ModelFile.save staged.Temporary ema sde None (Commands.trainingMetadata trainCommand name 20000L r)
+         staged.Commit())
         let model = ScoreNet.toModel ema
         // Every sampler starts from the same prior draw.
         let noise = Noise.fromSeed (c.Seed + 1L) torch.CPU

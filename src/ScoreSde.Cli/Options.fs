@@ -98,6 +98,19 @@ module Opt =
             else
                 None)
 
+    /// Require a string option's value to end in one of the extensions (case-insensitive): anything
+    /// else is a usage error naming the option.
+    let withExtensions (extensions: string list) (option: Option<string>) =
+        validate option (fun v ->
+            if isNull v then
+                None
+            else
+                let ext = IO.Path.GetExtension(v).ToLowerInvariant()
+                if List.contains ext extensions then
+                    None
+                else
+                    Some(sprintf "must end in %s (got '%s')" (String.Join(", ", extensions)) v))
+
     /// A flag.
     let flag (name: string) (description: string) = Option<bool>(name, Description = description)
 

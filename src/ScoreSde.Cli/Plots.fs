@@ -100,7 +100,7 @@ module Plots =
     /// Save one plot as a PNG (and dispose it).
     let save (path: string) (width: int) (height: int) (plot: Plot) =
         use p = plot
-        p.SavePng(path, width, height) |> ignore
+        Outputs.writeFile path (fun temporary -> p.SavePng(temporary, width, height) |> ignore)
 
     /// Save plots side by side in one PNG, each cell width x height (and dispose them).
     let saveRow (path: string) (width: int) (height: int) (plots: Plot list) =
@@ -116,5 +116,6 @@ module Plots =
             canvas.DrawBitmap(bitmap, float32 (i * width), 0.0f))
         use image = surface.Snapshot()
         use data = image.Encode(SKEncodedImageFormat.Png, 100)
-        use file = File.Create path
-        data.SaveTo file
+        Outputs.writeFile path (fun temporary ->
+            use file = File.Create temporary
+            data.SaveTo file)

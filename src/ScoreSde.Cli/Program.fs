@@ -21,7 +21,8 @@ let describe (e: exn) =
     | :? ArgumentException
     | :? IOException
     | :? UnauthorizedAccessException
-    | :? InvalidOperationException -> oneLine
+    | :? InvalidOperationException
+    | :? ArithmeticException -> oneLine
     | :? ExternalException -> sprintf "libtorch: %s" oneLine
     | _ -> sprintf "%s: %s" (e.GetType().Name) oneLine
 
@@ -110,7 +111,9 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
             [ "auto"; "yes"; "no" ]
             (Some "auto")
     let out = Opt.required "--out" "Model directory to write (config.json and weights.bin)"
-    let plot = Opt.text "--plot" "Also write the training-loss curve to this .png file" None
+    let plot =
+        Opt.text "--plot" "Also write the training-loss curve to this .png file" None
+        |> Opt.withExtensions [ ".png" ]
     let sde =
         Samplers.sdeOption "The SDE (stored in the model file; paper defaults: beta 0.1..20; VE sigma 0.01..50)" (Some "vp")
     for o in
@@ -172,7 +175,9 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let cmd = Command("sample", "Draw samples from a trained model and write them to .csv, .npy or .png")
     let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
-    let out = Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
+    let out =
+        Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
+        |> Opt.withExtensions Commands.sampleExtensions
     let inpaint =
         Opt.text
             "--inpaint"
@@ -206,6 +211,7 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
           Samplers.eps
           Samplers.rtol
           Samplers.atol
+          Samplers.checkFinite
           n
           seed
           out
@@ -229,7 +235,7 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
                 ui
                 { ModelPath = pr.GetValue modelOption
                   Sde = Samplers.sdeValue pr sdeForModel
-                  Sampler = (Samplers.selected pr).FromCommandLine pr
+                  Sampler = Samplers.fromCommandLine pr
                   Count = pr.GetValue n
                   Seed = pr.GetValue seed
                   Out = pr.GetValue out
@@ -260,7 +266,9 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
         Opt.intAtLeastOrNone 1 "--hutchinson" "Estimate the divergence with this many Rademacher probes per point (default: exact trace)"
     let seed = Opt.seed "Seed of the Hutchinson probes"
     let batch = Opt.intAtLeast 1 "--batch-size" "Points per ODE solve" (Some 1000)
-    let out = Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
+    let out =
+        Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
+        |> Opt.withExtensions [ ".csv"; ".npy" ]
     for o in
         [ modelOption :> Option
           sdeForModel
@@ -322,6 +330,22 @@ let rootCommand () =
     root.Add(ClassifierCommand.frechetCommand act)
     root
 
+/// A parse error's .NET type name in words: "expected type 'System.Nullable`1[System.Int32]'" becomes
+/// "expected an integer".
+let private typeInWords (message: string) =
+    Regex.Replace(
+        message,
+        @"as expected type '([^']*)'",
+        fun (m: Match) ->
+            let t = m.Groups.[1].Value
+            let words =
+                if Regex.IsMatch(t, @"Int(16|32|64)|UInt|Byte") then "an integer"
+                elif Regex.IsMatch(t, @"Double|Single|Decimal") then "a number"
+                elif t.Contains "Boolean" then "true or false"
+                else "a value of type " + t
+            "as expected: " + words
+    )
+
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,
 /// 2 invalid command line). No arguments run `demo`.
 let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
@@ -331,7 +355,7 @@ let run (out: TextWriter) (err: TextWriter) (argv: string[]) : int =
     if pr.Errors.Count > 0 then
         let messages =
             pr.Errors
-            |> Seq.map (fun e -> e.Message.Replace('\n', ' ').Replace('\r', ' ').Trim())
+            |> Seq.map (fun e -> typeInWords (e.Message.Replace('\n', ' ').Replace('\r', ' ').Trim()))
             |> Seq.distinct
             |> Seq.toList
         // "Required command was not provided" only adds noise next to the unknown word that caused it

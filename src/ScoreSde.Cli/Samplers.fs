@@ -315,6 +315,42 @@ module Samplers =
     /// The entry named on the command line.
     let selected (pr: ParseResult) = all |> List.find (fun e -> e.Name = Opt.choiceValue pr choice)
 
+    /// `--check-finite`: stop at the first non-finite model output or state (the library's
+    /// `Sampling.CheckFinite`, C# `options.CheckFinite`).
+    let checkFinite =
+        Option<bool>(
+            "--check-finite",
+            Description =
+                "Stop at the first NaN or infinite model output or state, naming the step and the time (default true; false skips the check)",
+            DefaultValueFactory = Func<Parsing.ArgumentResult, bool>(fun _ -> true)
+        )
+
+    /// The selected sampler's run from the command line. An option of another sampler given on the
+    /// command line is an error naming it (the chosen sampler would ignore it).
+    let fromCommandLine (pr: ParseResult) : SamplerRun =
+        let chosen = selected pr
+        for entry in all do
+            if entry.Name <> chosen.Name then
+                for o in entry.Options do
+                    let r = pr.GetResult o
+                    if
+                        not (isNull r)
+                        && not r.Implicit
+                        && not (chosen.Options |> List.exists (fun c -> obj.ReferenceEquals(c, o)))
+                    then
+                        raise (
+                            ArgumentException(
+                                sprintf
+                                    "%s applies to --sampler %s, not to --sampler %s: remove it or choose that sampler."
+                                    o.Name
+                                    entry.Name
+                                    chosen.Name,
+                                o.Name
+                            )
+                        )
+        let run = chosen.FromCommandLine pr
+        { run with Sampling = { run.Sampling with CheckFinite = pr.GetValue checkFinite } }
+
     /// The SDEs the command line offers, with the paper's parameters.
     let sdes = [ "vp", Sde.standardVp; "subvp", Sde.standardSubVp; "ve", Sde.standardVe ]
 

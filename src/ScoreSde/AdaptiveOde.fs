@@ -106,11 +106,12 @@ module AdaptiveOde =
                 )
             steps <- steps + 1
             use scope = torch.NewDisposeScope()
-            let remaining = (w.T - t1) * (-w.Direction) // >= 0; zero once a sample is done
+            // (T - t1) (-direction) >= 0; zero once a sample is done. The solve's cached Scalars only.
+            let remaining = w.T.add(w.Sc(-t1), w.Sc(1.0)).mul(w.Sc(-w.Direction))
             let active = remaining.gt (w.Sc(0.0))
             let hUsed = torch.minimum (w.HAbs, remaining) // zero for finished samples
-            let h = hUsed * w.Direction
-            let tNew = torch.where (w.HAbs.ge (remaining), torch.full_like (w.T, w.Sc(t1)), w.T + h)
+            let h = hUsed.mul (w.Sc(w.Direction))
+            let tNew = torch.where (w.HAbs.ge (remaining), torch.full_like (w.T, w.Sc(t1)), w.T.add (h, w.Sc(1.0)))
             let hb = h.reshape (w.BShape)
             Dopri5.attempt w x hb h tNew
             let err = Dopri5.errorNorm settings w x hb
@@ -142,9 +143,9 @@ module AdaptiveOde =
                 raise (
                     InvalidOperationException(
                         sprintf
-                            "The vector field returned shape %A for a state of shape %A; it must return a tensor shaped like the state."
-                            (if isNull out then null else out.shape)
-                            y.shape
+                            "The vector field returned shape %s for a state of shape %s; it must return a tensor shaped like the state."
+                            (if isNull out then "null" else Check.shapeText out.shape)
+                            (Check.shapeText y.shape)
                     )
                 )
             k.copy_ (out) |> ignore

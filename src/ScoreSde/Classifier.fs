@@ -51,7 +51,7 @@ type internal ClassifierStage(ctx: LayerContext, inputs: int, width: int, groups
         let a = torch.nn.functional.silu (norm1.forward (conv1.forward h))
         let a =
             match temb with
-            | Some d -> a.add (d.forward(tembActivated).unsqueeze(-1L).unsqueeze(-1L))
+            | Some d -> Tensors.add a (d.forward(tembActivated).unsqueeze(-1L).unsqueeze(-1L))
             | None -> a
         torch.nn.functional.silu(norm2.forward (conv2.forward a)).MoveToOuterDisposeScope()
 

@@ -124,8 +124,9 @@ module ClassifierTraining =
                         let coefficients = times |> Array.map marginal
                         let z = torch.randn (x.shape, dtype = net.Dtype, generator = generator)
                         let xt =
-                            Tensors.perSample (Array.map fst coefficients) x * x
-                            + Tensors.perSample (Array.map snd coefficients) x * z
+                            Tensors.add
+                                (Tensors.perSample (Array.map fst coefficients) x * x)
+                                (Tensors.perSample (Array.map snd coefficients) x * z)
                         xt, torch.tensor (times, dtype = net.Dtype)
                 Gradients.zero parameters
                 let loss = torch.nn.functional.cross_entropy (net.Logits(x, t), y)
@@ -169,7 +170,10 @@ module ClassifierTraining =
         use t0 = torch.zeros ([| 1L |], dtype = net.Dtype)
         batched images.Count batchSize (fun start count ->
             use scope = torch.NewDisposeScope()
-            let idx = torch.arange (start, start + count, dtype = torch.int64)
+            use first = Tensors.scalar (float start)
+            use stop = Tensors.scalar (float (start + count))
+            use step = Tensors.scalar 1.0
+            let idx = torch.arange (first, stop, step, dtype = torch.int64)
             let x = ImageSet.batch pixels net.Dtype idx images
             net.Logits(x, t0).argmax(1L).MoveToOuterDisposeScope())
 
@@ -190,5 +194,8 @@ module ClassifierTraining =
         use t0 = torch.zeros ([| 1L |], dtype = net.Dtype)
         batched images.Count batchSize (fun start count ->
             use scope = torch.NewDisposeScope()
-            let idx = torch.arange (start, start + count, dtype = torch.int64)
+            use first = Tensors.scalar (float start)
+            use stop = Tensors.scalar (float (start + count))
+            use step = Tensors.scalar 1.0
+            let idx = torch.arange (first, stop, step, dtype = torch.int64)
             net.Features(ImageSet.batch pixels net.Dtype idx images, t0).MoveToOuterDisposeScope())

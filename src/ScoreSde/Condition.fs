@@ -135,7 +135,11 @@ module Condition =
             if not ok then
                 raise (
                     ArgumentException(
-                        sprintf "%s has shape %A, which does not broadcast to the state's shape %A." name t.shape x.shape,
+                        sprintf
+                            "%s has shape %s, which does not broadcast to the state's shape %s."
+                            name
+                            (Check.shapeText t.shape)
+                            (Check.shapeText x.shape),
                         name
                     )
                 )
@@ -173,11 +177,11 @@ type internal ConditionRun
     let mix (dst: Tensor) (k: Tensor) =
         if isNull basis then
             k.sub_(dst).mul_(mask) |> ignore
-            dst.add_ (k) |> ignore
+            Tensors.addInPlace dst k |> ignore
         else
             use ud = Condition.applyBasis basis dst
             k.sub_(ud).mul_(mask) |> ignore
-            ud.add_ (k) |> ignore
+            Tensors.addInPlace ud k |> ignore
             use back = Condition.applyBasis basisT ud
             dst.copy_ (back) |> ignore
 

@@ -88,7 +88,11 @@ module Corrector =
         if v.dim () = 1L then
             v.abs ()
         else
-            torch.linalg.vector_norm (v, 2.0, Array.init (int (v.dim ()) - 1) (fun i -> int64 (i + 1)), true)
+            // norm over the trailing dimensions of the [B, -1] view (vector_norm passes its order as an
+            // unbound Scalar; norm takes a float)
+            use rows = v.reshape (v.size (0), -1L)
+            use n = rows.norm (1, true, 2.0f)
+            n.reshape (Array.init (int (v.dim ())) (fun i -> if i = 0 then v.size (0) else 1L))
 
     /// Langevin step sizes (before the 2 alpha_i factor), [B, 1, ...] or 0-d: (r |z| / |grad|)^2 with
     /// grad = k src, zero where the score vanishes (the step size is undefined there). The two norm
@@ -241,7 +245,7 @@ module Corrector =
                     torch.addcmul (x, src, e, sk)
                 Kernel.scale e 2.0
                 e.sqrt_ () |> ignore
-                sample.mul_(e).add_(mean) |> ignore
+                Tensors.addInPlace (sample.mul_ (e)) mean |> ignore
                 { Sample = sample; Mean = mean }
             with _ ->
                 sample.Dispose()
@@ -250,13 +254,13 @@ module Corrector =
             use scope = torch.NewDisposeScope()
             let perSample (v: float[]) = Tensors.perSample v x
             let ks = ts |> Array.map (Model.scoreCoefficientsAt sde output)
-            let grad = perSample (Array.map fst ks) * x + perSample (Array.map snd ks) * out
+            let grad = Tensors.add (perSample (Array.map fst ks) * x) (perSample (Array.map snd ks) * out)
             let z = Noise.drawLike noise x
             let e =
                 langevinStepSize settings.Norm settings.Snr 1.0 grad z
                 * perSample (alphas |> Array.map (fun a -> 2.0 * a))
-            let mean = x + e * grad
-            let sample = mean + (e + e).sqrt() * z
+            let mean = Tensors.add x (e * grad)
+            let sample = Tensors.add mean ((Tensors.add e e).sqrt() * z)
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// Run the corrector at time t for its configured number of steps, in place on x, with `scratch`

@@ -139,7 +139,7 @@ module Npy =
         Check.shape "array.Shape" array.Shape
         let count = array.Shape |> Array.fold (fun acc d -> acc * d) 1L
         if int64 array.Values.Length <> count then
-            Check.fail "array.Values" array.Values.Length (sprintf "%d values for shape %A" count array.Shape)
+            Check.fail "array.Values" array.Values.Length (sprintf "%d values for shape %s" count (Check.shapeText array.Shape))
         let descr, size =
             if array.Dtype = torch.float32 then "<f4", 4
             elif array.Dtype = torch.float64 then "<f8", 8
@@ -213,7 +213,7 @@ module Csv =
             | [| r; c |] -> r, c
             | s -> Check.fail "array.Shape" s "a 1-D or 2-D shape (CSV files hold a table)"
         if int64 array.Values.Length <> rows * cols then
-            Check.fail "array.Values" array.Values.Length (sprintf "%d values for shape %A" (rows * cols) array.Shape)
+            Check.fail "array.Values" array.Values.Length (sprintf "%d values for shape %s" (rows * cols) (Check.shapeText array.Shape))
         let format (v: float) =
             if array.Dtype = torch.float32 then
                 (float32 v).ToString("R", CultureInfo.InvariantCulture)

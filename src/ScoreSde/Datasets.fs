@@ -46,7 +46,7 @@ module ToyDataset =
     let sample (dataset: ToyDataset) (n: int) (dtype: torch.ScalarType) (generator: torch.Generator) : Tensor =
         Native.ensureLoaded ()
         Check.positiveInt "n" n
-        Check.notNull "generator" generator
+        Check.liveGenerator "generator" generator
         if not (dtype = torch.float32 || dtype = torch.float64) then
             Check.fail "dtype" dtype "float32 or float64"
         use scope = torch.NewDisposeScope()
@@ -54,31 +54,38 @@ module ToyDataset =
         let n64 = int64 n
         let uniform () = torch.rand ([| n64 |], dtype = f64, generator = generator)
         let normal (shape: int64[]) = torch.randn (shape, dtype = f64, generator = generator)
+        // Tensor operators with a double or two tensors create Scalars TorchSharp does not keep alive:
+        // the arithmetic binds them (the same operations, so the same numbers).
+        let ( *. ) (t: Tensor) (v: float) = Tensors.mulScalar t v
+        let (+.) (t: Tensor) (v: float) = Tensors.addScalar t v
+        let (++) (a: Tensor) (b: Tensor) = Tensors.add a b
+        let (--) (a: Tensor) (b: Tensor) = Tensors.sub a b
         let points =
             match dataset with
             | ToyDataset.Ring ->
                 let k = torch.randint(0L, 8L, [| n64 |], dtype = torch.int64, generator = generator).to_type(f64)
-                let angle = k * (Math.PI / 4.0)
-                let centres = torch.stack ([| angle.cos (); angle.sin () |], 1L) * Math.Sqrt 2.0
-                centres + normal [| n64; 2L |] * 0.1
+                let angle = k *. (Math.PI / 4.0)
+                let centres = torch.stack ([| angle.cos (); angle.sin () |], 1L) *. Math.Sqrt 2.0
+                centres ++ (normal [| n64; 2L |] *. 0.1)
             | ToyDataset.Moons ->
                 let upper = torch.randint(0L, 2L, [| n64 |], dtype = torch.int64, generator = generator).to_type(f64)
-                let theta = uniform () * Math.PI
+                let theta = uniform () *. Math.PI
                 // upper moon (cos, sin); lower moon (1 - cos, 1/2 - sin); then centred and scaled
-                let x = upper * theta.cos () + (upper.neg () + 1.0) * (theta.cos().neg() + 1.0)
-                let y = upper * theta.sin () + (upper.neg () + 1.0) * (theta.sin().neg() + 0.5)
-                let p = torch.stack ([| x - 0.5; y - 0.25 |], 1L) + normal [| n64; 2L |] * 0.05
-                p * 1.2
+                let x = (upper * theta.cos ()) ++ ((upper.neg () +. 1.0) * (theta.cos().neg() +. 1.0))
+                let y = (upper * theta.sin ()) ++ ((upper.neg () +. 1.0) * (theta.sin().neg() +. 0.5))
+                let p = torch.stack ([| x +. -0.5; y +. -0.25 |], 1L) ++ (normal [| n64; 2L |] *. 0.05)
+                p *. 1.2
             | ToyDataset.SwissRoll ->
-                let angle = (uniform () * 2.0 + 1.0) * (1.5 * Math.PI)
-                let p = torch.stack ([| angle * angle.cos (); angle * angle.sin () |], 1L) / 7.0
-                p + normal [| n64; 2L |] * 0.05
+                let angle = ((uniform () *. 2.0) +. 1.0) *. (1.5 * Math.PI)
+                let p = Tensors.divScalar (torch.stack ([| angle * angle.cos (); angle * angle.sin () |], 1L)) 7.0
+                p ++ (normal [| n64; 2L |] *. 0.05)
             | ToyDataset.Checkerboard ->
                 // column u in [-2, 2); row v in [0, 1) shifted to one of two dark squares in that column
-                let u = uniform () * 4.0 - 2.0
+                let u = (uniform () *. 4.0) +. -2.0
                 let pick = torch.randint(0L, 2L, [| n64 |], dtype = torch.int64, generator = generator).to_type(f64)
-                let v = uniform () - pick * 2.0 + torch.remainder (u.floor (), Scalar.op_Implicit 2.0)
-                torch.stack ([| u; v |], 1L) * 0.75
+                use two = Tensors.scalar 2.0
+                let v = (uniform () -- (pick *. 2.0)) ++ torch.remainder (u.floor (), two)
+                torch.stack ([| u; v |], 1L) *. 0.75
         points.to_type(dtype).MoveToOuterDisposeScope()
 
     /// The exact log-density (nats) of the ring dataset at points x [N, 2], as a float64 [N] tensor:
@@ -100,9 +107,9 @@ module ToyDataset =
                     )
                     .reshape([| 1L; 8L; 2L |])
             let var = 0.1 * 0.1
-            let d2 = (x.detach().cpu().to_type(torch.float64).unsqueeze(1L) - centres).square().sum([| 2L |])
-            let logComponents = d2 * (-0.5 / var) - Math.Log(2.0 * Math.PI * var)
-            Some((torch.logsumexp (logComponents, 1L) - Math.Log 8.0).MoveToOuterDisposeScope())
+            let d2 = (Tensors.square (x.detach().cpu().to_type(torch.float64).unsqueeze(1L) - centres)).sum([| 2L |])
+            let logComponents = Tensors.addScalar (Tensors.mulScalar d2 (-0.5 / var)) (-(Math.Log(2.0 * Math.PI * var)))
+            Some((Tensors.addScalar (torch.logsumexp (logComponents, 1L)) (-(Math.Log 8.0))).MoveToOuterDisposeScope())
         | _ -> None
 
 [<RequireQualifiedAccess>]
@@ -141,7 +148,7 @@ module Standardisation =
     let invert (st: Standardisation) (x: Tensor) : Tensor =
         check st x
         use scope = torch.NewDisposeScope()
-        (x * row st.Scale x + row st.Shift x).MoveToOuterDisposeScope()
+        (Tensors.add (x * row st.Scale x) (row st.Shift x)).MoveToOuterDisposeScope()
 
     /// log |det| of the map from data to model space, -sum log Scale: add it to a model-space
     /// log-density to get the data-space log-density.

@@ -144,11 +144,16 @@ module DiffusersVe =
     let private checkPair (modelOutput: Tensor) (sample: Tensor) =
         Check.notNull "modelOutput" modelOutput
         Check.notNull "sample" sample
-        for name, t in [ "sample", sample; "modelOutput", modelOutput ] do
-            if t.dtype <> torch.float32 && t.dtype <> torch.float64 then
-                Check.fail name t.dtype "a float32 or float64 tensor (convert half precision to float32 first)"
-        if sample.dim () = 0L then
-            Check.fail "sample" sample.shape "a tensor with a batch dimension"
+        if sample.dtype <> torch.float32 && sample.dtype <> torch.float64 then
+            Check.fail "sample" sample.dtype "a float32 or float64 tensor (convert half precision to float32 first)"
+        // Any floating-point output: one of another precision is converted to the sample's dtype.
+        if not (torch.is_floating_point modelOutput) then
+            Check.fail
+                "modelOutput"
+                modelOutput.dtype
+                "a floating-point tensor (one of another precision is converted to the sample's dtype)"
+        if sample.dim () = 0L || sample.size (0) = 0L then
+            Check.fail "sample" sample.shape "a tensor with a batch dimension holding at least one sample"
         Check.sameShape "modelOutput" modelOutput sample "sample"
 
     /// The per-sample diffusion of step_pred. The timestep becomes t * ones(B), float32 unless t is a
@@ -197,27 +202,30 @@ module DiffusersVe =
     /// the model output used as the score: mean = sample + g^2 modelOutput, prev = mean + g z with
     /// g^2 = sigma_i^2 - sigma_{i-1}^2 from consecutive discrete sigmas (sigma_{-1} = 0), i = long(t
     /// (len(timesteps) - 1)) per batch element, and z drawn with the sample's dtype after the mean.
-    /// Results have the dtype torch's promotion gives in diffusers (float64 when the sample, the output
-    /// or a one-per-sample timestep is float64). Returns (sample, mean); the inputs are not modified.
+    /// Results have the dtype torch's promotion gives in diffusers (float64 when the sample or a
+    /// one-per-sample timestep is float64); an output of another floating-point precision is first
+    /// converted to the sample's dtype, as in every sampler of the library. Returns (sample, mean); the inputs are not modified.
     let stepPred (schedule: DiffusersVeSchedule) (modelOutput: Tensor) (timestep: Tensor) (sample: Tensor) (noise: Noise) : StepResult =
         checkPair modelOutput sample
         let batch = sample.size (0)
         let gs, timeType = diffusions schedule timestep batch
-        let g, g2 = gs.[0]
-        let sameDtype = modelOutput.dtype = sample.dtype && (timeType = torch.float32 || sample.dtype = torch.float64)
-        if sameDtype && gs |> Array.forall (fun c -> c = gs.[0]) then
-            Kernel.meanAndSample 1.0 sample g2 modelOutput g noise
-        else
-            // One coefficient per sample, in the time's dtype, and torch's promotion for the rest.
-            use scope = torch.NewDisposeScope()
-            let shape = Array.init (int (sample.dim ())) (fun i -> if i = 0 then batch else 1L)
-            let coef (pick: float * float -> float) =
-                let v = Array.init (int batch) (fun i -> pick gs.[if gs.Length = 1 then 0 else i])
-                torch.tensor(v, dtype = timeType, device = sample.device).reshape(shape)
-            let mean = sample.add (modelOutput.mul (coef snd))
-            let z = Noise.drawLike noise sample
-            let prev = mean.add (z.mul (coef fst))
-            { Sample = prev.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
+        Tensors.withDtypeOf "modelOutput" modelOutput sample
+        <| fun modelOutput ->
+            let g, g2 = gs.[0]
+            let sameDtype = modelOutput.dtype = sample.dtype && (timeType = torch.float32 || sample.dtype = torch.float64)
+            if sameDtype && gs |> Array.forall (fun c -> c = gs.[0]) then
+                Kernel.meanAndSample 1.0 sample g2 modelOutput g noise
+            else
+                // One coefficient per sample, in the time's dtype, and torch's promotion for the rest.
+                use scope = torch.NewDisposeScope()
+                let shape = Array.init (int (sample.dim ())) (fun i -> if i = 0 then batch else 1L)
+                let coef (pick: float * float -> float) =
+                    let v = Array.init (int batch) (fun i -> pick gs.[if gs.Length = 1 then 0 else i])
+                    torch.tensor(v, dtype = timeType, device = sample.device).reshape(shape)
+                let mean = Tensors.add sample (modelOutput.mul (coef snd))
+                let z = Noise.drawLike noise sample
+                let prev = Tensors.add mean (z.mul (coef fst))
+                { Sample = prev.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     // Per-row sums of squares in float64: one SIMD pass on an eligible CPU tensor, else tensor ops.
     let private rowSumSquares (t: Tensor) =
@@ -264,40 +272,42 @@ module DiffusersVe =
     /// prev only. The inputs are not modified.
     let stepCorrect (config: DiffusersVeConfig) (modelOutput: Tensor) (sample: Tensor) (noise: Noise) : StepResult =
         checkPair modelOutput sample
-        let z = torch.empty (sample.shape, dtype = torch.float32, device = sample.device)
-        let mutable mean: Tensor = null
-        try
-            noise.Fill z
-            let e, c = correctorStep config.Snr modelOutput z
-            let float32Pair = sample.dtype = torch.float32 && modelOutput.dtype = torch.float32
-            // float32 on the CPU: the noise buffer becomes the sample, one fused pass writes both results
-            let fused =
-                float32Pair
-                && sample.device_type = DeviceType.CPU
-                && (mean <- torch.empty_like (z)
-                    Fused.tryMeanAndSample mean z 1.0 sample (float e) modelOutput (float c))
-            if fused then
-                { Sample = z; Mean = mean }
-            else
-                if not (isNull mean) then
-                    mean.Dispose()
-                // torch's promotion: e modelOutput in the output's dtype, the noise term in float32
-                mean <-
-                    (use product = Tensors.mulScalar modelOutput (float e)
-                     sample.add (product))
-                Kernel.scale z (float c)
-                if float32Pair then
-                    z.add_ (mean) |> ignore
+        Tensors.withDtypeOf "modelOutput" modelOutput sample
+        <| fun modelOutput ->
+            let z = torch.empty (sample.shape, dtype = torch.float32, device = sample.device)
+            let mutable mean: Tensor = null
+            try
+                noise.Fill z
+                let e, c = correctorStep config.Snr modelOutput z
+                let float32Pair = sample.dtype = torch.float32 && modelOutput.dtype = torch.float32
+                // float32 on the CPU: the noise buffer becomes the sample, one fused pass writes both results
+                let fused =
+                    float32Pair
+                    && sample.device_type = DeviceType.CPU
+                    && (mean <- torch.empty_like (z)
+                        Fused.tryMeanAndSample mean z 1.0 sample (float e) modelOutput (float c))
+                if fused then
                     { Sample = z; Mean = mean }
                 else
-                    let prev = mean.add (z)
-                    z.Dispose()
-                    { Sample = prev; Mean = mean }
-        with _ ->
-            z.Dispose()
-            if not (isNull mean) then
-                mean.Dispose()
-            reraise ()
+                    if not (isNull mean) then
+                        mean.Dispose()
+                    // torch's promotion: e modelOutput in the output's dtype, the noise term in float32
+                    mean <-
+                        (use product = Tensors.mulScalar modelOutput (float e)
+                         Tensors.add sample product)
+                    Kernel.scale z (float c)
+                    if float32Pair then
+                        Tensors.addInPlace z mean |> ignore
+                        { Sample = z; Mean = mean }
+                    else
+                        let prev = Tensors.add mean z
+                        z.Dispose()
+                        { Sample = prev; Mean = mean }
+            with _ ->
+                z.Dispose()
+                if not (isNull mean) then
+                    mean.Dispose()
+                reraise ()
 
     /// add_noise(original, noise, timesteps): original + noise sigma_i with sigma_i the discrete sigma
     /// at integer index timesteps[i] (one index, or one per batch element), broadcast over the
@@ -328,4 +338,4 @@ module DiffusersVe =
         use scope = torch.NewDisposeScope()
         let shape = Array.init (int (original.dim ())) (fun i -> if i = 0 then int64 sigmaValues.Length else 1L)
         let s = torch.tensor(sigmaValues, dtype = torch.float32, device = original.device).reshape(shape)
-        noise.mul(s).add(original).MoveToOuterDisposeScope()
+        (Tensors.add (noise.mul (s)) original).MoveToOuterDisposeScope()

@@ -39,13 +39,16 @@ module DiffusersVp =
         Check.positiveInt "numInferenceSteps" n
         torch.linspace (1.0, config.SamplingEps, int64 n, dtype = torch.float32, device = device)
 
-    let private checkStepInputs (out: Tensor) (x: Tensor) (t: Tensor) =
+    // The output's name is the C# parameter's: score for StepPred, modelOutput for StepCorrect.
+    let private checkStepInputs (outName: string) (out: Tensor) (x: Tensor) (t: Tensor) =
         Check.floating "x" x
-        Check.notNull "score" out
+        Check.notNull outName out
+        if not (torch.is_floating_point out) then
+            Check.fail outName out.dtype "a floating-point tensor (one of another precision than x is converted to x's dtype)"
         Check.notNull "t" t
-        Check.sameShape "score" out x "x"
-        if x.dim () = 0L then
-            Check.fail "x" x.shape "a tensor with a batch dimension"
+        Check.sameShape outName out x "x"
+        if x.dim () = 0L || x.size (0) = 0L then
+            Check.fail "x" x.shape "a tensor with a batch dimension holding at least one sample"
         let n = t.numel ()
         if not (n = 1L || n = x.size (0)) then
             Check.fail "t" t.shape (sprintf "a scalar or one time per batch element (%d)" (x.size (0)))
@@ -94,21 +97,24 @@ module DiffusersVp =
     /// |difference| over max |Python's value|); a float64 t keeps float64 accuracy (sigma_t from
     /// expm1). Returns (sample, mean).
     let stepPred (config: DiffusersVpConfig) (numTimesteps: int) (modelOutput: Tensor) (x: Tensor) (t: Tensor) (noise: Noise) : StepResult =
-        let ts = checkStepInputs modelOutput x t
-        if t.dtype = torch.float32 then
-            let cs = ts |> Array.map (float32 >> float32StepCoefficients config numTimesteps (x.dtype = torch.float32))
-            Predictor.stepWithCoefficients cs modelOutput x noise
-        else
-            let dt = 1.0 / float numTimesteps
-            Predictor.stepWithOutput
-                (sde config)
-                Predictor.EulerMaruyama
-                ModelOutput.Noise
-                modelOutput
-                x
-                ts
-                (ts |> Array.map (fun v -> v - dt))
-                noise
+        let ts = checkStepInputs "score" modelOutput x t
+        // An output of another floating-point precision is converted to x's dtype, as in every sampler.
+        Tensors.withDtypeOf "score" modelOutput x
+        <| fun modelOutput ->
+            if t.dtype = torch.float32 then
+                let cs = ts |> Array.map (float32 >> float32StepCoefficients config numTimesteps (x.dtype = torch.float32))
+                Predictor.stepWithCoefficients cs modelOutput x noise
+            else
+                let dt = 1.0 / float numTimesteps
+                Predictor.stepWithOutput
+                    (sde config)
+                    Predictor.EulerMaruyama
+                    ModelOutput.Noise
+                    modelOutput
+                    x
+                    ts
+                    (ts |> Array.map (fun v -> v - dt))
+                    noise
 
     /// A Langevin corrector step (Song et al. 2021, Alg. 5) at time t with target signal-to-noise ratio
     /// `snr` and the given norms, treating `modelOutput` as a noise prediction like `stepPred`; alpha_i
@@ -124,12 +130,13 @@ module DiffusersVp =
         (snr: float)
         (noise: Noise)
         : StepResult =
-        let ts = checkStepInputs modelOutput x t
+        let ts = checkStepInputs "modelOutput" modelOutput x t
         Check.positive "snr" snr
         let sde = sde config
         let dt = 1.0 / float numTimesteps
         let alphas = ts |> Array.map (fun v -> Corrector.stepAlpha sde v (max (v - dt) 0.0))
-        Corrector.langevinWithOutput sde { Snr = snr; Steps = 1; Norm = norm } ModelOutput.Noise modelOutput x ts alphas noise
+        Tensors.withDtypeOf "modelOutput" modelOutput x (fun modelOutput ->
+            Corrector.langevinWithOutput sde { Snr = snr; Steps = 1; Norm = norm } ModelOutput.Noise modelOutput x ts alphas noise)
 
     /// `stepCorrectWith` with norms averaged over the batch, as the paper's code and diffusers'
     /// ScoreSdeVeScheduler.step_correct do.

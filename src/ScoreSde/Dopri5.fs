@@ -191,17 +191,20 @@ module Dopri5 =
         | Some h -> w.HAbs.fill_ (w.Sc(min h span)) |> ignore
         | None ->
             let k0 = w.Ks.[0]
-            let scale = x.abs () * settings.Rtol + settings.Atol
+            // Every Scalar is the solve's cached one (w.Sc), alpha included: no operator creates one.
+            let one = w.Sc(1.0)
+            let scale = x.abs().mul(w.Sc(settings.Rtol)).add(w.Sc(settings.Atol), one)
             let d0 = w.Norm(x.clone (), scale)
             let d1 = w.Norm(k0.clone (), scale)
             let small = d0.lt(w.Sc(1e-5)).logical_or(d1.lt (w.Sc(1e-5)))
-            let h0 = torch.where(small, torch.full_like (d0, w.Sc(1e-6)), d0 / d1 * 0.01).clamp_max(w.Sc(span))
-            let y1 = x + k0 * (h0 * w.Direction).reshape(w.BShape)
-            w.EvalInto(w.Stage, y1, w.T + h0 * w.Direction)
-            let d2 = w.Norm(w.Stage - k0, scale) / h0
+            let h0 = torch.where(small, torch.full_like (d0, w.Sc(1e-6)), d0.div(d1).mul(w.Sc(0.01))).clamp_max(w.Sc(span))
+            let hSigned = h0.mul (w.Sc(w.Direction))
+            let y1 = x.add (k0.mul (hSigned.reshape (w.BShape)), one)
+            w.EvalInto(w.Stage, y1, w.T.add (hSigned, one))
+            let d2 = w.Norm(w.Stage.add (k0, w.Sc(-1.0)), scale).div(h0)
             let dmax = torch.maximum (d1, d2)
-            let h1 = torch.where (dmax.le (w.Sc(1e-15)), (h0 * 1e-3).clamp_min(w.Sc(1e-6)), (dmax / 0.01).pow(w.Sc(-0.2)))
-            w.HAbs.copy_ (torch.minimum(h0 * 100.0, h1).clamp_max(w.Sc(span))) |> ignore
+            let h1 = torch.where (dmax.le (w.Sc(1e-15)), h0.mul(w.Sc(1e-3)).clamp_min(w.Sc(1e-6)), dmax.div(w.Sc(0.01)).pow(w.Sc(-0.2)))
+            w.HAbs.copy_ (torch.minimum(h0.mul (w.Sc(100.0)), h1).clamp_max(w.Sc(span))) |> ignore
         settings.MaxStep |> Option.iter (fun m -> w.HAbs.clamp_max_ (w.Sc(m)) |> ignore)
 
     /// One attempted step from x with step sizes hb ([B, 1, ...], signed): stages 2 to 7; the input of
@@ -214,7 +217,7 @@ module Dopri5 =
             |> Array.iteri (fun j a ->
                 if a <> 0.0 then
                     target.addcmul_ (w.Ks.[j], hb, w.Sc(a)) |> ignore)
-            let ti = if nodes.[i] = 1.0 then tNew else w.T + h * nodes.[i]
+            let ti = if nodes.[i] = 1.0 then tNew else w.T.add (h.mul (w.Sc(nodes.[i])), w.Sc(1.0))
             w.EvalInto(w.Ks.[i], target, ti)
 
     /// The local error estimate h sum_i (b_i - b*_i) k_i and its scaled RMS norm ([B]), in place: the
@@ -229,7 +232,8 @@ module Dopri5 =
         w.Err.mul_ (hb) |> ignore
         w.Stage.copy_(x).abs_() |> ignore
         w.Ks.[1].copy_(w.YNew).abs_().sub_(w.Stage).relu_() |> ignore
-        w.Stage.add_(w.Ks.[1]).mul_(w.Sc(settings.Rtol)).add_(w.Sc(settings.Atol)) |> ignore
+        w.Stage.add_(w.Ks.[1], w.Sc(1.0)).mul_(w.Sc(settings.Rtol)).add_(w.Sc(settings.Atol), w.Sc(1.0))
+        |> ignore
         w.Norm(w.Err, w.Stage)
 
     /// The step-size controller: accept where err <= 1 (false for NaN) among the active samples, and
@@ -240,14 +244,12 @@ module Dopri5 =
         let ok = err.le (w.Sc(1.0))
         let acc = ok.logical_and (active)
         let rej = ok.logical_not().logical_and(active)
-        let raw = err.pow (w.Sc(-0.2)) * settings.Safety
+        let raw = err.pow(w.Sc(-0.2)).mul(w.Sc(settings.Safety))
         let grow =
             if settings.PiBeta = 0.0 then
                 raw
             else
-                err.pow (w.Sc(-(0.2 - 0.75 * settings.PiBeta)))
-                * w.ErrPrev.pow (w.Sc(settings.PiBeta))
-                * settings.Safety
+                err.pow(w.Sc(-(0.2 - 0.75 * settings.PiBeta))).mul(w.ErrPrev.pow (w.Sc(settings.PiBeta))).mul(w.Sc(settings.Safety))
         let grow = grow.clamp_max(w.Sc(settings.MaxFactor)).clamp_min(w.Sc(settings.MinFactor))
         let grow = torch.where (w.JustRejected, grow.clamp_max (w.Sc(1.0)), grow)
         let shrink = raw.nan_to_num(0.0).clamp_min(w.Sc(settings.MinFactor))
@@ -267,8 +269,11 @@ module Dopri5 =
     let internal accept (w: Work) (x: Tensor) (acc: Tensor) (rej: Tensor) (tNew: Tensor) =
         let accB = acc.reshape (w.BShape)
         let keepB = acc.logical_not().reshape(w.BShape)
-        x.masked_fill_(accB, w.Sc(0.0)).add_(w.YNew.masked_fill_ (keepB, w.Sc(0.0))) |> ignore
-        w.Ks.[0].masked_fill_(accB, w.Sc(0.0)).add_(w.Ks.[6].masked_fill_(keepB, w.Sc(0.0))) |> ignore
+        let one = w.Sc(1.0)
+        x.masked_fill_(accB, w.Sc(0.0)).add_(w.YNew.masked_fill_ (keepB, w.Sc(0.0)), one) |> ignore
+        w.Ks.[0].masked_fill_(accB, w.Sc(0.0)).add_(w.Ks.[6].masked_fill_(keepB, w.Sc(0.0)), one) |> ignore
         w.T.copy_ (torch.where (acc, tNew, w.T)) |> ignore
-        w.Accepted.add_ (acc) |> ignore
-        w.Rejected.add_ (rej) |> ignore
+        // the counters are integer tensors: an integral alpha
+        use oneCount = Scalar.op_Implicit 1L
+        w.Accepted.add_ (acc, oneCount) |> ignore
+        w.Rejected.add_ (rej, oneCount) |> ignore

@@ -246,7 +246,7 @@ module internal DpmRunner =
                     use atol = Tensors.scalar a.Atol
                     let delta = torch.maximum(lower.abs (), xPrev.abs ()).mul_(rtol).clamp_min_(atol)
                     let e = (higher - lower).div_(delta).reshape([| x.shape.[0]; -1L |])
-                    let rms = e.square().mean([| 1L |]).sqrt()
+                    let rms = (Tensors.square e).mean([| 1L |]).sqrt()
                     (rms.max().to_type(torch.float64)).item<float>()
                 if Double.IsNaN err || Double.IsInfinity err then
                     raise (

@@ -60,7 +60,7 @@ module Frechet =
         let h = sqrtm s1
         let m = h.matmul(s2).matmul(h)
         use half = Tensors.scalar 0.5
-        let sym = m.add(m.t ()).mul_(half)
+        let sym = (Tensors.add m (m.t ())).mul_(half)
         use zero = Tensors.scalar 0.0
         torch.linalg.eigvalsh(sym).clamp_min(zero).sqrt().sum().item<float>()
 

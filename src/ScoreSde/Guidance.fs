@@ -97,8 +97,8 @@ module Guidance =
             raise (
                 InvalidOperationException(
                     sprintf
-                        "The classifier returned shape %A for a batch of %d; it must return [batch, classes] logits or log-probabilities."
-                        (if isNull logits then null else logits.shape)
+                        "The classifier returned shape %s for a batch of %d; it must return [batch, classes] logits or log-probabilities."
+                        (if isNull logits then "null" else Check.shapeText logits.shape)
                         x.shape.[0]
                 )
             )

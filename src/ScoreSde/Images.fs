@@ -79,7 +79,7 @@ module Pixels =
         use u = torch.rand (levels.shape, dtype = dtype, device = generator.device, generator = generator)
         use ud = u.``to`` (levels.device)
         use v = levels.to_type (dtype)
-        v.add_ (ud) |> ignore
+        Tensors.addInPlace v ud |> ignore
         affine v (width range / 256.0) (lower range)
 
     /// Values in the model's range back to pixel levels: the nearest level, clamped to 0..255 (uint8).

@@ -110,7 +110,7 @@ module internal Kernel =
             if isNull mean then
                 mean <- combine a x b out
                 scale sample c
-                sample.add_ (mean) |> ignore
+                Tensors.addInPlace sample mean |> ignore
             { Sample = sample; Mean = mean }
         with _ ->
             sample.Dispose()

@@ -128,7 +128,7 @@ module Likelihood =
             let g = torch.autograd.grad ([| out |], [| xg |], [| v.mul (q) |], retain_graph = true, allow_unused = true)
             let pv = v.mul (p)
             // an output that does not depend on x (only on parameters) has no path to x: its part is 0
-            let vjp = if g.[0].IsInvalid then pv else pv.add_ (g.[0])
+            let vjp = if g.[0].IsInvalid then pv else Tensors.addInPlace pv g.[0]
             vjp.reshape ([| batch; dim |])
         let div =
             match probes with
@@ -143,7 +143,8 @@ module Likelihood =
                     use col = e.select (1L, i)
                     col.fill_ (one) |> ignore
                     let row = vjp (e.reshape (x.shape))
-                    acc.add_ (row.select (1L, i)) |> ignore
+                    use entry = row.select (1L, i)
+                    acc.add_ (entry, one) |> ignore
                     col.fill_ (zero) |> ignore
                 acc
             | Some p ->
@@ -153,9 +154,10 @@ module Likelihood =
                     use inner = torch.NewDisposeScope()
                     let v = p.select (1L, j)
                     let vj = vjp (v.reshape (x.shape))
-                    acc.add_ ((vj * v).sum(1L)) |> ignore
-                acc / float k
-        f.MoveToOuterDisposeScope(), div.detach().MoveToOuterDisposeScope()
+                    Tensors.addInPlace acc ((vj * v).sum(1L)) |> ignore
+                use sk = Tensors.scalar (float k)
+                acc.div (sk)
+        f.detach().MoveToOuterDisposeScope(), div.detach().MoveToOuterDisposeScope()
 
     /// log p(x) per sample for data x [B, ...] (not modified). Hutchinson probes come from `noise`
     /// (unused for the exact divergence). The model must be differentiable in x.
@@ -192,7 +194,7 @@ module Likelihood =
         // the results are made in a scope and moved out together, so an exception leaves none behind
         use scope = torch.NewDisposeScope()
         let latent = zT.narrow(1L, 0L, dim).reshape(shape).clone()
-        let logp = (Sde.priorLogp sde latent).add_(zT.select (1L, dim))
+        let logp = Tensors.addInPlace (Sde.priorLogp sde latent) (zT.select (1L, dim))
         let bpd = Tensors.affine logp (-1.0 / (float dim * Math.Log 2.0)) settings.DequantizationOffset
         { LogLikelihood = logp.MoveToOuterDisposeScope()
           BitsPerDim = bpd.MoveToOuterDisposeScope()

@@ -43,7 +43,7 @@ module Metrics =
         use scope = torch.NewDisposeScope()
         use g = new torch.Generator(uint64 seed, torch.CPU)
         let v = torch.randn ([| int64 dim; int64 count |], dtype = torch.float64, generator = g)
-        let norms = torch.linalg.vector_norm (v, 2.0, [| 0L |], true)
+        let norms = v.norm (0, true, 2.0f)
         (v / norms).MoveToOuterDisposeScope()
 
     let private checkCloud (param: string) (x: Tensor) =

@@ -28,7 +28,11 @@ module Model =
     /// A model returning a data prediction x_0(x, t).
     let data (f: Tensor -> Tensor -> Tensor) = { Forward = f; Output = ModelOutput.Data }
 
-    /// Evaluate the model and check the output's shape.
+    /// Evaluate the model and check its output: a tensor shaped like x, floating-point. An output of
+    /// another floating-point precision than x (float16, bfloat16, float64 for a float32 state, ...) is
+    /// converted to x's dtype, so every sampler, the likelihood, encoding and the diffusers-style steps
+    /// compute in the state's dtype; a non-floating output is an InvalidOperationException naming both
+    /// dtypes. Call it inside a dispose scope: the conversion's source is then disposed with the scope.
     let eval (model: Model) (x: Tensor) (t: Tensor) : Tensor =
         let out = model.Forward x t
         if isNull out then
@@ -36,10 +40,13 @@ module Model =
         if not (Check.shapesEqual out x) then
             raise (
                 InvalidOperationException(
-                    sprintf "The model returned shape %A for input shape %A; it must return a tensor shaped like x." out.shape x.shape
+                    sprintf
+                        "The model returned shape %s for input shape %s; it must return a tensor shaped like x."
+                        (Check.shapeText out.shape)
+                        (Check.shapeText x.shape)
                 )
             )
-        out
+        Check.outputDtype "The model's output" out x
 
     /// Host coefficients (a, b) with score = a x + b out, for a time shared by the whole batch.
     let inline scoreCoefficientsAt (sde: Sde) (output: ModelOutput) (t: float) : float * float =
@@ -120,7 +127,9 @@ module Model =
             r
         else
             let cs = ts |> Array.map coefficients
-            Tensors.perSample (Array.map fst cs) x * x + Tensors.perSample (Array.map snd cs) x * out
+            use scope = torch.NewDisposeScope()
+            (Tensors.add (Tensors.perSample (Array.map fst cs) x * x) (Tensors.perSample (Array.map snd cs) x * out))
+                .MoveToOuterDisposeScope()
 
     // Model outputs are disposed through a local dispose scope: whatever the model created during the
     // call goes, while tensors it returns from elsewhere (x itself, a cached tensor) are left alone.

@@ -20,18 +20,14 @@ module Noise =
     /// reproduce Python numbers. The generator's state advances; it is never reseeded or disposed.
     /// A generator on another device than the tensor (a CPU generator with GPU tensors) draws on its
     /// own device and the draws are copied over, as diffusers' randn_tensor does. A disposed generator
-    /// is an error.
+    /// is an ObjectDisposedException (here and at every draw).
     let fromGenerator (generator: torch.Generator) : Noise =
-        Check.notNull "generator" generator
         // A disposed TorchSharp generator has a null handle, and drawing with it silently uses torch's
-        // global generator instead: refuse it, here and at every draw.
-        let checkLive () =
-            if generator.Handle = 0n then
-                Check.fail "generator" "disposed" "a live torch.Generator, not a disposed one"
-        checkLive ()
+        // global generator instead: refused here and at every draw.
+        Check.liveGenerator "generator" generator
         let gdev = generator.device
         let fill (t: Tensor) =
-            checkLive ()
+            Check.liveGenerator "generator" generator
             if t.device.``type`` = gdev.``type`` && (gdev.``type`` = DeviceType.CPU || t.device.index = gdev.index) then
                 t.normal_ (0.0, 1.0, generator) |> ignore
             else

@@ -61,14 +61,14 @@ module OdeSolver =
             | OdeSolver.Heun ->
                 let k1 = f x t
                 let k2 = f (axpy x h k1) s
-                axpy x (0.5 * h) (k1 + k2)
+                axpy x (0.5 * h) (Tensors.add k1 k2)
             | OdeSolver.Rk4 ->
                 let m = t + 0.5 * h
                 let k1 = f x t
                 let k2 = f (axpy x (0.5 * h) k1) m
                 let k3 = f (axpy x (0.5 * h) k2) m
                 let k4 = f (axpy x h k3) s
-                let sum = axpy (axpy (k1 + k4) 2.0 k2) 2.0 k3
+                let sum = axpy (axpy (Tensors.add k1 k4) 2.0 k2) 2.0 k3
                 axpy x (h / 6.0) sum
         result.MoveToOuterDisposeScope()
 

@@ -31,6 +31,7 @@ type Adam(parameters: Parameter[]) =
         use s1mB2 = Tensors.scalar (1.0 - b2)
         use sSqrtC2 = Tensors.scalar (Math.Sqrt c2)
         use sEps = Tensors.scalar eps
+        use one = Tensors.scalar 1.0
         use sStep = Tensors.scalar (-lr / c1)
         use _noGrad = torch.no_grad ()
         for i in 0 .. parameters.Length - 1 do
@@ -39,7 +40,7 @@ type Adam(parameters: Parameter[]) =
                 m.[i].mul_(sB1).add_(g, s1mB1) |> ignore
                 v.[i].mul_(sB2).addcmul_(g, g, s1mB2) |> ignore
                 use denom = v.[i].sqrt()
-                denom.div_(sSqrtC2).add_(sEps) |> ignore
+                denom.div_(sSqrtC2).add_(sEps, one) |> ignore
                 parameters.[i].addcdiv_(m.[i], denom, sStep) |> ignore
 
     interface IDisposable with
@@ -62,7 +63,7 @@ module Gradients =
         use scope = torch.NewDisposeScope()
         let grads = parameters |> Array.map (fun p -> p.grad) |> Array.filter (fun g -> not (isNull g))
         if grads.Length > 0 then
-            let total = torch.stack(grads |> Array.map (fun g -> g.square().sum()), 0L).sum().sqrt()
+            let total = torch.stack(grads |> Array.map (fun g -> (Tensors.square g).sum()), 0L).sum().sqrt()
             let norm = total.to_type(torch.float64).item<float>()
             let factor = maxNorm / (norm + 1e-6)
             if factor < 1.0 then

@@ -113,7 +113,7 @@ module Predictor =
             Kernel.addProduct mean out (coef (fun (_, b, _) -> b)) 1.0
             let sample = torch.empty (x.shape, dtype = x.dtype, device = x.device)
             noise.Fill sample
-            sample.mul_(coef (fun (_, _, c) -> c)).add_(mean) |> ignore
+            Tensors.addInPlace (sample.mul_ (coef (fun (_, _, c) -> c))) mean |> ignore
             { Sample = sample.MoveToOuterDisposeScope(); Mean = mean.MoveToOuterDisposeScope() }
 
     /// One predictor step on fresh tensors from a model output that was already computed (manual

@@ -104,7 +104,7 @@ module ProbabilityFlow =
         let stage (c: float) (p: float) (q: float) (out: Tensor) =
             if not (Fused.tryLinear y (c * p) y (c * q) out 1.0 x) then
                 Kernel.axpby y (c * p) out (c * q)
-                y.add_ (x) |> ignore
+                Tensors.addInPlace y x |> ignore
         let h = s - t
         match solver with
         | OdeSolver.Euler ->

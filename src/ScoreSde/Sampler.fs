@@ -22,6 +22,25 @@ type Finish =
     /// evaluation budget is exact).
     | Tweedie
 
+/// Where a sampling run met a non-finite value.
+type NonFiniteSource =
+    /// The model returned NaN or an infinity.
+    | ModelOutput = 0
+    /// The state became NaN or infinite after a step while the model's outputs were finite.
+    | State = 1
+
+/// A sampling run stopped at the first non-finite model output or state (see `Sampling.CheckFinite`).
+/// `Step` is the index of the step under way (0 for the first; the step count for the final denoising
+/// evaluation), `Time` its time: the end time of the step for a state, the model's time for an output.
+type NonFiniteException(message: string, source: NonFiniteSource, step: int, time: float) =
+    inherit ArithmeticException(message)
+    /// The model's output or the state.
+    member _.Source = source
+    /// The index of the step under way.
+    member _.Step = step
+    /// The time of the value.
+    member _.Time = time
+
 /// What integrates the reverse-time dynamics.
 [<RequireQualifiedAccess>]
 type Method =
@@ -34,14 +53,23 @@ type Method =
     | DpmSolver of DpmSolverSettings
 
 /// One sampling run's configuration: the method, the schedule (grid, steps, end time), how the run
-/// finishes, an optional observer called after every step, and an optional condition (known values,
-/// e.g. inpainting; see `Condition`).
+/// finishes, an optional observer called after every step, an optional condition (known values,
+/// e.g. inpainting; see `Condition`) and whether the run checks that its values stay finite.
 type Sampling =
-    { Method: Method
-      Schedule: Schedule
-      Finish: Finish
-      Observer: Observer option
-      Condition: Condition option }
+    {
+        Method: Method
+        Schedule: Schedule
+        Finish: Finish
+        Observer: Observer option
+        Condition: Condition option
+        /// Stop at the first non-finite model output or state with a `NonFiniteException` naming the
+        /// step and the time (default true). Every model output and, after every step, the state are
+        /// checked: one vectorised pass over each in memory for float32/float64 CPU tensors (see
+        /// docs/performance.md for its measured cost); false skips the check, and a run whose values
+        /// overflow then returns NaN samples. The same option is `CheckFinite` in C# and
+        /// `--check-finite` on the command line.
+        CheckFinite: bool
+    }
 
 [<RequireQualifiedAccess>]
 module Sampling =
@@ -52,7 +80,8 @@ module Sampling =
           Schedule = Schedule.uniform 1000 1e-3
           Finish = Finish.LastMean
           Observer = None
-          Condition = None }
+          Condition = None
+          CheckFinite = true }
 
     /// The paper's ODE sampler: the probability flow with Dormand-Prince 5(4) at rtol = atol = 1e-5 and
     /// one step size for the whole batch (`StepControl.BatchGlobal`: on the 2-D mixture benchmark of
@@ -64,7 +93,8 @@ module Sampling =
           Schedule = Schedule.uniform 100 1e-3
           Finish = Finish.NoFinish
           Observer = None
-          Condition = None }
+          Condition = None
+          CheckFinite = true }
 
     /// DPM-Solver with its defaults (`DpmSolver.defaults`: DPM-Solver-3M with the published update) and
     /// 20 evaluations on the logSNR grid to eps = 1e-3.
@@ -73,7 +103,8 @@ module Sampling =
           Schedule = Schedule.create TimeGrid.LogSnr 20 1e-3
           Finish = Finish.NoFinish
           Observer = None
-          Condition = None }
+          Condition = None
+          CheckFinite = true }
 
     /// What the method allows a condition to do.
     let internal stepKind (sampling: Sampling) =
@@ -93,6 +124,40 @@ module Sampling =
             Schedule.points sde sampling.Schedule |> ignore
         | Method.ProbabilityFlow m -> OdeMethod.validate sde m sampling.Schedule
         | Method.DpmSolver d -> DpmSolver.validate sde d sampling.Schedule (sampling.Finish = Finish.Tweedie)
+
+/// The non-finite check of `Sampler.sample` (`Sampling.CheckFinite`).
+module internal Finite =
+    let private fail (source: NonFiniteSource) (step: int) (time: float) =
+        let message =
+            match source with
+            | NonFiniteSource.ModelOutput ->
+                sprintf
+                    "The model produced a non-finite output (NaN or infinity) at step %d (t = %g); the run stopped there. The model is at fault, not the step size: check its weights and its inputs at this time. (Sampling.CheckFinite / options.CheckFinite / --check-finite false turns the check off.)"
+                    step
+                    time
+            | _ ->
+                sprintf
+                    "The state became non-finite (NaN or infinity) at step %d (t = %g) while the model's outputs were finite; the run stopped there. The steps are too large or the settings unstable for this model: use more steps, a smaller snr, or another method. (Sampling.CheckFinite / options.CheckFinite / --check-finite false turns the check off.)"
+                    step
+                    time
+        raise (NonFiniteException(message, source, step, time))
+
+    /// Raise at a non-finite state after step i (ending at time t).
+    let checkState (i: int) (t: float) (x: Tensor) =
+        if not (Tensors.allFinite x) then
+            fail NonFiniteSource.State i t
+
+    /// The model with every output checked; `step` holds the step under way.
+    let checkedModel (step: int ref) (model: Model) : Model =
+        let forward = model.Forward
+        { model with
+            Forward =
+                fun x t ->
+                    let out = forward x t
+                    if not (isNull out) && not (Tensors.allFinite out) then
+                        let ts = Tensors.readHost t
+                        fail NonFiniteSource.ModelOutput step.Value (if ts.Length > 0 then ts.[0] else nan)
+                    out }
 
 /// The sampling entry point and what it is built on: each run combines an SDE, a model, a `Sampling`
 /// (method, schedule, finish, observer), a noise source and a starting state.
@@ -206,16 +271,30 @@ module Sampler =
             use detached = xT.detach ()
             detached.clone ()
         try
+            // The step under way, for the non-finite check's messages.
+            let step = ref 0
+            let model = if sampling.CheckFinite then Finite.checkedModel step model else model
             use condition = ConditionRun.Start(sde, Sampling.stepKind sampling, sampling.Condition, model, noise, x)
             let model = condition.Model
             // The one place every method reports a finished step to.
             let afterStep: Observer =
-                match sampling.Observer with
-                | Some observe ->
+                match sampling.Observer, sampling.CheckFinite with
+                | Some observe, true ->
+                    fun i t x ->
+                        Finite.checkState i t x
+                        step.Value <- i + 1
+                        condition.AfterUpdate t x
+                        observe i t x
+                | Some observe, false ->
                     fun i t x ->
                         condition.AfterUpdate t x
                         observe i t x
-                | None -> fun _ t x -> condition.AfterUpdate t x
+                | None, true ->
+                    fun i t x ->
+                        Finite.checkState i t x
+                        step.Value <- i + 1
+                        condition.AfterUpdate t x
+                | None, false -> fun _ t x -> condition.AfterUpdate t x
             condition.Start x
             let mutable nfe = run sde model sampling noise condition.AfterUpdate afterStep x
             match sampling.Finish, sampling.Method with

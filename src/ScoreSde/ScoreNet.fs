@@ -81,7 +81,7 @@ type ScoreNet private (config: ScoreNetConfig, generator: torch.Generator option
     /// A network with parameters initialised from `generator` (its state advances).
     new(config: ScoreNetConfig, generator: torch.Generator, ?dtype: torch.ScalarType, ?device: torch.Device) =
         Native.ensureLoaded ()
-        Check.notNull "generator" generator
+        Check.liveGenerator "generator" generator
         new ScoreNet(config, Some generator, defaultArg dtype torch.float32, defaultArg device torch.CPU)
 
     /// A network with all parameters zero, to be filled by `load` or `copyFrom`.

@@ -231,7 +231,7 @@ module Sde =
         | Sde.Vp _ -> oneMinusAlphaSquared sde t
         | _ ->
             use s = sigma sde t
-            s.square ()
+            Tensors.square s
 
     /// Half log-SNR lambda(t) for a time tensor.
     let lambda (sde: Sde) (t: Tensor) : Tensor =
@@ -288,7 +288,7 @@ module Sde =
         use s = sigma sde tb
         use ax = a.mul (x0)
         use sz = s.mul (z)
-        ax.add (sz)
+        Tensors.add ax sz
 
     /// A draw from the prior N(0, priorStd^2 I) with the given shape, dtype and device.
     let priorSample (sde: Sde) (shape: int64[]) (dtype: torch.ScalarType) (device: torch.Device) (noise: Noise) : Tensor =
@@ -307,7 +307,7 @@ module Sde =
     let priorLogp (sde: Sde) (z: Tensor) : Tensor =
         let d = if z.dim () <= 1L then z.numel () else z.numel () / z.shape.[0]
         use flat = if z.dim () <= 1L then z.reshape ([| 1L; -1L |]) else z.reshape ([| z.shape.[0]; -1L |])
-        use sq = flat.square ()
+        use sq = Tensors.square flat
         use s = sq.sum (1L)
         let v = priorStd sde ** 2.0
         Tensors.affine s (-0.5 / v) (-0.5 * float d * Math.Log(2.0 * Math.PI * v))
@@ -342,4 +342,4 @@ module Sde =
         use c = c
         use fx = f.mul (x)
         use cs = c.mul (score)
-        fx.add (cs)
+        Tensors.add fx cs

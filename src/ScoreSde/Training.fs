@@ -107,10 +107,10 @@ module Training =
             Check.fail "t" t.shape (sprintf "one time per batch element (%d)" x0.shape.[0])
         use scope = torch.NewDisposeScope()
         let alpha, sigma, weight = coefficients sde weighting (Tensors.toHost t)
-        let xt = Tensors.perSample alpha x0 * x0 + Tensors.perSample sigma x0 * z
+        let xt = Tensors.add (Tensors.perSample alpha x0 * x0) (Tensors.perSample sigma x0 * z)
         let pred = net xt t
         Check.sameShape "net output" pred x0 "x0"
-        let perSample = (pred - z).square().reshape([| x0.shape.[0]; -1L |]).mean([| 1L |])
+        let perSample = (Tensors.square (pred - z)).reshape([| x0.shape.[0]; -1L |]).mean([| 1L |])
         let weighted =
             match weight with
             | None -> perSample
@@ -134,7 +134,7 @@ module Training =
     let train (sde: Sde) (settings: TrainSettings) (net: ScoreNet) (data: Tensor) (generator: torch.Generator) : TrainResult =
         Native.ensureLoaded ()
         Check.notNull "net" net
-        Check.notNull "generator" generator
+        Check.liveGenerator "generator" generator
         validate settings
         Check.floating "data" data
         if data.dim () <> 2L || data.shape.[1] <> int64 net.Config.Dim || data.shape.[0] < 1L then

@@ -246,7 +246,7 @@ type UNet private (config: UNetConfig, generator: torch.Generator option, dtype:
                             Check.fail "labels" (lo, hi) (sprintf "labels in 0 .. %d (%d: the null label)" config.Classes config.Classes)
                         let l = labels.reshape([| -1L |]).``to``(device)
                         if l.size 0 = 1L && batch <> 1L then l.expand ([| batch |]) else l
-                temb.add (table.index_select (0L, ids))
+                Tensors.add temb (table.index_select (0L, ids))
         let act = torch.nn.functional.silu temb
         let mutable h = convIn.forward (x.to_type dtype)
         if channelsLast then

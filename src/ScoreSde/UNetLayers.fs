@@ -170,11 +170,11 @@ type internal ResBlock(ctx: LayerContext, inputs: int, outputs: int, timeChannel
         let inplace = not (torch.is_grad_enabled ())
         let act (t: Tensor) = torch.nn.functional.silu (t, inplace)
         let h = conv1.forward (act (norm1.forward x))
-        h.add_ (temb.forward(tembActivated).unsqueeze(-1L).unsqueeze(-1L)) |> ignore
+        Tensors.addInPlace h (temb.forward(tembActivated).unsqueeze(-1L).unsqueeze(-1L)) |> ignore
         let h = conv2.forward (this.Dropout(act (norm2.forward h)))
         match skip with
-        | Some c -> h.add_ (c.forward x) |> ignore
-        | None -> h.add_ (x) |> ignore
+        | Some c -> Tensors.addInPlace h (c.forward x) |> ignore
+        | None -> Tensors.addInPlace h x |> ignore
         use r = Tensors.scalar (1.0 / Math.Sqrt 2.0)
         h.mul_(r).MoveToOuterDisposeScope()
 
@@ -203,7 +203,7 @@ type internal Attention(ctx: LayerContext, channels: int, groups: int) as this =
         let attended = attended.reshape ([| b; c; h; w |])
         let out = proj.forward (if Layout.isChannelsLast x then Layout.channelsLast attended else attended)
         use r = Tensors.scalar (1.0 / Math.Sqrt 2.0)
-        out.add_(x).mul_(r).MoveToOuterDisposeScope()
+        (Tensors.addInPlace out x).mul_(r).MoveToOuterDisposeScope()
 
 /// One step of a U-Net level: a residual block, then optional attention (on the way down its output
 /// is kept as a skip connection; on the way up its input is the skip joined to the features).

@@ -11,11 +11,19 @@ open System.Text
 open TorchSharp
 open ScoreSde.Benchmarks.Setup
 
-let private median (xs: float seq) =
+/// The median of a sample (NaN when empty).
+let median (xs: float seq) =
     let a = Seq.toArray xs |> Array.sort
     if a.Length = 0 then nan
     elif a.Length % 2 = 1 then a.[a.Length / 2]
     else 0.5 * (a.[a.Length / 2 - 1] + a.[a.Length / 2])
+
+/// Milliseconds per call of `f` over a block of k calls.
+let block (f: unit -> unit) (k: int) =
+    let sw = Stopwatch.StartNew()
+    for _ in 1..k do
+        f ()
+    sw.Elapsed.TotalMilliseconds / float k
 
 /// Median per-call times of the floor and of StepPred over `rounds` alternating blocks, and the median
 /// of the per-round ratios.
@@ -33,11 +41,6 @@ let private measure (shape: int64[]) (rounds: int) =
         let r = scheduler.StepPred(out, x, t, g)
         r.PrevSample.Dispose()
         r.PrevSampleMean.Dispose()
-    let block (f: unit -> unit) (k: int) =
-        let sw = Stopwatch.StartNew()
-        for _ in 1..k do
-            f ()
-        sw.Elapsed.TotalMilliseconds / float k
     // warm-up, and a block size of about 20 ms
     for _ in 1..5 do
         floor ()

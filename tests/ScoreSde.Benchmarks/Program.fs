@@ -125,4 +125,18 @@ let main argv =
     | _ when Array.contains "--unet" argv ->
         ScoreSde.Native.ensureLoaded ()
         unet argv
+    | [| "--finite-scan" |] ->
+        ScoreSde.Native.ensureLoaded ()
+        printfn "%s" (FiniteCheck.scanTable ())
+        0
+    | [| "--finite-check" |]
+    | [| "--finite-check"; _ |] ->
+        // the cost of Sampling.CheckFinite, on and off in alternation (docs/performance.md)
+        ScoreSde.Native.ensureLoaded ()
+        let rounds = if argv.Length = 2 then int argv.[1] else 20
+        threadCounts <- [| 1 |]
+        printfn "Command: dotnet run --project tests/ScoreSde.Benchmarks -c Release -- %s" (String.Join(" ", argv))
+        printfn "Machine: %s\n" (Report.machine ())
+        printfn "%s" (FiniteCheck.table rounds [ "4x2"; "256x2"; "4x3x64x64"; "16x3x64x64" ])
+        0
     | _ -> benchmarks argv

@@ -59,7 +59,8 @@ let dpmSampling (settings: DpmSolverSettings) (schedule: Schedule) (finish: Fini
       Schedule = schedule
       Finish = finish
       Observer = None
-      Condition = None }
+      Condition = None
+      CheckFinite = true }
 
 let private dpm (settings: DpmSolverSettings) (grid: TimeGrid) (finish: Finish) =
     fun (_: Sde) budget -> Some(dpmSampling settings (Schedule.create grid budget eps) finish)

@@ -270,7 +270,8 @@ type DpmRun =
           Schedule = Schedule.create r.Grid r.Steps r.Eps
           Finish = (if r.Denoise then Finish.Tweedie else Finish.NoFinish)
           Observer = r.Observer
-          Condition = None }
+          Condition = None
+          CheckFinite = true }
 
 /// The library's defaults: `DpmSolver.defaults` with `Sampling.dpmSolver`'s schedule and finish.
 let dpmDefaults: DpmRun =

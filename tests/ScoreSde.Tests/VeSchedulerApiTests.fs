@@ -272,12 +272,12 @@ let tests =
               use x = torch.zeros (2L, 3L)
               use t = torch.ones (2L)
               use wrong = torch.zeros (2L, 4L)
-              expectArg "modelOutput" "[|2L; 4L|]" (fun () -> box (s.StepPred(wrong, t, x)))
-              expectArg "modelOutput" "[|2L; 4L|]" (fun () -> box (s.StepCorrect(wrong, x)))
+              expectArg "modelOutput" "[2, 4]" (fun () -> box (s.StepPred(wrong, t, x)))
+              expectArg "modelOutput" "[2, 4]" (fun () -> box (s.StepCorrect(wrong, x)))
               use t3 = torch.ones (3L)
-              expectArg "timestep" "3L" (fun () -> box (s.StepPred(x, t3, x)))
+              expectArg "timestep" "[3]" (fun () -> box (s.StepPred(x, t3, x)))
               use t22 = torch.ones (2L, 1L)
-              expectArg "timestep" "[|2L; 1L|]" (fun () -> box (s.StepPred(x, t22, x)))
+              expectArg "timestep" "[2, 1]" (fun () -> box (s.StepPred(x, t22, x)))
               use tBad = torch.tensor ([| 0.5f; 1.5f |])
               expectArg "timestep[1]" "1.5" (fun () -> box (s.StepPred(x, tBad, x)))
               use tNeg = torch.tensor (-0.1)
@@ -288,10 +288,11 @@ let tests =
               expectArg "timestep" "Bool" (fun () -> box (s.StepPred(x, tBool, x)))
               use ints = torch.zeros ([| 2L; 3L |], dtype = torch.int64)
               expectArg "sample" "Int64" (fun () -> box (s.StepPred(x, t, ints)))
-              use half = torch.zeros ([| 2L; 3L |], dtype = torch.float16)
-              expectArg "modelOutput" "Float16" (fun () -> box (s.StepCorrect(half, x)))
+              // an integer output is refused; a float16 one is converted to the sample's dtype (BadInputTests)
+              use intOut = torch.zeros ([| 2L; 3L |], dtype = torch.int64)
+              expectArg "modelOutput" "Int64" (fun () -> box (s.StepCorrect(intOut, x)))
               use scalar0 = torch.tensor (1.0f)
-              expectArg "sample" "[||]" (fun () -> box (s.StepPred(scalar0, t, scalar0)))
+              expectArg "sample" "got []" (fun () -> box (s.StepPred(scalar0, t, scalar0)))
               use nanOut = torch.tensor([| 1.0f; nanf; 0.0f; 0.0f; 1.0f; 2.0f |]).reshape(2L, 3L)
               expectArg "modelOutput" "NaN" (fun () -> box (s.StepCorrect(nanOut, x)))
               // an index beyond the discrete sigmas (fewer set by SetSigmas than there are timesteps)
@@ -308,8 +309,8 @@ let tests =
               use idxNeg = torch.tensor ([| -1L; 0L |])
               expectArg "timesteps[0]" "-1" (fun () -> box (s.AddNoise(x, x, idxNeg)))
               use idx3 = torch.tensor ([| 0L; 0L; 0L |])
-              expectArg "timesteps" "3L" (fun () -> box (s.AddNoise(x, x, idx3)))
-              expectArg "noise" "[|2L; 4L|]" (fun () -> box (s.AddNoise(x, wrong, idx3)))
+              expectArg "timesteps" "[3]" (fun () -> box (s.AddNoise(x, x, idx3)))
+              expectArg "noise" "[2, 4]" (fun () -> box (s.AddNoise(x, wrong, idx3)))
           }
 
           test "a disposed generator is refused (TorchSharp would draw from the global generator)" {
@@ -320,11 +321,14 @@ let tests =
               let g = generator 3L
               s.StepPred(x, t, x, g) |> ignore
               g.Dispose()
-              expectArg "generator" "disposed" (fun () -> box (s.StepPred(x, t, x, g)))
-              expectArg "generator" "disposed" (fun () -> box (s.StepCorrect(x, x, g)))
+              let expectDisposed (f: unit -> obj) =
+                  let e = throwsOf<ObjectDisposedException> "disposed generator" (fun () -> f () |> ignore)
+                  Expect.equal e.ObjectName "generator" "names the parameter"
+              expectDisposed (fun () -> box (s.StepPred(x, t, x, g)))
+              expectDisposed (fun () -> box (s.StepCorrect(x, x, g)))
               let fresh = generator 4L
               fresh.Dispose()
-              expectArg "generator" "disposed" (fun () -> box (s.StepCorrect(x, x, fresh)))
+              expectDisposed (fun () -> box (s.StepCorrect(x, x, fresh)))
               Expect.sequenceEqual (values (torch.random.get_rng_state ())) before "global generator untouched"
           }
 
