@@ -23,6 +23,7 @@ type TrainCommand =
         Steps: int
         BatchSize: int
         LearningRate: float
+        WarmupSteps: int
         Seed: int64
         Hidden: int
         Layers: int
@@ -120,6 +121,7 @@ module Commands =
             Steps = c.Steps
             BatchSize = c.BatchSize
             LearningRate = c.LearningRate
+            WarmupSteps = c.WarmupSteps
             Weighting = c.Weighting
             EmaDecay = c.EmaDecay }
 

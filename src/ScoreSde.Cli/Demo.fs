@@ -26,6 +26,7 @@ module Demo =
               Sde = sde
               Steps = c.TrainSteps
               BatchSize = Training.defaults.BatchSize
+              WarmupSteps = Training.defaults.WarmupSteps
               LearningRate = Training.defaults.LearningRate
               Seed = c.Seed
               Hidden = 128

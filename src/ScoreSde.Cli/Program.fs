@@ -92,16 +92,20 @@ let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
     cmd
 
 let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
-    let cmd = Command("train", "Train a score network on a built-in dataset or a data file and save it")
-    let dataset = Opt.choice "--dataset" "Built-in dataset" datasetNames None
+    let cmd =
+        Command(
+            "train",
+            "Train a score network on a built-in dataset, a data file or Fashion-MNIST (a U-Net, with checkpoints and --resume) and save it"
+        )
+    let dataset = Opt.choice "--dataset" "Built-in dataset, or fashion-mnist" (datasetNames @ [ "fashion-mnist" ]) None
     let data = Opt.text "--data" "Training data: a .csv or .npy file of N points by D coordinates" None
     let points = Opt.intAtLeast 2 "--points" "Points drawn from a built-in dataset" (Some 20000)
     let steps = Opt.intAtLeast 1 "--steps" "Training steps" (Some Training.defaults.Steps)
-    let batch = Opt.intAtLeast 1 "--batch-size" "Points per training step" (Some Training.defaults.BatchSize)
-    let lr = Opt.positive "--lr" "Adam learning rate" (Some Training.defaults.LearningRate)
+    let batch = Opt.intAtLeastOrNone 1 "--batch-size" "Points (images) per training step (default 512 for mlp, 64 for unet)"
+    let lr = Opt.positiveOrNone "--lr" "Adam's peak learning rate (default 5e-3 for mlp, 1e-3 for unet)"
     let seed = Opt.seed "Seed of the data, the initial weights and the training draws"
-    let hidden = Opt.intAtLeast 1 "--hidden" "Width of the hidden layers" (Some 128)
-    let layers = Opt.intAtLeast 1 "--layers" "Number of hidden layers" (Some 3)
+    let hidden = Opt.intAtLeast 1 "--hidden" "MLP: width of the hidden layers" (Some 128)
+    let layers = Opt.intAtLeast 1 "--layers" "MLP: number of hidden layers" (Some 3)
     let weighting = Opt.choice "--weighting" "Loss weighting" [ "noise"; "likelihood" ] (Some "noise")
     let ema = Opt.inRange 0.0 1.0 "--ema" "Decay of the weights' exponential moving average" (Some Training.defaults.EmaDecay)
     let standardise =
@@ -110,12 +114,13 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
             "Standardize each coordinate before training (auto: only for --data files)"
             [ "auto"; "yes"; "no" ]
             (Some "auto")
-    let out = Opt.required "--out" "Model directory to write (config.json and weights.bin)"
+    let out = Opt.text "--out" "Model directory to write (config.json and weights.bin; for a U-Net also checkpoints)" None
     let plot =
         Opt.text "--plot" "Also write the training-loss curve to this .png file" None
         |> Opt.withExtensions [ ".png" ]
     let sde =
         Samplers.sdeOption "The SDE (stored in the model file; paper defaults: beta 0.1..20; VE sigma 0.01..50)" (Some "vp")
+    let image = ImageTrainCommand.options ()
     for o in
         [ dataset :> Option
           sde
@@ -131,44 +136,81 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
           ema
           standardise
           out
-          plot ] do
+          plot ]
+        @ image.All do
         cmd.Add o
     cmd.Validators.Add(fun r ->
         let has (o: Option) = not (isNull (r.GetResult o))
-        match has dataset, has data with
-        | true, true -> r.AddError "give either --dataset or --data, not both"
-        | false, false -> r.AddError(sprintf "give --dataset (%s) or --data FILE" (String.Join("|", datasetNames)))
-        | _ -> ())
+        if has image.Resume then
+            for o in [ dataset :> Option; data; out ] do
+                if has o then
+                    r.AddError(sprintf "--resume continues a run with its own settings; leave out %s" o.Name)
+        else
+            match has dataset, has data with
+            | true, true -> r.AddError "give either --dataset or --data, not both"
+            | false, false ->
+                r.AddError(sprintf "give --dataset (%s) or --data FILE" (String.Join("|", datasetNames @ [ "fashion-mnist" ])))
+            | _ -> ()
+            if not (has out) then
+                r.AddError "give --out DIR (the model directory to write)")
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
         |> act (fun ui ->
-            let source =
-                match pr.GetValue data with
-                | null -> DataSource.BuiltIn((ToyDataset.tryParse (pr.GetValue dataset)).Value, pr.GetValue points)
-                | file -> DataSource.File file
-            Commands.train
-                ui
-                { Source = source
-                  Sde = (Samplers.sdeValue pr sde).Value
-                  Steps = pr.GetValue steps
-                  BatchSize = pr.GetValue batch
-                  LearningRate = pr.GetValue lr
-                  Seed = pr.GetValue seed
-                  Hidden = pr.GetValue hidden
-                  Layers = pr.GetValue layers
-                  Weighting =
-                    (if Opt.choiceValue pr weighting = "likelihood" then
-                         LossWeighting.Likelihood
-                     else
-                         LossWeighting.Noise)
-                  EmaDecay = pr.GetValue ema
-                  Standardise =
-                    (match Opt.choiceValue pr standardise with
-                     | "yes" -> Some true
-                     | "no" -> Some false
-                     | _ -> None)
-                  Out = pr.GetValue out
-                  LossPlot = Option.ofObj (pr.GetValue plot) }))
+            let command = "scoresde " + String.Join(" ", pr.Tokens |> Seq.map (fun t -> t.Value))
+            let images = not (isNull (pr.GetValue dataset)) && Opt.choiceValue pr dataset = "fashion-mnist"
+            let net = Opt.choiceValue pr image.Net
+            let weightingValue =
+                if Opt.choiceValue pr weighting = "likelihood" then
+                    LossWeighting.Likelihood
+                else
+                    LossWeighting.Noise
+            match pr.GetValue image.Resume with
+            | null when images ->
+                if net = "mlp" then
+                    raise (ArgumentException("--net mlp trains on 2-D points; fashion-mnist needs --net unet.", "--net"))
+                ImageTrainCommand.run
+                    ui
+                    (ImageTrainCommand.ofParse
+                        pr
+                        image
+                        (Samplers.sdeValue pr sde).Value
+                        (pr.GetValue steps)
+                        (Option.ofNullable (pr.GetValue batch))
+                        (Option.ofNullable (pr.GetValue lr))
+                        (pr.GetValue seed)
+                        (pr.GetValue ema)
+                        weightingValue
+                        (pr.GetValue out)
+                        (Option.ofObj (pr.GetValue plot)))
+                    command
+            | null ->
+                if net = "unet" then
+                    raise (ArgumentException("--net unet trains on images (--dataset fashion-mnist).", "--net"))
+                let source =
+                    match pr.GetValue data with
+                    | null -> DataSource.BuiltIn((ToyDataset.tryParse (pr.GetValue dataset)).Value, pr.GetValue points)
+                    | file -> DataSource.File file
+                Commands.train
+                    ui
+                    { Source = source
+                      Sde = (Samplers.sdeValue pr sde).Value
+                      Steps = pr.GetValue steps
+                      BatchSize = (Option.ofNullable (pr.GetValue batch) |> Option.defaultValue Training.defaults.BatchSize)
+                      LearningRate = (Option.ofNullable (pr.GetValue lr) |> Option.defaultValue Training.defaults.LearningRate)
+                      WarmupSteps = (Option.ofNullable (pr.GetValue image.Warmup) |> Option.defaultValue Training.defaults.WarmupSteps)
+                      Seed = pr.GetValue seed
+                      Hidden = pr.GetValue hidden
+                      Layers = pr.GetValue layers
+                      Weighting = weightingValue
+                      EmaDecay = pr.GetValue ema
+                      Standardise =
+                        (match Opt.choiceValue pr standardise with
+                         | "yes" -> Some true
+                         | "no" -> Some false
+                         | _ -> None)
+                      Out = pr.GetValue out
+                      LossPlot = Option.ofObj (pr.GetValue plot) }
+            | dir -> ImageTrainCommand.resume ui dir command))
     cmd
 
 let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =

@@ -172,6 +172,21 @@ module ModelFile =
     let private get<'T> path node name : 'T = ConfigJson.get<'T> path node name
     let private floatArray = ConfigJson.floatArray
 
+    /// The SDE stored by `sdeJson` in the file at `path` (errors name the file).
+    let sdeOfJson (path: string) (sdeNode: JsonNode) : Sde =
+        let number = get<float> path sdeNode
+        let create, a, b =
+            match get<string> path sdeNode "type" with
+            | "vp" -> Sde.vp, "betaMin", "betaMax"
+            | "subvp" -> Sde.subVp, "betaMin", "betaMax"
+            | "ve" -> Sde.ve, "sigmaMin", "sigmaMax"
+            | kind -> FileError.fail path (sprintf "SDE type '%s' is not supported (expected vp, subvp or ve)" kind)
+        let a, b = number a, number b
+        try
+            create a b
+        with :? ArgumentException as e ->
+            FileError.fail path e.Message
+
     /// Read a model directory's config.json: the architecture and the model information.
     let readConfig (dir: string) : NetworkConfig * ModelInfo * JsonObject =
         let path = Path.Combine(dir, configFile)
@@ -193,20 +208,7 @@ module ModelFile =
             | kind -> FileError.fail path (sprintf "network type '%s' is not supported (expected 'mlp' or 'unet')" kind)
         let sampleShape = NetworkConfig.sampleShape config
         let dim = int (Array.fold (*) 1L sampleShape)
-        let sdeNode = field path root "sde"
-        let number = get<float> path sdeNode
-        let create, a, b =
-            match get<string> path sdeNode "type" with
-            | "vp" -> Sde.vp, "betaMin", "betaMax"
-            | "subvp" -> Sde.subVp, "betaMin", "betaMax"
-            | "ve" -> Sde.ve, "sigmaMin", "sigmaMax"
-            | kind -> FileError.fail path (sprintf "SDE type '%s' is not supported (expected vp, subvp or ve)" kind)
-        let a, b = number a, number b
-        let sde =
-            try
-                create a b
-            with :? ArgumentException as e ->
-                FileError.fail path e.Message
+        let sde = sdeOfJson path (field path root "sde")
         let dtype =
             match get<string> path root "dtype" with
             | "float32" -> torch.float32

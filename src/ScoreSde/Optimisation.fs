@@ -19,6 +19,26 @@ type Adam(parameters: Parameter[]) =
     /// Steps taken so far.
     member _.Steps = step
 
+    /// The moment buffers (first moments of every parameter, then the second moments), owned by this
+    /// optimiser: what a checkpoint saves beside `Steps`.
+    member _.Moments = Array.append m v
+
+    /// Continue from a checkpoint: the step count and the moments (copied in, in `Moments`' order).
+    member _.Restore(steps: int, moments: Tensor[]) =
+        Check.nonNegativeInt "steps" steps
+        Check.notNull "moments" moments
+        let mine = Array.append m v
+        if moments.Length <> mine.Length then
+            Check.fail
+                "moments"
+                moments.Length
+                (sprintf "%d tensors (first and second moments of %d parameters)" mine.Length parameters.Length)
+        use _noGrad = torch.no_grad ()
+        for target, source in Array.zip mine moments do
+            Check.sameShape "moments" source target "the parameter"
+            target.copy_ (source) |> ignore
+        step <- steps
+
     /// One update with learning rate `lr` (parameters without a gradient are left alone).
     member _.Step(lr: float) =
         step <- step + 1

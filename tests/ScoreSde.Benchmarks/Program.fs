@@ -17,7 +17,8 @@ open BenchmarkDotNet.Toolchains.InProcess.Emit
 open Perfolizer.Horology
 open ScoreSde.Benchmarks.Setup
 
-/// `--unet [--forward N] [--train N] [--batch B] [--threads T] [--configs tutorial|default|both]`: the
+/// `--unet [--forward N] [--train N] [--sample N] [--evaluations E] [--batch B] [--threads T]
+/// [--configs tutorial|default|both|run|all]`: the
 /// U-Net against PyTorch (UNetSpeed.fs), instead of the BenchmarkDotNet suite.
 let private unet (argv: string[]) =
     let rec parse (o: UNetSpeed.Options) (args: string list) =
@@ -27,9 +28,13 @@ let private unet (argv: string[]) =
         | "--threads" :: v :: rest -> parse { o with Threads = int v } rest
         | "--forward" :: v :: rest -> parse { o with Forward = int v } rest
         | "--train" :: v :: rest -> parse { o with Train = int v } rest
+        | "--sample" :: v :: rest -> parse { o with Sample = int v } rest
+        | "--evaluations" :: v :: rest -> parse { o with Evaluations = int v } rest
+        | "--configs" :: "run" :: rest -> parse { o with Configs = [ UNetSpeed.defaultConfigs.[2] ] } rest
+        | "--configs" :: "all" :: rest -> parse { o with Configs = UNetSpeed.defaultConfigs } rest
         | "--configs" :: "tutorial" :: rest -> parse { o with Configs = [ UNetSpeed.defaultConfigs.[0] ] } rest
         | "--configs" :: "default" :: rest -> parse { o with Configs = [ UNetSpeed.defaultConfigs.[1] ] } rest
-        | "--configs" :: "both" :: rest -> parse { o with Configs = UNetSpeed.defaultConfigs } rest
+        | "--configs" :: "both" :: rest -> parse { o with Configs = UNetSpeed.defaultConfigs.[0..1] } rest
         | a :: _ -> failwithf "unknown --unet option %s" a
         | [] -> o
     let options = parse UNetSpeed.defaults (List.ofArray argv)

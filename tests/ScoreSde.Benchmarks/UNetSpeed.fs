@@ -30,6 +30,10 @@ type Options =
         Forward: int
         /// Timed pairs of training steps per layout.
         Train: int
+        /// Timed pairs of sampling runs (default layout only).
+        Sample: int
+        /// Network evaluations per sampling run.
+        Evaluations: int
         /// (name, JSON overrides of the default 1 x 28 x 28 configuration, the same F# configuration)
         Configs: (string * string * UNetConfig) list
     }
@@ -37,12 +41,28 @@ type Options =
 let private baseConfig = UNet.defaultConfig 1 28 28
 
 /// The configurations measured by default: the one comparable to the score-SDE tutorial's network
-/// (1.1 M parameters) and the library's default (1.6 M).
+/// (1.1 M parameters), the library's default (1.6 M) and the Fashion-MNIST run's class-conditional
+/// network (0.73 M; width 16, levels x1, x2, x4, one block per level; labels null here).
 let defaultConfigs =
     [ "1 block per level (1.1 M)", """{"blocksPerLevel": 1}""", { baseConfig with BlocksPerLevel = 1 }
-      "UNet.defaultConfig (1.6 M)", "{}", baseConfig ]
+      "UNet.defaultConfig (1.6 M)", "{}", baseConfig
+      "Fashion-MNIST run (0.73 M)",
+      """{"baseChannels": 16, "channelMultipliers": [1, 2, 4], "blocksPerLevel": 1, "classes": 10}""",
+      { baseConfig with
+          BaseChannels = 16
+          ChannelMultipliers = [ 1; 2; 4 ]
+          BlocksPerLevel = 1
+          Classes = 10 } ]
 
-let defaults = { Batch = 64; Threads = 2; Warmup = 3; Forward = 20; Train = 12; Configs = defaultConfigs }
+let defaults =
+    { Batch = 64
+      Threads = 2
+      Warmup = 3
+      Forward = 20
+      Train = 12
+      Sample = 4
+      Evaluations = 20
+      Configs = defaultConfigs }
 
 let private median (xs: float seq) =
     let a = Seq.toArray xs |> Array.sort
@@ -69,7 +89,15 @@ type private PyTorchServer(o: Options, overrides: string) =
     let psi =
         ProcessStartInfo(
             "/usr/bin/python3",
-            [ script; "--config"; overrides; "--batch"; string o.Batch; "--threads"; string o.Threads ],
+            [ script
+              "--config"
+              overrides
+              "--batch"
+              string o.Batch
+              "--threads"
+              string o.Threads
+              "--evaluations"
+              string o.Evaluations ],
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = false
@@ -137,11 +165,31 @@ type private FSharpCase(o: Options, config: UNetConfig, channelsLast: bool) =
         adam.Step 2e-4
         loss.item<float32>() |> ignore
 
-    /// One call: wall-clock and CPU seconds.
-    member c.Call(training: bool) =
+    /// Sampling with a fixed budget: Euler-Maruyama on the reverse VP-SDE (no corrector), Evaluations
+    /// uniform steps from t = 1 to 1e-3, from a prior draw; one network evaluation per step.
+    member _.Sample() =
+        net.eval ()
+        use scope = torch.NewDisposeScope()
+        use _noGrad = torch.no_grad ()
+        let sde = Sde.standardVp
+        let noise = Noise.fromGenerator g
+        let xT = Sampler.prior sde shape torch.float32 torch.CPU noise
+        let sampling =
+            { Sampling.pc with
+                Method = Method.PredictorCorrector(Predictor.EulerMaruyama, Corrector.NoCorrector)
+                Schedule = Schedule.uniform o.Evaluations 1e-3
+                Finish = Finish.NoFinish }
+        let r = Sampler.sample sde (UNet.toModel net) sampling noise xT
+        r.Samples.Dispose()
+
+    /// One call ("forward", "train" or "sample"): wall-clock and CPU seconds.
+    member c.Call(what: string) =
         let cpu = cpuSeconds ()
         let sw = Stopwatch.StartNew()
-        if training then c.Train() else c.Forward()
+        match what with
+        | "train" -> c.Train()
+        | "sample" -> c.Sample()
+        | _ -> c.Forward()
         sw.Elapsed.TotalSeconds, cpuSeconds () - cpu
 
     interface IDisposable with
@@ -162,12 +210,14 @@ let run (o: Options) (command: string) =
     line (sprintf "Command: %s" command)
     line (
         sprintf
-            "Batch %d, %d threads on both sides; per layout %d warm-up calls each, then %d pairs of forward calls and %d pairs of training steps, the two sides alternating call by call."
+            "Batch %d, %d threads on both sides; per layout %d warm-up calls each, then %d pairs of forward calls and %d pairs of training steps, and (default layout) %d pairs of sampling runs of %d evaluations, the two sides alternating call by call."
             o.Batch
             o.Threads
             o.Warmup
             o.Forward
             o.Train
+            o.Sample
+            o.Evaluations
     )
     let rows = ResizeArray<string>()
     let mutable torchVersion = ""
@@ -176,55 +226,65 @@ let run (o: Options) (command: string) =
         torchVersion <- py.TorchVersion
         let mutable count = 0L
         // per (layout, what): PyTorch and F# medians, and the medians of the per-pair ratios
-        let results = Collections.Generic.Dictionary<bool * bool, float * float * float * float>()
+        let results = Collections.Generic.Dictionary<bool * string, float * float * float * float>()
         for channelsLast in [ false; true ] do
             use fs = new FSharpCase(o, config, channelsLast)
             count <- fs.ParameterCount
-            for training in [ false; true ] do
-                let call = (if training then "train" else "forward") + (if channelsLast then "_cl" else "")
-                for _ in 1 .. o.Warmup do
-                    py.Call call |> ignore
-                    fs.Call training |> ignore
-                let pairs =
-                    [| for i in 1 .. (if training then o.Train else o.Forward) ->
-                           if i % 2 = 1 then
-                               let p = py.Call call
-                               p, fs.Call training
-                           else
-                               let f = fs.Call training
-                               py.Call call, f |]
-                let pw = pairs |> Array.map (fun ((w, _), _) -> w)
-                let fw = pairs |> Array.map (fun (_, (w, _)) -> w)
-                let wallRatio = pairs |> Array.map (fun ((pw, _), (fw, _)) -> pw / fw) |> median
-                let cpuRatio = pairs |> Array.map (fun ((_, pc), (_, fc)) -> pc / fc) |> median
-                results.[(channelsLast, training)] <- (median pw, median fw, wallRatio, cpuRatio)
-                printfn
-                    "  %s, %s: PyTorch %.3f s, F# %.3f s, PyTorch / F# per pair %.2f (CPU %.2f)"
-                    name
-                    call
-                    (median pw)
-                    (median fw)
-                    wallRatio
-                    cpuRatio
-        for what, training in [ "forward", false; "training step", true ] do
-            let pt, ft, rw, rc = results.[(false, training)]
-            let ptCl, ftCl, rwCl, rcCl = results.[(true, training)]
+            for what in [ "forward"; "train"; "sample" ] do
+                let pairCount =
+                    match what with
+                    | "train" -> o.Train
+                    | "sample" -> if channelsLast then 0 else o.Sample
+                    | _ -> o.Forward
+                let call = what + (if channelsLast then "_cl" else "")
+                if pairCount > 0 then
+                    for _ in 1 .. (if what = "sample" then 1 else o.Warmup) do
+                        py.Call call |> ignore
+                        fs.Call what |> ignore
+                    let pairs =
+                        [| for i in 1..pairCount ->
+                               if i % 2 = 1 then
+                                   let p = py.Call call
+                                   p, fs.Call what
+                               else
+                                   let f = fs.Call what
+                                   py.Call call, f |]
+                    let pw = pairs |> Array.map (fun ((w, _), _) -> w)
+                    let fw = pairs |> Array.map (fun (_, (w, _)) -> w)
+                    let wallRatio = pairs |> Array.map (fun ((pw, _), (fw, _)) -> pw / fw) |> median
+                    let cpuRatio = pairs |> Array.map (fun ((_, pc), (_, fc)) -> pc / fc) |> median
+                    results.[(channelsLast, what)] <- (median pw, median fw, wallRatio, cpuRatio)
+                    printfn
+                        "  %s, %s: PyTorch %.3f s, F# %.3f s, PyTorch / F# per pair %.2f (CPU %.2f)"
+                        name
+                        call
+                        (median pw)
+                        (median fw)
+                        wallRatio
+                        cpuRatio
+        for label, what in
+            [ "forward", "forward"
+              "training step", "train"
+              sprintf "sampling, %d evaluations" o.Evaluations, "sample" ] do
+            let pt, ft, rw, rc = results.[(false, what)]
+            let perCall = float o.Batch
+            let clColumns =
+                match results.TryGetValue((true, what)) with
+                | true, (ptCl, ftCl, rwCl, rcCl) -> sprintf "%.3f | %.3f | %.2f (%.2f)" ptCl ftCl rwCl rcCl
+                | _ -> "- | - | -"
             rows.Add(
                 sprintf
-                    "| %s | %d | %s | %.3f | %.3f | **%.2f** (%.2f) | %.0f | %.0f | %.3f | %.3f | %.2f (%.2f) |"
+                    "| %s | %d | %s | %.3f | %.3f | **%.2f** (%.2f) | %.1f | %.1f | %s |"
                     name
                     count
-                    what
+                    label
                     pt
                     ft
                     rw
                     rc
-                    (float o.Batch / pt)
-                    (float o.Batch / ft)
-                    ptCl
-                    ftCl
-                    rwCl
-                    rcCl
+                    (perCall / pt)
+                    (perCall / ft)
+                    clColumns
             )
     line ""
     line (

@@ -13,6 +13,9 @@ Calls, each one read as a line on stdin and answered with one JSON line
                          x_t = alpha_t x0 + sigma_t z (VP-SDE, beta 0.1 .. 20),
                          loss = mean |net(x_t, t) - z|^2, zero_grad, backward, torch.optim.Adam step,
                          loss.item()
+  sample                 sampling with a fixed budget, as a PyTorch user writes the loop: x ~ N(0, I),
+                         then --evaluations Euler-Maruyama steps of the reverse VP-SDE on a uniform grid
+                         from t = 1 to 1e-3, one network evaluation each, under torch.no_grad()
 
 The first line written is {"torch": version, "parameters": count, ...}; "quit" ends the process.
 
@@ -20,6 +23,7 @@ The first line written is {"torch": version, "parameters": count, ...}; "quit" e
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -48,6 +52,22 @@ class Case:
         with torch.no_grad():
             self.net(self.x0, torch.rand(self.batch))
 
+    def sample(self, evaluations):
+        self.net.eval()
+        b = self.batch
+        with torch.no_grad():
+            x = torch.randn_like(self.x0)
+            dt = (1.0 - 1e-3) / evaluations
+            for i in range(evaluations):
+                t = 1.0 - i * dt
+                log_alpha = -0.25 * t * t * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
+                sigma = math.sqrt(-math.expm1(2 * log_alpha))
+                beta = BETA_MIN + t * (BETA_MAX - BETA_MIN)
+                eps = self.net(x, torch.full((b,), t))
+                # reverse drift: f - g^2 score = -beta x / 2 + beta eps / sigma, stepped backwards by dt
+                x = x + dt * (0.5 * beta * x - beta / sigma * eps) + math.sqrt(beta * dt) * torch.randn_like(x)
+        return x
+
     def train(self):
         self.net.train()
         b, x0 = self.batch, self.x0
@@ -68,6 +88,7 @@ def main():
     p.add_argument("--config", default="{}", help="JSON overrides of scoresde_unet.default_config(1, 28, 28)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--evaluations", type=int, default=20)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -75,7 +96,8 @@ def main():
     cfg = scoresde_unet.default_config(overrides.get("channels", 1), overrides.get("height", 28), overrides.get("width", 28))
     cfg.update(overrides)
     plain, cl = Case(cfg, a.batch, False), Case(cfg, a.batch, True)
-    calls = {"forward": plain.forward, "train": plain.train, "forward_cl": cl.forward, "train_cl": cl.train}
+    calls = {"forward": plain.forward, "train": plain.train, "forward_cl": cl.forward, "train_cl": cl.train,
+             "sample": lambda: plain.sample(a.evaluations)}
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": a.batch,
                       "parameters": sum(q.numel() for q in plain.net.parameters())}), flush=True)
     for line in sys.stdin:
