@@ -40,16 +40,6 @@ let dequantise (range: PixelRange) (dtype: torch.ScalarType) (seed: int64) (firs
 
 let private splitName (s: Split) = if s = Split.Train then "training" else "test"
 
-/// The first `count` images of a set (all when None), as a new set.
-let head (count: int option) (set: ImageSet) : ImageSet =
-    let n =
-        match count with
-        | Some c -> min (int64 c) set.Count
-        | None -> set.Count
-    { set with
-        Levels = set.Levels.narrow(0L, 0L, n).clone()
-        Labels = set.Labels |> Option.map (fun l -> l.[.. int n - 1]) }
-
 /// `likelihood --dataset`: bits/dim of a split's images (the first --n), dequantised, through the
 /// probability-flow ODE, with the dequantisation offset of the model's pixel range.
 let likelihood (ui: Ui) (c: LikelihoodCommand) (d: ImageData) : int =
@@ -60,7 +50,7 @@ let likelihood (ui: Ui) (c: LikelihoodCommand) (d: ImageData) : int =
             raise (ArgumentException(sprintf "--out must end in .csv or .npy (got '%s')." o, "--out")))
     use images =
         use all = FashionMnist.load d.DataDir d.Split
-        head d.Count all
+        ClassifierCommand.head d.Count all
     let tsOptions =
         { Sde = defaultArg c.Sde Sde.standardVp
           TimeScale = c.TimeScale
@@ -131,7 +121,7 @@ let baselines (ui: Ui) (c: BaselinesRun) : int =
     use train = FashionMnist.load c.DataDir Split.Train
     use test =
         use all = FashionMnist.load c.DataDir Split.Test
-        head c.Count all
+        ClassifierCommand.head c.Count all
     Ui.info ui (sprintf "fitting to %d training images, scoring %d test images" train.Count test.Count)
     let categorical = PixelBaselines.categorical c.Smoothing train.Levels test.Levels
     let gaussian = PixelBaselines.gaussian train.Levels test.Levels

@@ -382,6 +382,7 @@ let rootCommand () =
     root.Add(ClassifierCommand.frechetCommand act)
     root.Add(ImageEval.baselinesCommand act)
     root.Add(ImageEval.mergeCommand act)
+    root.Add(Evaluate.command act)
     root
 
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,
