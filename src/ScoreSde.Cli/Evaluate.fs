@@ -114,10 +114,10 @@ let private markdown (c: EvaluateRun) (accuracy: float) (testCount: int64) (floo
                 r.Nfe
                 (inv r.Seconds "F0")
                 (inv (float c.Count / r.Seconds) "F1")
-                (inv r.Frechet "F2")
+                (inv r.Frechet "F3")
                 (inv (r.Frechet / floor) "F1")
         )
-    line (sprintf "| training images (floor) | | | | | %s | 1.0 |" (inv floor "F2"))
+    line (sprintf "| training images (floor) | | | | | %s | 1.0 |" (inv floor "F3"))
     sb.ToString()
 
 let private plot (path: string) (floor: float) (rows: EvaluationRow list) =

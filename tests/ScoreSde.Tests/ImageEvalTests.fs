@@ -304,4 +304,125 @@ let tests =
               Expect.stringContains log (mean (PixelBaselines.categorical 1.0 train.Levels first) + " bits/dim") "categorical"
               Expect.stringContains log (mean (PixelBaselines.gaussian train.Levels first) + " bits/dim") "Gaussian"
               Expect.stringContains log "scored on 5 test images" "the first --n"
+          }
+          test "evaluate writes the table, the plot and the grids, with the distances 'sample' and 'frechet' give" {
+              use temp = tempDir "evaluate"
+              let p (name: string) = Path.Combine(temp.Path, name)
+              let data = p "data"
+              Directory.CreateDirectory data |> ignore
+              writeSplit data "train" 40 12 12 false
+              writeSplit data "t10k" 20 12 12 false
+              cliOk
+                  [ "classifier"
+                    "--data-dir"
+                    data
+                    "--out"
+                    p "classifier"
+                    "--epochs"
+                    "1"
+                    "--batch-size"
+                    "8"
+                    "--quiet" ]
+              |> ignore
+              use g = new torch.Generator(5UL)
+              use net = new UNet(ScoreSde.Tests.UNetTests.tiny 1 12 12, g)
+              ModelFile.saveUNet (p "model") net Sde.standardVp PixelRange.Centred (Text.Json.Nodes.JsonObject())
+              let out = p "eval"
+              cliOk
+                  [ "evaluate"
+                    "--model"
+                    p "model"
+                    "--classifier"
+                    p "classifier"
+                    "--data-dir"
+                    data
+                    "--samplers"
+                    "pc,dpm"
+                    "--budgets"
+                    "2,4"
+                    "--n"
+                    "8"
+                    "--batch-size"
+                    "4"
+                    "--test-n"
+                    "8"
+                    "--grid"
+                    "5"
+                    "--seed"
+                    "3"
+                    "--out"
+                    out
+                    "--quiet" ]
+              |> ignore
+              let table = File.ReadAllLines(Path.Combine(out, "evaluation.md"))
+              let rows = table |> Array.filter (fun l -> l.StartsWith "| ") |> Array.skip 1
+              Expect.equal rows.Length 5 "4 runs and the floor"
+              let cell (row: string) (k: int) = row.Split('|').[k + 1].Trim()
+              Expect.equal (cell rows.[0] 2) "2" "pc at 2 evaluations: 1 step of predictor + corrector"
+              Expect.equal (cell rows.[3] 2) "4" "dpm at 4 evaluations"
+              for name in [ "pc-2"; "pc-4"; "dpm-2"; "dpm-4" ] do
+                  Expect.equal (pngSize (Path.Combine(out, sprintf "grid-%s.png" name))) (ImageGrid.size 5 12 12 2) name
+              Expect.equal (pngSize (Path.Combine(out, "frechet.png"))) (800, 500) "plot"
+              // the floor is 'frechet' of the first 8 training images against the first 8 test images
+              let floor = cliOk [ "frechet"; "--classifier"; p "classifier"; "--data-dir"; data; "--n"; "8" ]
+              Expect.stringContains floor (sprintf "Frechet distance %s between" (cell rows.[4] 5)) "floor"
+              // the dpm row at 4 evaluations is 'sample' with per-sample noise in the same batches, then 'frechet'
+              cliOk
+                  [ "sample"
+                    "--model"
+                    p "model"
+                    "--sampler"
+                    "dpm"
+                    "--steps"
+                    "4"
+                    "--n"
+                    "8"
+                    "--batch-size"
+                    "4"
+                    "--noise"
+                    "per-sample"
+                    "--seed"
+                    "3"
+                    "--out"
+                    p "dpm.npy"
+                    "--quiet" ]
+              |> ignore
+              let dpm =
+                  cliOk
+                      [ "frechet"
+                        "--classifier"
+                        p "classifier"
+                        "--data-dir"
+                        data
+                        "--samples"
+                        p "dpm.npy"
+                        "--n"
+                        "8" ]
+              Expect.stringContains dpm (sprintf "Frechet distance %s between" (cell rows.[3] 5)) "dpm at 4 evaluations"
+              cliFails
+                  [ "evaluate"
+                    "--model"
+                    p "model"
+                    "--classifier"
+                    p "classifier"
+                    "--data-dir"
+                    data
+                    "--samplers"
+                    "bogus"
+                    "--out"
+                    p "e2" ]
+                  "unknown sampler"
+              cliFails
+                  [ "evaluate"
+                    "--model"
+                    p "model"
+                    "--classifier"
+                    p "classifier"
+                    "--data-dir"
+                    data
+                    "--budgets"
+                    "0,2"
+                    "--out"
+                    p "e2" ]
+                  "--budgets"
           } ]
