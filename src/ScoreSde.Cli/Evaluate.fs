@@ -16,7 +16,8 @@ let private inv (v: float) (format: string) = v.ToString(format, Globalization.C
 type EvaluateRun =
     {
         ModelPath: string
-        ClassifierPath: string
+        /// None: only draw the samples and grids.
+        ClassifierPath: string option
         DataDir: string
         Samplers: string list
         /// Model evaluations per sample.
@@ -60,8 +61,9 @@ let samplerFor (name: string) (budget: int) : SamplerRun =
 /// One row of the results.
 type EvaluationRow = { Sampler: string; Label: string; Budget: int; Nfe: int; Seconds: float; Frechet: float }
 
-/// Samples of a model in batches with per-sample noise, as 8-bit levels [N, C, H, W].
-let sampleLevels (ui: Ui) (loaded: LoadedModel) (range: PixelRange) (run: SamplerRun) (count: int) (batchSize: int) (seed: int64) =
+/// Samples of a model in batches with per-sample noise, in the model's range [N, C, H, W], the most
+/// model evaluations a batch took and the seconds taken.
+let sampleBatches (ui: Ui) (loaded: LoadedModel) (run: SamplerRun) (count: int) (batchSize: int) (seed: int64) =
     let info = loaded.Info
     let mutable nfe = 0
     let watch = Diagnostics.Stopwatch.StartNew()
@@ -74,11 +76,50 @@ let sampleLevels (ui: Ui) (loaded: LoadedModel) (range: PixelRange) (run: Sample
               nfe <- max nfe result.Nfe
               if not (torch.isfinite(result.Samples).all().item<bool>()) then
                   raise (InvalidOperationException(sprintf "the %s sampler produced NaN or infinite values." run.Label))
-              (Pixels.toLevels range result.Samples).MoveToOuterDisposeScope() ]
-    let levels = torch.cat (List.toArray parts, 0L)
+              result.Samples.MoveToOuterDisposeScope() ]
+    let samples = torch.cat (List.toArray parts, 0L)
     for p in parts do
         p.Dispose()
-    levels, nfe, watch.Elapsed.TotalSeconds
+    samples, nfe, watch.Elapsed.TotalSeconds
+
+/// The samples of one sampler and budget in the output folder (OUT/samples-NAME-BUDGET.npy, floats in
+/// the model's range, and .json: label, evaluations, seconds): reused when present with the right
+/// count, else drawn and written (so an interrupted evaluation, or one run before the classifier
+/// exists, continues where it stopped).
+let private samplesOf (ui: Ui) (c: EvaluateRun) (loaded: LoadedModel) (name: string) (budget: int) (run: SamplerRun) =
+    let stem = Path.Combine(c.Out, sprintf "samples-%s-%d" name budget)
+    let npy, json = stem + ".npy", stem + ".json"
+    let expected = Array.append [| int64 c.Count |] loaded.Info.SampleShape
+    let cached =
+        if File.Exists npy && File.Exists json then
+            let a = Npy.read npy
+            let meta = Text.Json.Nodes.JsonNode.Parse(File.ReadAllText json)
+            if
+                a.Shape = expected
+                && meta.["seed"].GetValue<int64>() = c.Seed
+                && meta.["batchSize"].GetValue<int>() = c.BatchSize
+            then
+                Some(DataFile.toTensor a loaded.Info.Dtype, meta.["nfe"].GetValue<int>(), meta.["seconds"].GetValue<float>())
+            else
+                None
+        else
+            None
+    match cached with
+    | Some r ->
+        Ui.info ui (sprintf "%s: reusing %s" run.Label npy)
+        r
+    | None ->
+        let samples, nfe, seconds = sampleBatches ui loaded run c.Count c.BatchSize c.Seed
+        Shards.writeAtomically npy (fun temp -> DataFile.save temp samples)
+        let meta = Text.Json.Nodes.JsonObject()
+        meta.["label"] <- Text.Json.Nodes.JsonValue.Create run.Label
+        meta.["nfe"] <- Text.Json.Nodes.JsonValue.Create nfe
+        meta.["seconds"] <- Text.Json.Nodes.JsonValue.Create seconds
+        meta.["seed"] <- Text.Json.Nodes.JsonValue.Create c.Seed
+        meta.["batchSize"] <- Text.Json.Nodes.JsonValue.Create c.BatchSize
+        meta.["threads"] <- Text.Json.Nodes.JsonValue.Create(torch.get_num_threads ())
+        Shards.writeAtomically json (fun temp -> File.WriteAllText(temp, meta.ToJsonString()))
+        samples, nfe, seconds
 
 let private markdown (c: EvaluateRun) (accuracy: float) (testCount: int64) (floor: float) (rows: EvaluationRow list) (modelInfo: string) =
     let sb = StringBuilder()
@@ -90,7 +131,7 @@ let private markdown (c: EvaluateRun) (accuracy: float) (testCount: int64) (floo
             "Model: `%s` (%s). Classifier: `%s`, test accuracy %s%%."
             c.ModelPath
             modelInfo
-            c.ClassifierPath
+            (defaultArg c.ClassifierPath "")
             (inv (100.0 * accuracy) "F2")
     )
     line (
@@ -142,7 +183,8 @@ let private plot (path: string) (floor: float) (rows: EvaluationRow list) =
     p.ShowLegend() |> ignore
     Shards.writeAtomically path (fun temp -> Plots.save temp 800 500 p)
 
-/// Run the evaluation, write OUT/evaluation.md, OUT/frechet.png and OUT/grid-SAMPLER-BUDGET.png.
+/// Run the evaluation: samples (reused from OUT when there) and grids for every sampler and budget;
+/// with a classifier, OUT/evaluation.md and OUT/frechet.png too.
 let run (ui: Ui) (c: EvaluateRun) : int =
     if c.Budgets.IsEmpty || c.Budgets |> List.exists (fun b -> b < 1) then
         raise (ArgumentException("--budgets must list positive numbers of model evaluations, e.g. 10,20,50.", "--budgets"))
@@ -151,66 +193,83 @@ let run (ui: Ui) (c: EvaluateRun) : int =
         raise (ArgumentException(sprintf "--out must name a directory, but '%s' is a file." c.Out, "--out"))
     use loaded = ModelFile.loadNative c.ModelPath
     let range = defaultArg loaded.Info.Pixels PixelRange.Centred
-    use classifier = ClassifierFile.load c.ClassifierPath
-    let net = classifier.Classifier
-    use test =
-        use all = FashionMnist.load c.DataDir Split.Test
-        ClassifierCommand.head c.TestCount all
-    use train =
-        use all = FashionMnist.load c.DataDir Split.Train
-        ClassifierCommand.head (Some c.Count) all
-    if test.SampleShape <> loaded.Info.SampleShape then
-        raise (
-            ArgumentException(
-                sprintf
-                    "--model: its samples are [%s] but the images are [%s]."
-                    (String.Join(", ", loaded.Info.SampleShape))
-                    (String.Join(", ", test.SampleShape)),
-                "--model"
-            )
-        )
-    let features (set: ImageSet) = ClassifierTraining.imageFeatures net classifier.Pixels 500 set
-    let accuracy = ClassifierTraining.accuracy net classifier.Pixels 500 test
-    use testStats =
-        use f = features test
-        Frechet.statistics f
-    let distanceTo (set: ImageSet) =
-        use f = features set
-        use s = Frechet.statistics f
-        Frechet.distance s testStats
-    let floor = distanceTo train
-    Ui.info ui (sprintf "classifier test accuracy %s; floor (training images) %s" (inv accuracy "F4") (inv floor "F3"))
     Directory.CreateDirectory c.Out |> ignore
-    let rows =
+    // every sampler and budget first (the long part), then the measurements
+    let drawn =
         [ for name, budgets in runs do
               for budget, sampler in budgets ->
-                  let levels, nfe, seconds = sampleLevels ui loaded range sampler c.Count c.BatchSize c.Seed
-                  use levels = levels
-                  use set = { Levels = levels.alias (); Labels = None; Source = sampler.Label }
-                  let d = distanceTo set
+                  let samples, nfe, seconds = samplesOf ui c loaded name budget sampler
+                  use samples = samples
+                  let levels = Pixels.toLevels range samples
                   use shown = levels.narrow (0L, 0L, min (int64 c.GridCount) levels.shape.[0])
                   ImageGrid.writeLevels (Path.Combine(c.Out, sprintf "grid-%s-%d.png" name budget)) 2 shown
-                  Ui.info ui (sprintf "%s: Frechet distance %s (%s s)" sampler.Label (inv d "F3") (inv seconds "F0"))
-                  { Sampler = name
-                    Label = sampler.Label
-                    Budget = budget
-                    Nfe = nfe
-                    Seconds = seconds
-                    Frechet = d } ]
-    let text = markdown c accuracy test.Count floor rows loaded.Info.Description
-    Shards.writeAtomically (Path.Combine(c.Out, "evaluation.md")) (fun temp -> File.WriteAllText(temp, text))
-    plot (Path.Combine(c.Out, "frechet.png")) floor rows
-    Ui.table
-        ui
-        (sprintf
-            "Frechet distance of %d samples to %d test images (floor %s; classifier accuracy %s%%)"
-            c.Count
-            test.Count
-            (inv floor "F2")
-            (inv (100.0 * accuracy) "F2"))
-        [ "sampler"; "budget"; "evaluations"; "seconds"; "Frechet" ]
-        [ for r in rows -> [ r.Label; string r.Budget; string r.Nfe; inv r.Seconds "F0"; inv r.Frechet "F3" ] ]
-    ui.Out.WriteLine(sprintf "wrote %s, frechet.png and %d grids to %s" "evaluation.md" rows.Length c.Out)
+                  name, budget, sampler, levels, nfe, seconds ]
+    try
+        match c.ClassifierPath with
+        | None ->
+            ui.Out.WriteLine(
+                sprintf
+                    "wrote the samples and grids of %d runs to %s; give --classifier to measure them (the samples are reused)"
+                    drawn.Length
+                    c.Out
+            )
+        | Some classifierPath ->
+            use classifier = ClassifierFile.load classifierPath
+            let net = classifier.Classifier
+            use test =
+                use all = FashionMnist.load c.DataDir Split.Test
+                ClassifierCommand.head c.TestCount all
+            use train =
+                use all = FashionMnist.load c.DataDir Split.Train
+                ClassifierCommand.head (Some c.Count) all
+            if test.SampleShape <> loaded.Info.SampleShape then
+                raise (
+                    ArgumentException(
+                        sprintf
+                            "--model: its samples are [%s] but the images are [%s]."
+                            (String.Join(", ", loaded.Info.SampleShape))
+                            (String.Join(", ", test.SampleShape)),
+                        "--model"
+                    )
+                )
+            let features (set: ImageSet) = ClassifierTraining.imageFeatures net classifier.Pixels 500 set
+            let accuracy = ClassifierTraining.accuracy net classifier.Pixels 500 test
+            use testStats =
+                use f = features test
+                Frechet.statistics f
+            let distanceTo (set: ImageSet) =
+                use f = features set
+                use s = Frechet.statistics f
+                Frechet.distance s testStats
+            let floor = distanceTo train
+            let rows =
+                [ for name, budget, sampler, levels, nfe, seconds in drawn ->
+                      use set = { Levels = levels.alias (); Labels = None; Source = sampler.Label }
+                      let d = distanceTo set
+                      Ui.info ui (sprintf "%s: Frechet distance %s" sampler.Label (inv d "F3"))
+                      { Sampler = name
+                        Label = sampler.Label
+                        Budget = budget
+                        Nfe = nfe
+                        Seconds = seconds
+                        Frechet = d } ]
+            let text = markdown { c with ClassifierPath = Some classifierPath } accuracy test.Count floor rows loaded.Info.Description
+            Shards.writeAtomically (Path.Combine(c.Out, "evaluation.md")) (fun temp -> File.WriteAllText(temp, text))
+            plot (Path.Combine(c.Out, "frechet.png")) floor rows
+            Ui.table
+                ui
+                (sprintf
+                    "Frechet distance of %d samples to %d test images (floor %s; classifier accuracy %s%%)"
+                    c.Count
+                    test.Count
+                    (inv floor "F2")
+                    (inv (100.0 * accuracy) "F2"))
+                [ "sampler"; "budget"; "evaluations"; "seconds"; "Frechet" ]
+                [ for r in rows -> [ r.Label; string r.Budget; string r.Nfe; inv r.Seconds "F0"; inv r.Frechet "F3" ] ]
+            ui.Out.WriteLine(sprintf "wrote evaluation.md, frechet.png and %d grids to %s" rows.Length c.Out)
+    finally
+        for _, _, _, levels, _, _ in drawn do
+            levels.Dispose()
     0
 
 let private ints (option: string) (text: string) =
@@ -229,7 +288,8 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
             "Sample quality of an image model per sampler and budget: Frechet distance in a classifier's features to the test images, with a table, a plot and sample grids"
         )
     let model = Opt.required "--model" "An image model directory written by 'train'"
-    let classifier = Opt.required "--classifier" "A classifier directory written by 'scoresde classifier'"
+    let classifier =
+        Opt.text "--classifier" "A classifier directory written by 'scoresde classifier' (without it: only the samples and grids)" None
     let dataDir =
         Opt.text
             "--data-dir"
@@ -251,7 +311,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
             run
                 ui
                 { ModelPath = pr.GetValue model
-                  ClassifierPath = pr.GetValue classifier
+                  ClassifierPath = Option.ofObj (pr.GetValue classifier)
                   DataDir = pr.GetValue dataDir
                   Samplers =
                     (pr.GetValue samplers).Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)

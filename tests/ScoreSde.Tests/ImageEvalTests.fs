@@ -328,12 +328,10 @@ let tests =
               use net = new UNet(ScoreSde.Tests.UNetTests.tiny 1 12 12, g)
               ModelFile.saveUNet (p "model") net Sde.standardVp PixelRange.Centred (Text.Json.Nodes.JsonObject())
               let out = p "eval"
-              cliOk
+              let args =
                   [ "evaluate"
                     "--model"
                     p "model"
-                    "--classifier"
-                    p "classifier"
                     "--data-dir"
                     data
                     "--samplers"
@@ -353,7 +351,13 @@ let tests =
                     "--out"
                     out
                     "--quiet" ]
-              |> ignore
+              // without the classifier: the samples and grids only; with it, the samples are reused
+              Expect.stringContains (cliOk args) "give --classifier" "samples only"
+              let npy = Path.Combine(out, "samples-dpm-4.npy")
+              let written = File.GetLastWriteTimeUtc npy
+              Expect.equal (Npy.read npy).Shape [| 8L; 1L; 12L; 12L |] "the samples in the model's range"
+              cliOk (args @ [ "--classifier"; p "classifier" ]) |> ignore
+              Expect.equal (File.GetLastWriteTimeUtc npy) written "samples reused, not drawn again"
               let table = File.ReadAllLines(Path.Combine(out, "evaluation.md"))
               let rows = table |> Array.filter (fun l -> l.StartsWith "| ") |> Array.skip 1
               Expect.equal rows.Length 5 "4 runs and the floor"
