@@ -10,7 +10,7 @@ open System.Text
 open TorchSharp
 open ScoreSde
 
-let private inv (v: float) (format: string) = v.ToString(format, Globalization.CultureInfo.InvariantCulture)
+let private inv = Commands.inv
 
 /// What `evaluate` was asked to do.
 type EvaluateRun =
@@ -290,11 +290,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
     let model = Opt.required "--model" "An image model directory written by 'train'"
     let classifier =
         Opt.text "--classifier" "A classifier directory written by 'scoresde classifier' (without it: only the samples and grids)" None
-    let dataDir =
-        Opt.text
-            "--data-dir"
-            "Directory of MNIST-format train/t10k files (apt-get install dataset-fashion-mnist)"
-            (Some FashionMnist.defaultDirectory)
+    let dataDir = ImageEval.dataDirOption ()
     let samplers = Opt.text "--samplers" "Samplers, separated by commas: pc, sde, ode, dpm" (Some "pc,ode,dpm")
     let budgets = Opt.text "--budgets" "Model evaluations per sample, separated by commas" (Some "10,20,50")
     let n = Opt.intAtLeast 2 "--n" "Samples per sampler and budget (and training images for the floor)" (Some 2000)

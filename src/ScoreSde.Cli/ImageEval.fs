@@ -8,7 +8,7 @@ open System.CommandLine
 open TorchSharp
 open ScoreSde
 
-let private inv (v: float) (format: string) = v.ToString(format, Globalization.CultureInfo.InvariantCulture)
+let private inv = Commands.inv
 
 /// Which images `likelihood --dataset` scores.
 type ImageData =
@@ -134,7 +134,8 @@ let baselines (ui: Ui) (c: BaselinesRun) : int =
     Ui.info ui (sprintf "%s s" (inv watch.Elapsed.TotalSeconds "F1"))
     0
 
-let private dataDirOption () =
+/// The `--data-dir` option of the image commands.
+let dataDirOption () =
     Opt.text
         "--data-dir"
         "Directory of MNIST-format train/t10k files (apt-get install dataset-fashion-mnist)"

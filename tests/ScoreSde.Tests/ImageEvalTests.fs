@@ -28,6 +28,14 @@ let private bitsColumn (path: string) =
     |> Array.filter (fun l -> l.Trim() <> "")
     |> Array.map (fun l -> Double.Parse(l.Split(',').[1], Globalization.CultureInfo.InvariantCulture))
 
+/// `likelihood` of a model on the MNIST-format images in `data`.
+let private datasetLikelihood (model: string) (data: string) (extra: string list) =
+    [ "likelihood"; "--model"; model; "--dataset"; "fashion-mnist"; "--data-dir"; data ] @ extra
+
+/// `likelihood` of the exact Gaussian image model (pixels in [-1, 1]) on the images in `data`.
+let private gaussianLikelihood (data: string) (extra: string list) =
+    datasetLikelihood (fixture "gaussian_image_eps.pt") data ([ "--pixels"; "centred" ] @ extra)
+
 // VP-SDE (beta 0.1 .. 20): alpha_t and the variance of x_t for elements N(mu, s^2) (the fixture's law)
 let private alpha (t: float) = exp (-0.25 * t * t * 19.9 - 0.05 * t)
 let private variance (s: float) (t: float) = alpha t ** 2.0 * s * s + 1.0 - alpha t ** 2.0
@@ -127,23 +135,7 @@ let tests =
               let data = p "data"
               Directory.CreateDirectory data |> ignore
               writeSplit data "t10k" 7 4 3 false
-              let common =
-                  [ "likelihood"
-                    "--model"
-                    fixture "gaussian_image_eps.pt"
-                    "--dataset"
-                    "fashion-mnist"
-                    "--data-dir"
-                    data
-                    "--pixels"
-                    "centred"
-                    "--hutchinson"
-                    "1"
-                    "--batch-size"
-                    "2"
-                    "--seed"
-                    "4"
-                    "--quiet" ]
+              let common = gaussianLikelihood data [ "--hutchinson"; "1"; "--batch-size"; "2"; "--seed"; "4"; "--quiet" ]
               cliOk (common @ [ "--out"; p "single-l.csv" ]) |> ignore
               let parts = [ for k in 0..2 -> p (sprintf "l-%d.csv" k) ]
               parts
@@ -179,25 +171,7 @@ let tests =
               Directory.CreateDirectory data |> ignore
               writeSplit data "t10k" 5 3 4 true
               let out = Path.Combine(temp.Path, "l.csv")
-              let summary =
-                  cliOk
-                      [ "likelihood"
-                        "--model"
-                        fixture "gaussian_image_eps.pt"
-                        "--dataset"
-                        "fashion-mnist"
-                        "--data-dir"
-                        data
-                        "--pixels"
-                        "centred"
-                        "--hutchinson"
-                        "2"
-                        "--seed"
-                        "9"
-                        "--n"
-                        "4"
-                        "--out"
-                        out ]
+              let summary = cliOk (gaussianLikelihood data [ "--hutchinson"; "2"; "--seed"; "9"; "--n"; "4"; "--out"; out ])
               Expect.stringContains summary "over 4 points of the test split" "the first --n images"
               let bits = bitsColumn out
               Expect.equal bits.Length 4 "one row per image"
@@ -215,24 +189,8 @@ let tests =
               printfn "Gaussian image likelihood: largest bits/dim error %.2e" worst
               // dopri5 at rtol = atol = 1e-5 on float32 evaluations: a few 1e-5 in log p per element
               Expect.isLessThan worst 2e-4 "bits/dim against the closed form"
-              cliFails
-                  [ "likelihood"
-                    "--model"
-                    fixture "gaussian_image_eps.pt"
-                    "--dataset"
-                    "fashion-mnist"
-                    "--data-dir"
-                    data ]
-                  "--pixels"
-              cliFails
-                  [ "likelihood"
-                    "--model"
-                    fixture "unet_tiny_model"
-                    "--dataset"
-                    "fashion-mnist"
-                    "--data-dir"
-                    data ]
-                  "shape"
+              cliFails (datasetLikelihood (fixture "gaussian_image_eps.pt") data []) "--pixels"
+              cliFails (datasetLikelihood (fixture "unet_tiny_model") data []) "shape"
           }
 
           test "dequantisation: one draw per pixel inside its bin, the same for an image in any batch" {
@@ -403,30 +361,19 @@ let tests =
                         "--n"
                         "8" ]
               Expect.stringContains dpm (sprintf "Frechet distance %s between" (cell rows.[3] 5)) "dpm at 4 evaluations"
-              cliFails
-                  [ "evaluate"
-                    "--model"
-                    p "model"
-                    "--classifier"
-                    p "classifier"
-                    "--data-dir"
-                    data
-                    "--samplers"
-                    "bogus"
-                    "--out"
-                    p "e2" ]
-                  "unknown sampler"
-              cliFails
-                  [ "evaluate"
-                    "--model"
-                    p "model"
-                    "--classifier"
-                    p "classifier"
-                    "--data-dir"
-                    data
-                    "--budgets"
-                    "0,2"
-                    "--out"
-                    p "e2" ]
-                  "--budgets"
+              let fails (extra: string list) (fragment: string) =
+                  cliFails
+                      ([ "evaluate"
+                         "--model"
+                         p "model"
+                         "--classifier"
+                         p "classifier"
+                         "--data-dir"
+                         data
+                         "--out"
+                         p "e2" ]
+                       @ extra)
+                      fragment
+              fails [ "--samplers"; "bogus" ] "unknown sampler"
+              fails [ "--budgets"; "0,2" ] "--budgets"
           } ]
