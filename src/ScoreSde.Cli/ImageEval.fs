@@ -180,7 +180,23 @@ let mergeCommand (act: (Ui -> int) -> ParseResult -> int) =
         pr
         |> act (fun ui ->
             let files = pr.GetValue inputs |> Array.toList
-            let rows = Shards.merge (pr.GetValue out) files
-            ui.Out.WriteLine(sprintf "merged %d files, %d rows, into %s" files.Length rows (pr.GetValue out))
+            let target = pr.GetValue out
+            let rows = Shards.merge target files
+            ui.Out.WriteLine(sprintf "merged %d files, %d rows, into %s" files.Length rows target)
+            // the shards of a likelihood run: the whole run's mean bits/dim
+            let lines =
+                if target.EndsWith(".csv", StringComparison.OrdinalIgnoreCase) then
+                    IO.File.ReadAllLines target
+                else
+                    [||]
+            match lines |> Array.tryHead |> Option.map (fun h -> Array.IndexOf(h.Split(','), "bits_per_dim")) with
+            | Some column when column >= 0 ->
+                let bits =
+                    lines.[1..]
+                    |> Array.filter (fun l -> l.Trim() <> "")
+                    |> Array.map (fun l -> Double.Parse(l.Split(',').[column], Globalization.CultureInfo.InvariantCulture))
+                let m, se = Commands.meanAndError bits
+                ui.Out.WriteLine(sprintf "%s bits/dim (+- %s standard error) over %d points" (inv m "F4") (inv se "F4") bits.Length)
+            | _ -> ()
             0))
     cmd

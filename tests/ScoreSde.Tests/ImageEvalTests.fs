@@ -140,7 +140,13 @@ let tests =
               let parts = [ for k in 0..2 -> p (sprintf "l-%d.csv" k) ]
               parts
               |> List.iteri (fun k out -> cliOk (common @ [ "--shard"; sprintf "%d/3" k; "--out"; out ]) |> ignore)
-              cliOk ([ "merge"; p "merged-l.csv" ] @ parts) |> ignore
+              let merged = cliOk ([ "merge"; p "merged-l.csv" ] @ parts)
+              let single = File.ReadAllLines(p "single-l.csv")
+              let bits =
+                  single.[1..]
+                  |> Array.map (fun l -> Double.Parse(l.Split(',').[1], Globalization.CultureInfo.InvariantCulture))
+              let mean = (Array.average bits).ToString("F4", Globalization.CultureInfo.InvariantCulture)
+              Expect.stringContains merged (mean + " bits/dim") "merge prints the run's mean bits/dim"
               Expect.sequenceEqual (File.ReadAllBytes(p "merged-l.csv")) (File.ReadAllBytes(p "single-l.csv")) "likelihood bitwise"
           }
 
