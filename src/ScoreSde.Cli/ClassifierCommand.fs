@@ -109,7 +109,7 @@ type FrechetRun =
     { Classifier: string; DataDir: string; Samples: string option; Reference: Split; Count: int option }
 
 /// The first `count` images of a set (all when None), as a new set.
-let private head (count: int option) (set: ImageSet) =
+let head (count: int option) (set: ImageSet) =
     let n =
         match count with
         | Some c -> min (int64 c) set.Count

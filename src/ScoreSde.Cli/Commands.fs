@@ -49,6 +49,12 @@ type SampleCommand =
         Shape: int64[]
         /// Known values and class guidance.
         Condition: ConditionSettings
+        /// Samples per sampler run (None: all in one batch).
+        BatchSize: int option
+        /// Noise per sample (seeded by the seed and the sample's index) instead of one stream.
+        PerSampleNoise: bool
+        /// This machine's part of the run (`--shard K/N`; per-sample noise).
+        Shard: Shard option
     }
 
 /// Settings of `likelihood` (and of the held-out bits/dim in `demo`).
@@ -69,6 +75,10 @@ type LikelihoodCommand =
         /// Per-point results (.csv or .npy): log-likelihood in nats and bits/dim.
         Out: string option
         TimeScale: float
+        /// Hutchinson probes per point (seeded by the seed and the point's index) instead of one stream.
+        PerSampleNoise: bool
+        /// This machine's part of the points (`--shard K/N`; per-sample noise).
+        Shard: Shard option
     }
 
 /// Settings of `demo`.
@@ -222,8 +232,7 @@ module Commands =
 
     /// Run a sampler with a progress bar, recording the first `paths` samples' trajectories when
     /// `paths` > 0. Returns the result, the seconds taken and the paths.
-    let internal runSampler (ui: Ui) (s: SamplerRun) (sde: Sde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
-        let noise = Noise.fromSeed seed xT.device
+    let internal runSamplerWith (ui: Ui) (s: SamplerRun) (sde: Sde) (model: Model) (xT: Tensor) (noise: Noise) (paths: int64) =
         let recorder = if paths > 0L then Some(PathRecorder(xT, paths)) else None
         let watch = Stopwatch.StartNew()
         let result =
@@ -235,6 +244,38 @@ module Commands =
                 Sampler.sample sde model { s.Sampling with Observer = observer } noise xT)
         watch.Stop()
         result, watch.Elapsed.TotalSeconds, (recorder |> Option.map (fun r -> r.Paths) |> Option.defaultValue [])
+
+    /// `runSamplerWith` with the sampler's noise from `seed` (one stream for the batch).
+    let internal runSampler (ui: Ui) (s: SamplerRun) (sde: Sde) (model: Model) (xT: Tensor) (seed: int64) (paths: int64) =
+        runSamplerWith ui s sde model xT (Noise.fromSeed seed xT.device) paths
+
+    /// Log-likelihoods of the batches (first item, count) of a run, with a progress bar: `batch first
+    /// count` makes a batch's points in the model's space and `noiseOf first` its Hutchinson noise;
+    /// `correction` is added to every log p. Per-point log p in nats, the model evaluations and the
+    /// seconds taken.
+    let logLikelihoodsOf
+        (ui: Ui)
+        (sde: Sde)
+        (model: Model)
+        (settings: LikelihoodSettings)
+        (batches: (int * int) list)
+        (noiseOf: int -> Noise)
+        (batch: int -> int -> Tensor)
+        (correction: float)
+        : float[] * int * float =
+        let logp = ResizeArray<float>()
+        let mutable nfe = 0
+        let watch = Stopwatch.StartNew()
+        let total = batches |> List.sumBy snd
+        Ui.progress ui (sprintf "likelihood of %d points" total) batches.Length (fun advance ->
+            for first, count in batches do
+                use scope = torch.NewDisposeScope()
+                let x = batch first count
+                use r = Likelihood.compute sde model settings (noiseOf first) x
+                logp.AddRange(host r.LogLikelihood |> Array.map (fun v -> v + correction))
+                nfe <- nfe + r.Nfe
+                advance ())
+        logp.ToArray(), nfe, watch.Elapsed.TotalSeconds
 
     /// Log-likelihoods of data points [N, D] (data space) in batches, with a progress bar: per-point
     /// log p in nats and bits/dim, the model evaluations and the seconds taken. A standardised model
@@ -249,31 +290,16 @@ module Commands =
         (batchSize: int)
         (points: Tensor)
         : float[] * float[] * int * float =
-        let n = points.shape.[0]
         let dim = float points.shape.[1]
-        let batches = int ((n + int64 batchSize - 1L) / int64 batchSize)
-        let logp = ResizeArray<float>()
-        let mutable nfe = 0
-        let watch = Stopwatch.StartNew()
-        Ui.progress ui (sprintf "likelihood of %d points" n) batches (fun advance ->
-            for b in 0 .. batches - 1 do
-                use scope = torch.NewDisposeScope()
-                let start = int64 b * int64 batchSize
-                let chunk = points.narrow (0L, start, min (int64 batchSize) (n - start))
-                let x =
-                    match st with
-                    | Some s -> Standardisation.apply s chunk
-                    | None -> chunk
-                use r = Likelihood.compute sde model settings noise x
-                let correction =
-                    match st with
-                    | Some s -> Standardisation.logDetJacobian s
-                    | None -> 0.0
-                logp.AddRange(host r.LogLikelihood |> Array.map (fun v -> v + correction))
-                nfe <- nfe + r.Nfe
-                advance ())
-        let logp = logp.ToArray()
-        logp, logp |> Array.map (fun v -> -v / (dim * Math.Log 2.0)), nfe, watch.Elapsed.TotalSeconds
+        let batch (first: int) (count: int) =
+            let chunk = points.narrow (0L, int64 first, int64 count)
+            match st with
+            | Some s -> Standardisation.apply s chunk
+            | None -> chunk
+        let correction = st |> Option.map Standardisation.logDetJacobian |> Option.defaultValue 0.0
+        let batches = Shards.batches (int points.shape.[0]) batchSize None
+        let logp, nfe, seconds = logLikelihoodsOf ui sde model settings batches (fun _ -> noise) batch correction
+        logp, logp |> Array.map (fun v -> -v / (dim * Math.Log 2.0)), nfe, seconds
 
     /// Mean and standard error of the mean.
     let meanAndError (v: float[]) =
@@ -289,6 +315,66 @@ module Commands =
                 match hutchinson with
                 | Some k -> Divergence.Hutchinson(Probe.Rademacher, k)
                 | None -> Divergence.Exact }
+
+    /// The batches of `n` points this run computes (this shard's) and each batch's Hutchinson noise:
+    /// one stream for the run, or per point (`--noise per-sample`, implied by `--shard`).
+    let likelihoodBatches (c: LikelihoodCommand) (n: int) : (int * int) list * (int -> Noise) =
+        let batches = Shards.batches n c.BatchSize c.Shard
+        if batches.IsEmpty then
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--shard %d/%d gets no batch: %d points in batches of %d; give a smaller --batch-size or fewer shards."
+                        c.Shard.Value.Index
+                        c.Shard.Value.Count
+                        n
+                        c.BatchSize,
+                    "--shard"
+                )
+            )
+        if c.PerSampleNoise || c.Shard.IsSome then
+            batches, (fun first -> Noise.perSampleFrom c.Seed first)
+        else
+            let stream = Noise.fromSeed c.Seed torch.CPU
+            batches, (fun _ -> stream)
+
+    /// Write the per-point results (`--out`) and print the mean bits/dim with its standard error.
+    let reportLikelihoods
+        (ui: Ui)
+        (c: LikelihoodCommand)
+        (batches: (int * int) list)
+        (logp: float[])
+        (bpd: float[])
+        (nfe: int)
+        (seconds: float)
+        (what: string)
+        =
+        c.Out
+        |> Option.iter (fun o ->
+            let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
+            let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
+            Shards.writeAtomically o (fun temp ->
+                if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
+                    Npy.write temp table
+                else
+                    Csv.write temp (Some [| "log_likelihood"; "bits_per_dim" |]) table))
+        let m, se = meanAndError bpd
+        let ml, _ = meanAndError logp
+        let first = fst batches.Head
+        ui.Out.WriteLine(
+            sprintf
+                "%s bits/dim (+- %s standard error) over %d points of %s%s; mean log-likelihood %s nats; %d model evaluations, %s s"
+                (inv m "F4")
+                (inv se "F4")
+                logp.Length
+                what
+                (match c.Shard with
+                 | Some sh -> sprintf " (%s: points %d..%d)" (Shards.describe sh) first (first + logp.Length - 1)
+                 | None -> "")
+                (inv ml "F4")
+                nfe
+                (inv seconds "F1")
+        )
 
     /// `likelihood`: bits/dim of a data file under a model, through the probability-flow ODE.
     let likelihood (ui: Ui) (c: LikelihoodCommand) : int =
@@ -322,30 +408,17 @@ module Commands =
         Ui.info ui (sprintf "model: %s" info.Description)
         use points = data.to_type (info.Dtype)
         let settings = likelihoodSettings c.Rtol c.Atol c.Eps c.Hutchinson
-        let logp, bpd, nfe, seconds =
-            logLikelihoods ui info.Sde loaded.Model info.Standardisation settings (Noise.fromSeed c.Seed torch.CPU) c.BatchSize points
-        c.Out
-        |> Option.iter (fun o ->
-            let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
-            let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
-            Outputs.writeFile o (fun temporary ->
-                if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
-                    Npy.write temporary table
-                else
-                    Csv.write temporary (Some [| "log_likelihood"; "bits_per_dim" |]) table))
-        let m, se = meanAndError bpd
-        let ml, _ = meanAndError logp
-        ui.Out.WriteLine(
-            sprintf
-                "%s bits/dim (+- %s standard error) over %d points of %s; mean log-likelihood %s nats; %d model evaluations, %s s"
-                (inv m "F4")
-                (inv se "F4")
-                logp.Length
-                c.Data
-                (inv ml "F4")
-                nfe
-                (inv seconds "F1")
-        )
+        let st = info.Standardisation
+        let batch (first: int) (count: int) =
+            let chunk = points.narrow (0L, int64 first, int64 count)
+            match st with
+            | Some s -> Standardisation.apply s chunk
+            | None -> chunk
+        let batches, noiseOf = likelihoodBatches c (int points.shape.[0])
+        let correction = st |> Option.map Standardisation.logDetJacobian |> Option.defaultValue 0.0
+        let logp, nfe, seconds = logLikelihoodsOf ui info.Sde loaded.Model settings batches noiseOf batch correction
+        let bpd = logp |> Array.map (fun v -> -v / (float dim * Math.Log 2.0))
+        reportLikelihoods ui c batches logp bpd nfe seconds c.Data
         0
 
     /// `sample`: draw samples from a saved or TorchScript model and write them to a file.
@@ -361,7 +434,7 @@ module Commands =
               SampleShape = c.Shape }
         // a class-conditional TorchScript model (--classes), guided by --label / --guidance; else a model
         // directory or a TorchScript forward(x, t)
-        let model, info, owner, labels =
+        let model, info, owner, labels, conditional =
             match c.Condition.Classes with
             | Some classes ->
                 let cm, owner = Conditioning.loadConditionalTorchScript c.ModelPath c.TimeScale ModelOutput.Noise classes
@@ -381,7 +454,7 @@ module Commands =
                                 (Path.GetFileName c.ModelPath)
                                 c.Condition.Label.Value
                                 (defaultArg c.Condition.Guidance 0.0) }
-                    model, info, owner, Some labels
+                    model, info, owner, Some labels, Some(cm, classes)
                 with _ ->
                     owner.Dispose()
                     reraise ()
@@ -399,17 +472,18 @@ module Commands =
                 with _ ->
                     (loaded :> IDisposable).Dispose()
                     reraise ()
-                loaded.Model, loaded.Info, (loaded :> IDisposable), None
+                loaded.Model, loaded.Info, (loaded :> IDisposable), None, None
         use _owner = owner
         use _labels =
             match labels with
             | Some l -> l
             | None -> null
-        if ext = ".png" && info.SampleShape <> [| 2L |] then
+        let image = info.SampleShape.Length = 3
+        if ext = ".png" && info.SampleShape <> [| 2L |] && not image then
             raise (
                 ArgumentException(
                     sprintf
-                        "--out: a .png scatter plot needs 2-D samples, but this model's samples have shape [%s]; write .csv or .npy."
+                        "--out: a .png needs 2-D samples (a scatter plot) or images C x H x W (a grid), but this model's samples have shape [%s]; write .csv or .npy."
                         (String.Join(", ", info.SampleShape)),
                     "--out"
                 )
@@ -424,11 +498,55 @@ module Commands =
                         k.Values.Dispose()
                         k.Mask.Dispose()
                         k.Basis |> Option.iter (fun b -> b.Dispose())) }
-        let sampler = { c.Sampler with Sampling = { c.Sampler.Sampling with Condition = condition } }
-        let noise = Noise.fromSeed c.Seed torch.CPU
-        use xT = Sampler.prior info.Sde (Array.append [| int64 c.Count |] info.SampleShape) info.Dtype torch.CPU noise
-        let result, seconds, _ = Conditioning.namingOptions (fun () -> runSampler ui sampler info.Sde model xT (c.Seed + 1L) 0L)
-        use raw = result.Samples
+        // batches of the whole run (this shard's); one noise stream for the run, or one per sample
+        let batches = Shards.batches c.Count (defaultArg c.BatchSize c.Count) c.Shard
+        let perSample = c.PerSampleNoise || c.Shard.IsSome
+        let priorStream, samplerStream = Noise.fromSeed c.Seed torch.CPU, Noise.fromSeed (c.Seed + 1L) torch.CPU
+        let mutable nfe = 0
+        let mutable seconds = 0.0
+        let parts =
+            [ for first, count in batches ->
+                  use scope = torch.NewDisposeScope()
+                  let slice (t: Tensor) =
+                      if t.shape.[0] = int64 c.Count && count <> c.Count then
+                          t.narrow (0L, int64 first, int64 count)
+                      else
+                          t
+                  let batchCondition = condition |> Option.map (fun k -> { k with Values = slice k.Values; Mask = slice k.Mask })
+                  // a guided model labels a whole batch (its labels are made in this scope)
+                  let model =
+                      match conditional with
+                      | Some(cm, classes) when count <> c.Count -> fst (Conditioning.guided c.Condition cm classes count)
+                      | _ -> model
+                  let sampler = { c.Sampler with Sampling = { c.Sampler.Sampling with Condition = batchCondition } }
+                  let priorNoise, noise =
+                      if perSample then
+                          let n = Noise.perSampleFrom c.Seed first
+                          n, n
+                      else
+                          priorStream, samplerStream
+                  let xT = Sampler.prior info.Sde (Array.append [| int64 count |] info.SampleShape) info.Dtype torch.CPU priorNoise
+                  let result, s, _ = Conditioning.namingOptions (fun () -> runSamplerWith ui sampler info.Sde model xT noise 0L)
+                  // evaluations per sample: the most any batch took (adaptive solvers differ by batch)
+                  nfe <- max nfe result.Nfe
+                  seconds <- seconds + s
+                  result.Samples.MoveToOuterDisposeScope() ]
+        if parts.IsEmpty then
+            raise (
+                ArgumentException(
+                    sprintf
+                        "--shard %d/%d gets no batch: %d samples in batches of %d make %d batches; give a smaller --batch-size or fewer shards."
+                        c.Shard.Value.Index
+                        c.Shard.Value.Count
+                        c.Count
+                        (defaultArg c.BatchSize c.Count)
+                        ((c.Count + defaultArg c.BatchSize c.Count - 1) / defaultArg c.BatchSize c.Count),
+                    "--shard"
+                )
+            )
+        use raw = torch.cat (List.toArray parts, 0L)
+        for p in parts do
+            p.Dispose()
         use samples =
             match info.Standardisation with
             | Some st -> Standardisation.invert st raw
@@ -442,6 +560,7 @@ module Commands =
                 )
             )
         match ext with
+        | ".png" when image -> ImageGrid.write c.Out (defaultArg info.Pixels PixelRange.Centred) 1 samples
         | ".png" ->
             let cloud = Plots.cloud samples
             Plots.save
@@ -450,7 +569,23 @@ module Commands =
                 800
                 (Plots.scatterPlot (sprintf "%d samples: %s" c.Count c.Sampler.Label) (Some(Plots.limitsOf cloud)) cloud 1)
         | _ -> Outputs.writeFile c.Out (fun temporary -> DataFile.save temporary samples)
+        let written = samples.shape.[0]
         ui.Out.WriteLine(
-            sprintf "wrote %d samples to %s (%s, %d model evaluations, %s s)" c.Count c.Out c.Sampler.Label result.Nfe (inv seconds "F2")
+            sprintf
+                "wrote %d samples%s to %s (%s, %d model evaluations, %s s)"
+                written
+                (match c.Shard with
+                 | Some sh ->
+                     sprintf
+                         " (%s: samples %d..%d of %d)"
+                         (Shards.describe sh)
+                         (fst batches.Head)
+                         (fst batches.Head + int written - 1)
+                         c.Count
+                 | None -> "")
+                c.Out
+                c.Sampler.Label
+                nfe
+                (inv seconds "F2")
         )
         0

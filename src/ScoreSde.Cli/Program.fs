@@ -65,6 +65,25 @@ let private parseShape (text: string) =
 
 let private datasetNames = ToyDataset.all |> List.map ToyDataset.name
 
+let private noiseOption =
+    Opt.choice
+        "--noise"
+        "'stream': one noise stream for the run (PyTorch's for the seed); 'per-sample': each sample's own stream, seeded by the seed and its index (what --shard uses: the same bits in any shard)"
+        [ "stream"; "per-sample" ]
+        None
+let private shardOption =
+    Opt.text
+        "--shard"
+        "K/N: run shard K (0 .. N-1) of N, its whole batches of --batch-size, per-sample noise; 'scoresde merge' joins the outputs"
+        None
+let private shardValue (pr: ParseResult) = pr.GetValue shardOption |> Option.ofObj |> Option.map Shards.parse
+let private perSampleNoise (pr: ParseResult) =
+    match pr.GetValue noiseOption, shardValue pr with
+    | null, shard -> shard.IsSome
+    | n, Some _ when n.ToLowerInvariant() = "stream" ->
+        raise (ArgumentException("--shard draws per-sample noise; leave out --noise stream.", "--noise"))
+    | n, _ -> n.ToLowerInvariant() = "per-sample"
+
 // ---- commands ----
 
 let private demoCommand (act: (Ui -> int) -> ParseResult -> int) =
@@ -245,6 +264,9 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
             1
             "--classes"
             "TorchScript class-conditional models (forward(x, t, labels)): the number of classes K; label K is the null label"
+    let batch = Opt.intAtLeastOrNone 1 "--batch-size" "Samples per sampler run (default: all in one)"
+    for o in [ batch :> Option; noiseOption; shardOption ] do
+        cmd.Add o
     for o in
         [ modelOption :> Option
           sdeForModel
@@ -294,13 +316,28 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
                          | _ -> Some Replacement.FixedLatent)
                       Label = Option.ofNullable (pr.GetValue label)
                       Guidance = Option.ofNullable (pr.GetValue guidance)
-                      Classes = Option.ofNullable (pr.GetValue classes) } }))
+                      Classes = Option.ofNullable (pr.GetValue classes) }
+                  BatchSize = Option.ofNullable (pr.GetValue batch)
+                  PerSampleNoise = perSampleNoise pr
+                  Shard = shardValue pr }))
     cmd
 
 let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
     let cmd =
         Command("likelihood", "Bits/dim of data under a model, through the probability-flow ODE (Song et al. 2021, appendix D.2)")
-    let data = Opt.required "--data" "Points to evaluate: a .csv or .npy file of N points by D coordinates"
+    let data = Opt.text "--data" "Points to evaluate: a .csv or .npy file of N points by D coordinates" None
+    let dataset =
+        Opt.choice "--dataset" "Images to evaluate instead of --data (dequantised 8-bit pixels)" [ "fashion-mnist" ] None
+    let dataDir =
+        Opt.text "--data-dir" "With --dataset: the directory of MNIST-format files" (Some FashionMnist.defaultDirectory)
+    let split = Opt.choice "--split" "With --dataset: the split" [ "test"; "train" ] (Some "test")
+    let count = Opt.intAtLeastOrNone 1 "--n" "With --dataset: only the first N images"
+    let pixels =
+        Opt.choice
+            "--pixels"
+            "With --dataset, TorchScript models: their pixel range (a model directory stores its own)"
+            [ "centred"; "zero-one" ]
+            None
     let rtol = Opt.positive "--rtol" "Relative tolerance of the adaptive ODE solver" (Some 1e-5)
     let atol = Opt.positive "--atol" "Absolute tolerance of the adaptive ODE solver" (Some 1e-5)
     let eps = Opt.inRange 1e-7 1.0 "--eps" "Time at which the data are taken (the integration starts there)" (Some 1e-5)
@@ -322,14 +359,25 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
           seed
           batch
           out
-          timeScale ] do
+          timeScale
+          dataset
+          dataDir
+          split
+          count
+          pixels
+          noiseOption
+          shardOption ] do
         cmd.Add o
+    cmd.Validators.Add(fun r ->
+        match isNull (r.GetResult data), isNull (r.GetResult dataset) with
+        | false, false -> r.AddError "give either --data or --dataset, not both"
+        | true, true -> r.AddError "give --data FILE or --dataset fashion-mnist"
+        | _ -> ())
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
         |> act (fun ui ->
             let k = pr.GetValue hutchinson
-            Commands.likelihood
-                ui
+            let c: LikelihoodCommand =
                 { ModelPath = pr.GetValue modelOption
                   Sde = Samplers.sdeValue pr sdeForModel
                   Data = pr.GetValue data
@@ -340,7 +388,19 @@ let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
                   Seed = pr.GetValue seed
                   BatchSize = pr.GetValue batch
                   Out = Option.ofObj (pr.GetValue out)
-                  TimeScale = pr.GetValue timeScale }))
+                  TimeScale = pr.GetValue timeScale
+                  PerSampleNoise = perSampleNoise pr
+                  Shard = shardValue pr }
+            match pr.GetValue dataset with
+            | null -> Commands.likelihood ui c
+            | _ ->
+                ImageEval.likelihood
+                    ui
+                    c
+                    { DataDir = pr.GetValue dataDir
+                      Split = (if Opt.choiceValue pr split = "train" then Split.Train else Split.Test)
+                      Count = Option.ofNullable (pr.GetValue count)
+                      Pixels = pr.GetValue pixels |> Option.ofObj |> Option.bind Pixels.tryParse }))
     cmd
 
 /// The root command and its subcommands.
@@ -370,6 +430,9 @@ let rootCommand () =
     root.Add(likelihoodCommand act)
     root.Add(ClassifierCommand.command act)
     root.Add(ClassifierCommand.frechetCommand act)
+    root.Add(ImageEval.baselinesCommand act)
+    root.Add(ImageEval.mergeCommand act)
+    root.Add(Evaluate.command act)
     root
 
 /// A parse error's .NET type name in words: "expected type 'System.Nullable`1[System.Int32]'" becomes

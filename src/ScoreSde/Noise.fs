@@ -52,11 +52,13 @@ module Noise =
     /// Seed of sample `index`'s stream under `perSample seed`.
     let sampleSeed (seed: int64) (index: int) : uint64 = mix (uint64 seed + 0x9e3779b97f4a7c15UL * (uint64 index + 1UL))
 
-    /// Batch-size-independent noise: sample i of every batch draws from its own stream, seeded by
-    /// (seed, i). Sample i then gets the same noise whatever the batch size, so a batch of 1 reproduces
-    /// the first sample of a batch of 1000. Costs one generator call per sample per draw.
-    let perSample (seed: int64) : Noise =
+    /// Per-sample noise for a batch that holds samples first, first + 1, ... of a larger run: row i
+    /// draws from the stream of sample first + i, seeded by (seed, first + i). A run split into batches
+    /// (or over machines, `scoresde sample --shard`) gives every sample the noise it gets in one batch.
+    let perSampleFrom (seed: int64) (first: int) : Noise =
         Native.ensureLoaded ()
+        if first < 0 then
+            Check.fail "first" first "a sample index >= 0"
         let generators = Dictionary<int * string, torch.Generator>()
         let fill (t: Tensor) =
             let batch = if t.dim () = 0L then 1 else int t.shape.[0]
@@ -67,7 +69,7 @@ module Noise =
                     match generators.TryGetValue key with
                     | true, g -> g
                     | _ ->
-                        let g = new torch.Generator(sampleSeed seed i, dev)
+                        let g = new torch.Generator(sampleSeed seed (first + i), dev)
                         generators.[key] <- g
                         g
                 if t.dim () = 0L then
@@ -75,7 +77,17 @@ module Noise =
                 else
                     use row = t.select (0L, int64 i)
                     row.normal_ (0.0, 1.0, g) |> ignore
-        { Fill = fill; Description = sprintf "per-sample seed %d" seed }
+        { Fill = fill
+          Description =
+            (if first = 0 then
+                 sprintf "per-sample seed %d" seed
+             else
+                 sprintf "per-sample seed %d from sample %d" seed first) }
+
+    /// Batch-size-independent noise: sample i of every batch draws from its own stream, seeded by
+    /// (seed, i). Sample i then gets the same noise whatever the batch size, so a batch of 1 reproduces
+    /// the first sample of a batch of 1000. Costs one generator call per sample per draw.
+    let perSample (seed: int64) : Noise = perSampleFrom seed 0
 
     /// A faster source of N(0, 1) noise for the core samplers, offered as an option: it does NOT give
     /// PyTorch's stream (use `fromGenerator` for that; the diffusers-compatible scheduler always does).
