@@ -320,6 +320,8 @@ let rootCommand () =
     root.Add(likelihoodCommand act)
     root.Add(ClassifierCommand.command act)
     root.Add(ClassifierCommand.frechetCommand act)
+    root.Add(ImageConditioning.command act)
+    root.Add(GuidanceSweep.command act)
     root
 
 /// Run the command line with the given writers; returns the exit code (0 success, 1 failure,
