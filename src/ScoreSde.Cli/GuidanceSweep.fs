@@ -80,7 +80,8 @@ let private sampleAll (ui: Ui) (c: SweepRun) (info: ModelInfo) (cm: ConditionalM
                    let xT =
                        Sampler.prior info.Sde (Array.append [| int64 count |] shape) info.Dtype torch.CPU (Noise.fromSeed seed torch.CPU)
                    let r = Sampler.sample info.Sde model c.Sampler.Sampling (Noise.fromSeed (seed + 1L) torch.CPU) xT
-                   nfe <- nfe + r.Nfe
+                   // every batch runs the same schedule: the evaluations per sample
+                   nfe <- max nfe r.Nfe
                    advance ()
                    yield r.Samples |])
     let all = torch.cat (parts, 0L)
@@ -91,7 +92,7 @@ let private sampleAll (ui: Ui) (c: SweepRun) (info: ModelInfo) (cm: ConditionalM
 /// The markdown table of the rows.
 let table (rows: SweepRow list) =
     let sb = StringBuilder()
-    sb.AppendLine("| w | samples | classifier accuracy | Frechet distance | model evaluations | seconds |")
+    sb.AppendLine("| w | samples | classifier accuracy | Frechet distance | guided-model evaluations | seconds |")
     |> ignore
     sb.AppendLine("|---:|---:|---:|---:|---:|---:|") |> ignore
     for r in rows do
@@ -113,6 +114,9 @@ let private plot (path: string) (rows: SweepRow list) =
     let ws = rows |> List.map (fun r -> r.W) |> Array.ofList
     let panel (title: string) (ylabel: string) (values: float[]) (colour: int) =
         let p = new ScottPlot.Plot()
+        // accuracy on its whole scale, 0 - 100%
+        if colour = 0 then
+            p.Axes.SetLimitsY(0.0, 100.0)
         p.Title(title) |> ignore
         let line = p.Add.Scatter(ws, values)
         line.Color <- Plots.colour colour

@@ -235,8 +235,10 @@ let inpaint (ui: Ui) (c: InpaintRun) : int =
     use levelsDiffer = sampleLevels.ne(inputLevels).logical_and(knownAll)
     let differing = levelsDiffer.sum().item<int64>()
     use unknownAll = knownAll.logical_not ()
-    use unknownErr = diff.masked_select (unknownAll)
-    let unknownMae = if unknownErr.numel () = 0L then 0.0 else unknownErr.mean().item<float32>() |> float
+    use originalLevels = (Pixels.toLevels pixels values).to_type(torch.float64)
+    use levelDiff = sampleLevels.to_type(torch.float64).sub(originalLevels).abs()
+    use unknownErr = levelDiff.masked_select (unknownAll)
+    let unknownMae = if unknownErr.numel () = 0L then 0.0 else unknownErr.mean().item<float>()
     let maskedRow = Pixels.toLevels pixels originals
     use _maskedRow = maskedRow
     let rows =
@@ -251,7 +253,7 @@ let inpaint (ui: Ui) (c: InpaintRun) : int =
     Grid.write c.Out c.Scale rows
     ui.Out.WriteLine(
         sprintf
-            "wrote %s: %d images x %d sample(s) (%s, %d model evaluations, %s s); known region: largest difference %s in the model's range, %d of its 8-bit pixels differ; hidden region: mean absolute difference to the originals %s"
+            "wrote %s: %d images x %d sample(s) (%s, %d model evaluations, %s s); known region: largest difference %s in the model's range, %d of its 8-bit pixels differ; hidden region: mean absolute difference to the originals %s levels (of 255)"
             c.Out
             c.Count
             k
@@ -260,7 +262,7 @@ let inpaint (ui: Ui) (c: InpaintRun) : int =
             (inv seconds "F1")
             (inv worst "G3")
             differing
-            (inv unknownMae "F3")
+            (inv unknownMae "F1")
     )
     0
 
