@@ -250,11 +250,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
         )
     let model = Opt.required "--model" "A class-conditional U-Net model directory"
     let classifierOption = Opt.required "--classifier" "Classifier directory written by 'scoresde classifier'"
-    let dataDir =
-        Opt.text
-            "--data-dir"
-            "Directory of MNIST-format train/t10k files (the test split is the Frechet reference)"
-            (Some FashionMnist.defaultDirectory)
+    let dataDir = dataDirOption "Directory of MNIST-format train/t10k files (the test split is the Frechet reference)"
     let weights = Opt.text "--weights" "Guidance weights w, comma-separated" (Some "0,0.5,1,2,4")
     let perClass = Opt.intAtLeast 1 "--n-per-class" "Samples per class and weight" (Some 10)
     let batch = Opt.intAtLeast 1 "--batch-size" "Samples per sampler run" (Some 100)

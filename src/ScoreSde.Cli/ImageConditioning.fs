@@ -110,6 +110,9 @@ module Grid =
          data.SaveTo file)
         File.Move(temp, path, true)
 
+/// The `--data-dir` option of the image commands (default: Debian's Fashion-MNIST directory).
+let dataDirOption (description: string) = Opt.text "--data-dir" description (Some FashionMnist.defaultDirectory)
+
 /// The named masks `inpaint` offers: the half that is hidden.
 let maskNames = [ "right-half"; "left-half"; "bottom-half"; "top-half" ]
 
@@ -274,11 +277,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
             "Fill in the hidden part of dataset images with an image model (PC: the paper's inpainter); writes a grid of masked inputs, samples and originals"
         )
     let model = Opt.required "--model" "A U-Net model directory (written by 'scoresde train --net unet')"
-    let dataDir =
-        Opt.text
-            "--data-dir"
-            "Directory of MNIST-format train/t10k files (apt-get install dataset-fashion-mnist)"
-            (Some FashionMnist.defaultDirectory)
+    let dataDir = dataDirOption "Directory of MNIST-format train/t10k files (apt-get install dataset-fashion-mnist)"
     let split = Opt.choice "--split" "The split whose images are inpainted" [ "test"; "train" ] (Some "test")
     let first = Opt.intAtLeast 0 "--first" "Index of the first image" (Some 0)
     let n = Opt.intAtLeast 1 "--n" "Number of images" (Some 8)
@@ -289,11 +288,8 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
             "The hidden part: right-half, left-half, bottom-half, top-half, or a .npy/.csv file nonzero where known (H x W or C x H x W)"
             (Some "right-half")
     let replacement =
-        Opt.choice
-            "--replacement"
+        Conditioning.replacementOption
             "'fresh' redraws the known part after every update (the paper's, default for pc), 'fixed' keeps one latent for it (default for ode and dpm)"
-            [ "fresh"; "fixed" ]
-            None
     let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
     let scale = Opt.intAtLeast 1 "--scale" "Screen pixels per image pixel in the grid" (Some 3)
     let out = Opt.required "--out" "The grid, a .png file"
@@ -334,11 +330,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
                       Count = pr.GetValue n
                       SamplesPerImage = pr.GetValue samples
                       Mask = pr.GetValue maskOption
-                      Replacement =
-                        (match pr.GetValue replacement with
-                         | null -> None
-                         | r when r.ToLowerInvariant() = "fresh" -> Some Replacement.Fresh
-                         | _ -> Some Replacement.FixedLatent)
+                      Replacement = Conditioning.replacementValue pr replacement
                       Sampler = (Samplers.selected pr).FromCommandLine pr
                       Seed = pr.GetValue seed
                       Scale = pr.GetValue scale
