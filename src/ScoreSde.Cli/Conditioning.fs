@@ -1,6 +1,7 @@
 namespace ScoreSde.Cli
 
 open System
+open System.CommandLine
 open System.IO
 open System.Runtime.InteropServices
 open TorchSharp
@@ -37,6 +38,16 @@ module Conditioning =
           Label = None
           Guidance = None
           Classes = None }
+
+    /// The `--replacement` option of `sample` and `inpaint` (absent: the sampler's default).
+    let replacementOption (description: string) = Opt.choice "--replacement" description [ "fresh"; "fixed" ] None
+
+    /// The replacement an `--replacement` option names, if given.
+    let replacementValue (pr: ParseResult) (o: Option<string>) =
+        match pr.GetValue o with
+        | null -> None
+        | r when r.ToLowerInvariant() = "fresh" -> Some Replacement.Fresh
+        | _ -> Some Replacement.FixedLatent
 
     /// A data file as a float tensor of its own shape (.npy of any shape, or .csv rows).
     let private read (option: string) (path: string) (dtype: torch.ScalarType) : Tensor =

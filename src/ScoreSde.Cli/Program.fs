@@ -249,11 +249,8 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
     let basis =
         Opt.text "--basis" "With --inpaint: .npy or .csv orthonormal C x C matrix; --inpaint then holds coordinates in its basis" None
     let replacement =
-        Opt.choice
-            "--replacement"
+        Conditioning.replacementOption
             "With --inpaint: 'fresh' redraws the known part after every update (the paper's, default for pc), 'fixed' keeps one latent for it (default for ode and dpm)"
-            [ "fresh"; "fixed" ]
-            None
     let label = Opt.intAtLeastOrNone 0 "--label" "Class to sample from a class-conditional model"
     let guidance =
         Opt.nonNegativeOrNone
@@ -309,11 +306,7 @@ let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
                     { Inpaint = Option.ofObj (pr.GetValue inpaint)
                       Mask = Option.ofObj (pr.GetValue mask)
                       Basis = Option.ofObj (pr.GetValue basis)
-                      Replacement =
-                        (match pr.GetValue replacement with
-                         | null -> None
-                         | r when r.ToLowerInvariant() = "fresh" -> Some Replacement.Fresh
-                         | _ -> Some Replacement.FixedLatent)
+                      Replacement = Conditioning.replacementValue pr replacement
                       Label = Option.ofNullable (pr.GetValue label)
                       Guidance = Option.ofNullable (pr.GetValue guidance)
                       Classes = Option.ofNullable (pr.GetValue classes) }
@@ -433,6 +426,8 @@ let rootCommand () =
     root.Add(ImageEval.baselinesCommand act)
     root.Add(ImageEval.mergeCommand act)
     root.Add(Evaluate.command act)
+    root.Add(ImageConditioning.command act)
+    root.Add(GuidanceSweep.command act)
     root
 
 /// A parse error's .NET type name in words: "expected type 'System.Nullable`1[System.Int32]'" becomes
