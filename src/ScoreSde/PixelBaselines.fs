@@ -41,16 +41,19 @@ module PixelBaselines =
         let n, d = tr.shape.[0], tr.shape.[1]
         // counts [D * 256]: pixel p at level b counts at p * 256 + b
         use scale = Scalar.op_Implicit 256L
-        let offsets = torch.arange(d, dtype = torch.int64).mul(scale).unsqueeze(0L)
-        let index = tr.to_type(torch.int64).add(offsets).reshape([| -1L |])
+        use first = Scalar.op_Implicit 0L
+        use stop = Scalar.op_Implicit d
+        use step = Scalar.op_Implicit 1L
+        let offsets = torch.arange(first, stop, step, dtype = torch.int64).mul(scale).unsqueeze(0L)
+        let index = tr.to_type(torch.int64).add(offsets, step).reshape([| -1L |])
         let counts = torch.zeros ([| d * 256L |], dtype = torch.float64)
         let ones = torch.ones ([| index.shape.[0] |], dtype = torch.float64)
         use one = Tensors.scalar 1.0
         counts.index_add_ (0L, index, ones, one) |> ignore
         use a = Tensors.scalar alpha
         use total = Tensors.scalar (float n + 256.0 * alpha)
-        let logProb = counts.add(a).div(total).log()
-        let testIndex = te.to_type(torch.int64).add(offsets).reshape([| -1L |])
+        let logProb = counts.add(a, one).div(total).log()
+        let testIndex = te.to_type(torch.int64).add(offsets, step).reshape([| -1L |])
         let perPixel = logProb.index_select(0L, testIndex).reshape([| te.shape.[0]; d |])
         use perBit = Tensors.scalar (-1.0 / (float d * Math.Log 2.0))
         let bits = perPixel.sum([| 1L |]).mul(perBit)
@@ -70,14 +73,14 @@ module PixelBaselines =
         use invN = Tensors.scalar (1.0 / float n)
         use twelfth = Tensors.scalar (1.0 / 12.0)
         let eye = torch.eye (d, dtype = torch.float64)
-        let cov = centred.t().matmul(centred).mul(invN).add(eye.mul (twelfth))
+        let cov = Tensors.add (centred.t().matmul(centred).mul(invN)) (eye.mul (twelfth))
         // m = mean(b) + 1/2; a test image's expected y is b + 1/2, so y - m = b - mean(b)
         let chol = torch.linalg.cholesky cov
         let logDet = chol.diagonal().log().sum().item<float>() * 2.0
         let diff = te.sub (mean)
         // solve L z = diff^T: the quadratic form is |z|^2 per image
         let z = torch.linalg.solve_triangular (chol, diff.t (), upper = false)
-        let quad = z.square().sum([| 0L |])
+        let quad = (Tensors.square z).sum([| 0L |])
         let traceInv = torch.cholesky_inverse(chol).trace().item<float>()
         let constant = float d * Math.Log(2.0 * Math.PI) + logDet + traceInv / 12.0
         let denom = 2.0 * float d * Math.Log 2.0
