@@ -157,6 +157,20 @@ module Conditioning =
             out.MoveToOuterDisposeScope()
         { Forward = forward; Output = output; NullLabel = int64 classes }, (m :> IDisposable)
 
+    /// A class-conditional U-Net as a `ConditionalModel` (its time scale applied; the null label its
+    /// number of classes).
+    let conditionalOf (info: ModelInfo) (net: UNet) : ConditionalModel =
+        if net.Config.Classes = 0 then
+            raise (ArgumentException("--model: the U-Net is not class-conditional (it was trained without labels).", "--model"))
+        let forward (x: Tensor) (t: Tensor) (labels: Tensor) =
+            if info.TimeScale = 1.0 then
+                net.Forward(x, t, labels)
+            else
+                use s = Scalar.op_Implicit info.TimeScale
+                use ts = t.mul (s: Scalar)
+                net.Forward(x, ts, labels)
+        { Forward = forward; Output = info.Output; NullLabel = int64 (UNet.nullLabel net.Config) }
+
     /// Run f; a core ArgumentException about the condition is rethrown naming the command-line option
     /// (--inpaint for the values, --mask, --basis, --replacement).
     let namingOptions (f: unit -> 'a) : 'a =

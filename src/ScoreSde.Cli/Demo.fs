@@ -64,21 +64,20 @@ module Demo =
         let likelihoodPoints = min 1000L held.shape.[0]
         use heldSubset = held.narrow (0L, 0L, likelihoodPoints)
         let _, bpd, likNfe, likSeconds =
-            Commands.logLikelihoods
+            Likelihoods.logLikelihoods
                 ui
                 sde
                 model
                 None
-                (Commands.likelihoodSettings 1e-5 1e-5 1e-5 None)
+                (Likelihoods.likelihoodSettings 1e-5 1e-5 1e-5 None)
                 (Noise.fromSeed c.Seed torch.CPU)
                 1000
                 heldSubset
-        let bpdText (v: float[]) = let m, se = Commands.meanAndError v in sprintf "%s +- %s" (Commands.inv m "F3") (Commands.inv se "F3")
+        let bpdText (v: float[]) = let m, se = Likelihoods.meanAndError v in sprintf "%s +- %s" (Commands.inv m "F3") (Commands.inv se "F3")
         let exactBpd =
             ToyDataset.tryLogDensity c.Dataset heldSubset
             |> Option.map (fun lp -> use lp = lp in Commands.host lp |> Array.map (fun v -> -v / (2.0 * Math.Log 2.0)))
         let sw (x: Tensor) = Metrics.slicedWasserstein1 x held
-        let finite (x: Tensor) = torch.isfinite(x).all().item<bool>()
         use trainSubset = data.narrow (0L, 0L, min (int64 c.Count) data.shape.[0])
         let rows =
             [ for run, result, seconds, _ in runs do
@@ -86,7 +85,7 @@ module Demo =
                       [ run.Label
                         string result.Nfe
                         Commands.inv seconds "F2"
-                        (if finite result.Samples then Commands.inv (sw result.Samples) "F4" else "diverged")
+                        (if Commands.allFinite result.Samples then Commands.inv (sw result.Samples) "F4" else "diverged")
                         "" ]
               yield
                   [ "likelihood: ODE Dopri5, exact divergence"

@@ -74,8 +74,7 @@ let sampleBatches (ui: Ui) (loaded: LoadedModel) (run: SamplerRun) (count: int) 
               let xT = Sampler.prior info.Sde (Array.append [| int64 n |] info.SampleShape) info.Dtype torch.CPU noise
               let result, _, _ = Commands.runSamplerWith ui run info.Sde loaded.Model xT noise 0L
               nfe <- max nfe result.Nfe
-              if not (torch.isfinite(result.Samples).all().item<bool>()) then
-                  raise (InvalidOperationException(sprintf "the %s sampler produced NaN or infinite values." run.Label))
+              Commands.ensureFinite (sprintf "the %s sampler's samples" run.Label) "" result.Samples
               result.Samples.MoveToOuterDisposeScope() ]
     let samples = torch.cat (List.toArray parts, 0L)
     for p in parts do

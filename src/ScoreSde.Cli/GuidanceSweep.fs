@@ -85,8 +85,7 @@ let private sampleAll (ui: Ui) (c: SweepRun) (info: ModelInfo) (cm: ConditionalM
                    advance ()
                    yield r.Samples |])
     let all = torch.cat (parts, 0L)
-    if not (torch.isfinite(all).all().item<bool>()) then
-        raise (InvalidOperationException(sprintf "the sampler produced NaN or infinite values at w = %s." (weightName w)))
+    Commands.ensureFinite (sprintf "the samples at w = %s" (weightName w)) "" all
     all.MoveToOuterDisposeScope(), nfe, watch.Elapsed.TotalSeconds
 
 /// The markdown table of the rows.
@@ -143,7 +142,7 @@ let run (ui: Ui) (c: SweepRun) : int =
     let loaded, net, pixels = ImageConditioning.loadUNet c.ModelPath
     use _loaded = loaded
     let info = loaded.Info
-    let cm = ImageConditioning.conditionalOf info net
+    let cm = Conditioning.conditionalOf info net
     let classes = net.Config.Classes
     use classifier = ClassifierFile.load c.ClassifierPath
     let cnet = classifier.Classifier

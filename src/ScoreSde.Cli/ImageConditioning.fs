@@ -31,20 +31,6 @@ let loadUNet (path: string) : LoadedModel * UNet * PixelRange =
             )
         )
 
-/// A class-conditional U-Net as a `ConditionalModel` (its time scale applied; the null label its
-/// number of classes).
-let conditionalOf (info: ModelInfo) (net: UNet) : ConditionalModel =
-    if net.Config.Classes = 0 then
-        raise (ArgumentException("--model: the U-Net is not class-conditional (it was trained without labels).", "--model"))
-    let forward (x: Tensor) (t: Tensor) (labels: Tensor) =
-        if info.TimeScale = 1.0 then
-            net.Forward(x, t, labels)
-        else
-            use s = Scalar.op_Implicit info.TimeScale
-            use ts = t.mul (s: Scalar)
-            net.Forward(x, ts, labels)
-    { Forward = forward; Output = info.Output; NullLabel = int64 (UNet.nullLabel net.Config) }
-
 /// Image grids: rows of images as PNG cells, `scale` screen pixels per image pixel, 2-pixel white gaps.
 [<RequireQualifiedAccess>]
 module Grid =
@@ -225,8 +211,7 @@ let inpaint (ui: Ui) (c: InpaintRun) : int =
     use xT = Sampler.prior info.Sde values.shape info.Dtype torch.CPU noise
     let result, seconds, _ = Commands.runSampler ui sampler info.Sde model xT (c.Seed + 1L) 0L
     use samples = result.Samples
-    if not (torch.isfinite(samples).all().item<bool>()) then
-        raise (InvalidOperationException(sprintf "the %s sampler produced NaN or infinite values." c.Sampler.Name))
+    Commands.ensureFinite (sprintf "the %s sampler's samples" c.Sampler.Name) "" samples
     // the known region in the model's space and in 8-bit levels
     use zero = Scalar.op_Implicit 0.0
     use knownAll = known.ne(zero: Scalar).expand(values.shape)
@@ -314,9 +299,7 @@ let command (act: (Ui -> int) -> ParseResult -> int) =
           out
           npy ] do
         cmd.Add o
-    for entry in Samplers.all do
-        for o in entry.Options do
-            cmd.Add o
+    Samplers.addOptions cmd
     cmd.SetAction(fun (pr: ParseResult) ->
         pr
         |> act (fun ui ->

@@ -98,17 +98,17 @@ let likelihood (ui: Ui) (c: LikelihoodCommand) (d: ImageData) : int =
     Ui.info
         ui
         (sprintf "model: %s; pixels %s, dequantised (+%g bits/dim)" info.Description (Pixels.name range) (Pixels.bitsPerDimOffset range))
-    let settings = Commands.likelihoodSettings c.Rtol c.Atol c.Eps c.Hutchinson
-    let batches, noiseOf = Commands.likelihoodBatches { c with PerSampleNoise = true } (int images.Count)
+    let settings = Likelihoods.likelihoodSettings c.Rtol c.Atol c.Eps c.Hutchinson
+    let batches, noiseOf = Likelihoods.likelihoodBatches { c with PerSampleNoise = true } (int images.Count)
     let batch (first: int) (count: int) =
         use levels = images.Levels.narrow (0L, int64 first, int64 count)
         dequantise range info.Dtype c.Seed first levels
-    let logp, nfe, seconds = Commands.logLikelihoodsOf ui info.Sde loaded.Model settings batches noiseOf batch 0.0
+    let logp, nfe, seconds = Likelihoods.logLikelihoodsOf ui info.Sde loaded.Model settings batches noiseOf batch 0.0
     let dim = float (Array.fold (*) 1L images.SampleShape)
     let offset = Pixels.bitsPerDimOffset range
     let bpd = logp |> Array.map (fun v -> -v / (dim * Math.Log 2.0) + offset)
     let what = sprintf "the %s split of %s (dequantised)" (splitName d.Split) d.DataDir
-    Commands.reportLikelihoods ui c batches logp bpd nfe seconds what
+    Likelihoods.reportLikelihoods ui c batches logp bpd nfe seconds what
     0
 
 /// What `baselines` was asked to do.
@@ -126,7 +126,7 @@ let baselines (ui: Ui) (c: BaselinesRun) : int =
     let categorical = PixelBaselines.categorical c.Smoothing train.Levels test.Levels
     let gaussian = PixelBaselines.gaussian train.Levels test.Levels
     let line (name: string) (v: float[]) =
-        let m, se = Commands.meanAndError v
+        let m, se = Likelihoods.meanAndError v
         ui.Out.WriteLine(sprintf "%s: %s bits/dim (+- %s standard error)" name (inv m "F4") (inv se "F4"))
     ui.Out.WriteLine(sprintf "baselines fitted to the %d training images of %s, scored on %d test images:" train.Count c.DataDir test.Count)
     line (sprintf "independent per-pixel categorical (additive smoothing %g)" c.Smoothing) categorical
@@ -195,7 +195,7 @@ let mergeCommand (act: (Ui -> int) -> ParseResult -> int) =
                     lines.[1..]
                     |> Array.filter (fun l -> l.Trim() <> "")
                     |> Array.map (fun l -> Double.Parse(l.Split(',').[column], Globalization.CultureInfo.InvariantCulture))
-                let m, se = Commands.meanAndError bits
+                let m, se = Likelihoods.meanAndError bits
                 ui.Out.WriteLine(sprintf "%s bits/dim (+- %s standard error) over %d points" (inv m "F4") (inv se "F4") bits.Length)
             | _ -> ()
             0))

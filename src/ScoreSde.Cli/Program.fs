@@ -8,6 +8,7 @@ open System.Runtime.InteropServices
 open System.Text.RegularExpressions
 open TorchSharp
 open ScoreSde
+open ScoreSde.Cli.SharedOptions
 
 /// One line for an exception: its message without .NET's " (Parameter 'x')" and "Actual value was"
 /// decorations (the library's messages name the parameter and the value themselves), newlines folded.
@@ -41,48 +42,7 @@ let private threads =
     Opt.intAtLeast 1 "--threads" "CPU threads for libtorch (training the small networks here is fastest on 1)" (Some 1)
 
 let private outDir = Opt.text "--out" "Folder for the figures and the trained model" (Some "out")
-let private modelOption = Opt.required "--model" "A model directory written by 'train', or a TorchScript file"
-let private timeScale =
-    Opt.positive
-        "--time-scale"
-        "TorchScript models: multiply t by this before calling the model (999 for models trained on t * 999 labels)"
-        (Some 1.0)
-let private shape = Opt.text "--shape" "TorchScript models: shape of one sample, e.g. 2 or 3,32,32" (Some "2")
-let private sdeForModel =
-    Samplers.sdeOption "TorchScript models: the SDE the model was trained with (default vp); a model directory stores its own" None
-
-let private parseShape (text: string) =
-    let parts = text.Split(',', StringSplitOptions.TrimEntries)
-    let dims =
-        parts
-        |> Array.map (fun p ->
-            match Int64.TryParse(p, NumberStyles.None, CultureInfo.InvariantCulture) with
-            | true, v when v > 0L -> v
-            | _ -> raise (ArgumentException(sprintf "--shape must be positive integers separated by commas (got '%s')." text, "--shape")))
-    if dims.Length = 0 then
-        raise (ArgumentException("--shape must not be empty.", "--shape"))
-    dims
-
 let private datasetNames = ToyDataset.all |> List.map ToyDataset.name
-
-let private noiseOption =
-    Opt.choice
-        "--noise"
-        "'stream': one noise stream for the run (PyTorch's for the seed); 'per-sample': each sample's own stream, seeded by the seed and its index (what --shard uses: the same bits in any shard)"
-        [ "stream"; "per-sample" ]
-        None
-let private shardOption =
-    Opt.text
-        "--shard"
-        "K/N: run shard K (0 .. N-1) of N, its whole batches of --batch-size, per-sample noise; 'scoresde merge' joins the outputs"
-        None
-let private shardValue (pr: ParseResult) = pr.GetValue shardOption |> Option.ofObj |> Option.map Shards.parse
-let private perSampleNoise (pr: ParseResult) =
-    match pr.GetValue noiseOption, shardValue pr with
-    | null, shard -> shard.IsSome
-    | n, Some _ when n.ToLowerInvariant() = "stream" ->
-        raise (ArgumentException("--shard draws per-sample noise; leave out --noise stream.", "--noise"))
-    | n, _ -> n.ToLowerInvariant() = "per-sample"
 
 // ---- commands ----
 
@@ -232,170 +192,6 @@ let private trainCommand (act: (Ui -> int) -> ParseResult -> int) =
             | dir -> ImageTrainCommand.resume ui dir command))
     cmd
 
-let private sampleCommand (act: (Ui -> int) -> ParseResult -> int) =
-    let cmd = Command("sample", "Draw samples from a trained model and write them to .csv, .npy or .png")
-    let n = Opt.intAtLeast 1 "--n" "Number of samples" (Some 1000)
-    let seed = Opt.seed "Seed of the prior draw and the sampler's noise"
-    let out =
-        Opt.required "--out" "Output file: .csv, .npy or .png (2-D samples)"
-        |> Opt.withExtensions Commands.sampleExtensions
-    let inpaint =
-        Opt.text
-            "--inpaint"
-            "Known values (.npy or .csv): one sample's shape or one per sample; the samples equal them where --mask is nonzero"
-            None
-    let mask =
-        Opt.text "--mask" "With --inpaint: .npy or .csv, nonzero where a value is known (broadcastable to the samples)" None
-    let basis =
-        Opt.text "--basis" "With --inpaint: .npy or .csv orthonormal C x C matrix; --inpaint then holds coordinates in its basis" None
-    let replacement =
-        Conditioning.replacementOption
-            "With --inpaint: 'fresh' redraws the known part after every update (the paper's, default for pc), 'fixed' keeps one latent for it (default for ode and dpm)"
-    let label = Opt.intAtLeastOrNone 0 "--label" "Class to sample from a class-conditional model"
-    let guidance =
-        Opt.nonNegativeOrNone
-            "--guidance"
-            "With --label: classifier-free guidance weight w, (1 + w) conditional - w unconditional (default 0)"
-    let classes =
-        Opt.intAtLeastOrNone
-            1
-            "--classes"
-            "TorchScript class-conditional models (forward(x, t, labels)): the number of classes K; label K is the null label"
-    let batch = Opt.intAtLeastOrNone 1 "--batch-size" "Samples per sampler run (default: all in one)"
-    for o in [ batch :> Option; noiseOption; shardOption ] do
-        cmd.Add o
-    for o in
-        [ modelOption :> Option
-          sdeForModel
-          Samplers.choice
-          Samplers.steps
-          Samplers.eps
-          Samplers.rtol
-          Samplers.atol
-          Samplers.checkFinite
-          n
-          seed
-          out
-          timeScale
-          shape
-          inpaint
-          mask
-          basis
-          replacement
-          label
-          guidance
-          classes ] do
-        cmd.Add o
-    for entry in Samplers.all do
-        for o in entry.Options do
-            cmd.Add o
-    cmd.SetAction(fun (pr: ParseResult) ->
-        pr
-        |> act (fun ui ->
-            Commands.sample
-                ui
-                { ModelPath = pr.GetValue modelOption
-                  Sde = Samplers.sdeValue pr sdeForModel
-                  Sampler = Samplers.fromCommandLine pr
-                  Count = pr.GetValue n
-                  Seed = pr.GetValue seed
-                  Out = pr.GetValue out
-                  TimeScale = pr.GetValue timeScale
-                  Shape = parseShape (pr.GetValue shape)
-                  Condition =
-                    { Inpaint = Option.ofObj (pr.GetValue inpaint)
-                      Mask = Option.ofObj (pr.GetValue mask)
-                      Basis = Option.ofObj (pr.GetValue basis)
-                      Replacement = Conditioning.replacementValue pr replacement
-                      Label = Option.ofNullable (pr.GetValue label)
-                      Guidance = Option.ofNullable (pr.GetValue guidance)
-                      Classes = Option.ofNullable (pr.GetValue classes) }
-                  BatchSize = Option.ofNullable (pr.GetValue batch)
-                  PerSampleNoise = perSampleNoise pr
-                  Shard = shardValue pr }))
-    cmd
-
-let private likelihoodCommand (act: (Ui -> int) -> ParseResult -> int) =
-    let cmd =
-        Command("likelihood", "Bits/dim of data under a model, through the probability-flow ODE (Song et al. 2021, appendix D.2)")
-    let data = Opt.text "--data" "Points to evaluate: a .csv or .npy file of N points by D coordinates" None
-    let dataset =
-        Opt.choice "--dataset" "Images to evaluate instead of --data (dequantised 8-bit pixels)" [ "fashion-mnist" ] None
-    let dataDir =
-        Opt.text "--data-dir" "With --dataset: the directory of MNIST-format files" (Some FashionMnist.defaultDirectory)
-    let split = Opt.choice "--split" "With --dataset: the split" [ "test"; "train" ] (Some "test")
-    let count = Opt.intAtLeastOrNone 1 "--n" "With --dataset: only the first N images"
-    let pixels =
-        Opt.choice
-            "--pixels"
-            "With --dataset, TorchScript models: their pixel range (a model directory stores its own)"
-            [ "centred"; "zero-one" ]
-            None
-    let rtol = Opt.positive "--rtol" "Relative tolerance of the adaptive ODE solver" (Some 1e-5)
-    let atol = Opt.positive "--atol" "Absolute tolerance of the adaptive ODE solver" (Some 1e-5)
-    let eps = Opt.inRange 1e-7 1.0 "--eps" "Time at which the data are taken (the integration starts there)" (Some 1e-5)
-    let hutchinson =
-        Opt.intAtLeastOrNone 1 "--hutchinson" "Estimate the divergence with this many Rademacher probes per point (default: exact trace)"
-    let seed = Opt.seed "Seed of the Hutchinson probes"
-    let batch = Opt.intAtLeast 1 "--batch-size" "Points per ODE solve" (Some 1000)
-    let out =
-        Opt.text "--out" "Also write each point's log-likelihood (nats) and bits/dim to this .csv or .npy file" None
-        |> Opt.withExtensions [ ".csv"; ".npy" ]
-    for o in
-        [ modelOption :> Option
-          sdeForModel
-          data
-          rtol
-          atol
-          eps
-          hutchinson
-          seed
-          batch
-          out
-          timeScale
-          dataset
-          dataDir
-          split
-          count
-          pixels
-          noiseOption
-          shardOption ] do
-        cmd.Add o
-    cmd.Validators.Add(fun r ->
-        match isNull (r.GetResult data), isNull (r.GetResult dataset) with
-        | false, false -> r.AddError "give either --data or --dataset, not both"
-        | true, true -> r.AddError "give --data FILE or --dataset fashion-mnist"
-        | _ -> ())
-    cmd.SetAction(fun (pr: ParseResult) ->
-        pr
-        |> act (fun ui ->
-            let k = pr.GetValue hutchinson
-            let c: LikelihoodCommand =
-                { ModelPath = pr.GetValue modelOption
-                  Sde = Samplers.sdeValue pr sdeForModel
-                  Data = pr.GetValue data
-                  Rtol = pr.GetValue rtol
-                  Atol = pr.GetValue atol
-                  Eps = pr.GetValue eps
-                  Hutchinson = (if k.HasValue then Some k.Value else None)
-                  Seed = pr.GetValue seed
-                  BatchSize = pr.GetValue batch
-                  Out = Option.ofObj (pr.GetValue out)
-                  TimeScale = pr.GetValue timeScale
-                  PerSampleNoise = perSampleNoise pr
-                  Shard = shardValue pr }
-            match pr.GetValue dataset with
-            | null -> Commands.likelihood ui c
-            | _ ->
-                ImageEval.likelihood
-                    ui
-                    c
-                    { DataDir = pr.GetValue dataDir
-                      Split = (if Opt.choiceValue pr split = "train" then Split.Train else Split.Test)
-                      Count = Option.ofNullable (pr.GetValue count)
-                      Pixels = pr.GetValue pixels |> Option.ofObj |> Option.bind Pixels.tryParse }))
-    cmd
-
 /// The root command and its subcommands.
 let rootCommand () =
     // A plain Command named after the executable (RootCommand takes the assembly's name, ScoreSde.Cli).
@@ -419,8 +215,8 @@ let rootCommand () =
             body ui)
     root.Add(demoCommand act)
     root.Add(trainCommand act)
-    root.Add(sampleCommand act)
-    root.Add(likelihoodCommand act)
+    root.Add(SampleCli.command act)
+    root.Add(LikelihoodCli.command act)
     root.Add(ClassifierCommand.command act)
     root.Add(ClassifierCommand.frechetCommand act)
     root.Add(ImageEval.baselinesCommand act)

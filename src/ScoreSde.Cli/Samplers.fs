@@ -306,6 +306,12 @@ module Samplers =
     /// Every sampler the command line offers, in the order `demo` runs them.
     let all = [ pc; ode; dpm ]
 
+    /// Add every sampler's own options to a command (the chosen sampler reads its own).
+    let addOptions (cmd: Command) =
+        for entry in all do
+            for o in entry.Options do
+                cmd.Add o
+
     /// Their names.
     let names = all |> List.map (fun e -> e.Name)
 

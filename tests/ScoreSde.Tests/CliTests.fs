@@ -34,6 +34,17 @@ let cliFails (args: string list) (fragment: string) =
     Expect.stringContains lines.[0] fragment (sprintf "%s: message" what)
     Expect.isFalse (err.Contains "   at " || out.Contains "   at ") (sprintf "%s: no stack trace" what)
 
+/// What `--sampler pc --steps n` runs, written out here: reverse diffusion + Langevin (snr 0.16, one
+/// step, batch-averaged norms), n uniform steps to 1e-3.
+let cliPc (steps: int) =
+    { Sampling.pc with
+        Method =
+            Method.PredictorCorrector(
+                Predictor.ReverseDiffusion,
+                Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
+            )
+        Schedule = Schedule.uniform steps 1e-3 }
+
 let private rows (path: string) = File.ReadAllLines path |> Array.filter (fun l -> l.Trim() <> "")
 
 // The command line sets libtorch's thread count (a process-wide setting): run these tests one at a

@@ -126,15 +126,7 @@ let tests =
               use labels = torch.full ([| 50L |], Scalar.op_Implicit 1L, dtype = torch.int64)
               let guided = Guidance.classifierFree cm labels 2.5
               use xT = Sampler.prior Sde.standardVp [| 50L; 2L |] torch.float32 torch.CPU (Noise.fromSeed 9L torch.CPU)
-              let sampling =
-                  { Sampling.pc with
-                      Method =
-                          Method.PredictorCorrector(
-                              Predictor.ReverseDiffusion,
-                              Corrector.Langevin { Snr = 0.16; Steps = 1; Norm = LangevinNorm.BatchMean }
-                          )
-                      Schedule = Schedule.uniform 40 1e-3 }
-              let r = Sampler.sample Sde.standardVp guided sampling (Noise.fromSeed 10L torch.CPU) xT
+              let r = Sampler.sample Sde.standardVp guided (cliPc 40) (Noise.fromSeed 10L torch.CPU) xT
               use expected = r.Samples
               Expect.equal (values s) (values expected) "the core's guided samples"
           }

@@ -231,6 +231,82 @@ let tests =
               Expect.equal cells.[4] (d.ToString("F2", Globalization.CultureInfo.InvariantCulture)) "Frechet distance"
           }
 
+          test "sample --label / --guidance on a class-conditional U-Net directory: the core's guided samples to the bit" {
+              use temp = tempDir "sample-unet-label"
+              let model = Path.Combine(temp.Path, "model")
+              let unconditional = Path.Combine(temp.Path, "uncond")
+              saveUNet model 3 31L
+              saveUNet unconditional 0 31L
+              let args (extra: string list) (out: string) =
+                  [ "sample"
+                    "--model"
+                    model
+                    "--sampler"
+                    "pc"
+                    "--steps"
+                    "6"
+                    "--n"
+                    "5"
+                    "--seed"
+                    "3"
+                    "--out"
+                    out ]
+                  @ extra
+              let sample (extra: string list) (out: string) = cliOk (args extra out)
+              // the guided model built here from the network's forward (not the command line's pieces):
+              // (1 + w) eps(x, t, label) - w eps(x, t, null label 3), the two in one batch of 10 (w = 0: the
+              // conditional network alone)
+              use loaded = ModelFile.loadNative model
+              let net = loaded.Network :?> UNet
+              let expected (label: int64) (w: float) =
+                  use labels = torch.full ([| 5L |], Scalar.op_Implicit label, dtype = torch.int64)
+                  use nullLabels = torch.full ([| 5L |], Scalar.op_Implicit 3L, dtype = torch.int64)
+                  use both = torch.cat ([| labels; nullLabels |], 0L)
+                  let model =
+                      Model.noise (fun x t ->
+                          if w = 0.0 then
+                              net.Forward(x, t, labels)
+                          else
+                              use x2 = torch.cat ([| x; x |], 0L)
+                              use t2 = torch.cat ([| t.reshape (-1L); t.reshape (-1L) |], 0L)
+                              use e = net.Forward(x2, t2, both)
+                              use c = e.narrow (0L, 0L, 5L)
+                              use u = e.narrow (0L, 5L, 5L)
+                              torch.add (c * (1.0 + w), u, Scalar.op_Implicit -w))
+                  use xT = Sampler.prior Sde.standardVp [| 5L; 1L; 8L; 8L |] torch.float32 torch.CPU (Noise.fromSeed 3L torch.CPU)
+                  let r = Sampler.sample Sde.standardVp model (cliPc 6) (Noise.fromSeed 4L torch.CPU) xT
+                  r.Samples
+              for label, w in [ 1L, 0.0; 2L, 2.5 ] do
+                  let out = Path.Combine(temp.Path, sprintf "label%d.npy" label)
+                  let log = sample [ "--label"; string label; "--guidance"; string w ] out
+                  Expect.stringContains log (sprintf "label %d, guidance %g" label w) "the model line names label and guidance"
+                  use got = readNpy out
+                  use want = expected label w
+                  Expect.isTrue (got.shape = want.shape && values got = values want) (sprintf "label %d, w = %g: bit for bit" label w)
+              // the two labels give different samples; without --label the null label (unconditional)
+              use a = readNpy (Path.Combine(temp.Path, "label1.npy"))
+              use b = readNpy (Path.Combine(temp.Path, "label2.npy"))
+              Expect.isGreaterThan (scalar ((a - b).abs().max())) 1e-3 "labels matter"
+              let grid = Path.Combine(temp.Path, "grid.png")
+              sample [ "--label"; "0" ] grid |> ignore
+              // 5 images of 8 x 8: 3 columns, 2 rows, 2-pixel gaps: 3 * 8 + 4 * 2 = 32 by 2 * 8 + 3 * 2 = 22
+              Expect.equal (pngSize grid) (32, 22) "a PNG grid of the five samples"
+              cliFails (args [ "--label"; "3" ] (Path.Combine(temp.Path, "x.npy"))) "--label must be in 0 .. 2"
+              cliFails (args [ "--guidance"; "1" ] (Path.Combine(temp.Path, "x.npy"))) "--guidance needs --label"
+              cliFails
+                  ([ "sample"
+                     "--model"
+                     unconditional
+                     "--label"
+                     "0"
+                     "--n"
+                     "2"
+                     "--out"
+                     Path.Combine(temp.Path, "x.npy") ])
+                  "need a class-conditional model"
+              Expect.isFalse (File.Exists(Path.Combine(temp.Path, "x.npy"))) "nothing written after a failure"
+          }
+
           test "guidance-sweep refuses bad input in one line naming the option" {
               use temp = tempDir "sweep-bad"
               let data = Path.Combine(temp.Path, "data")
