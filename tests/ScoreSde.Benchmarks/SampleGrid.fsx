@@ -7,7 +7,21 @@
 #r "../../src/ScoreSde.Cli/bin/Release/net10.0/TorchSharp.dll"
 #r "../../src/ScoreSde.Cli/bin/Release/net10.0/ScoreSde.dll"
 #r "../../src/ScoreSde.Cli/bin/Release/net10.0/ScottPlot.dll"
+#r "../../src/ScoreSde.Cli/bin/Release/net10.0/SkiaSharp.dll"
+#r "../../src/ScoreSde.Cli/bin/Release/net10.0/HarfBuzzSharp.dll"
 open System
+open System.Runtime.InteropServices
+// fsi does not read the CLI's deps.json: point SkiaSharp and HarfBuzzSharp at the CLI's native
+// libraries (Linux x64)
+let nativeDir =
+    IO.Path.Combine(__SOURCE_DIRECTORY__, "..", "..", "src", "ScoreSde.Cli", "bin", "Release", "net10.0", "runtimes", "linux-x64", "native")
+for assembly in [ typeof<SkiaSharp.SKColor>.Assembly; typeof<HarfBuzzSharp.Blob>.Assembly ] do
+    NativeLibrary.SetDllImportResolver(
+        assembly,
+        DllImportResolver(fun name _ _ ->
+            let path = IO.Path.Combine(nativeDir, name + ".so")
+            if IO.File.Exists path then NativeLibrary.Load path else IntPtr.Zero)
+    )
 open TorchSharp
 open ScoreSde
 Native.ensureLoaded ()
