@@ -160,26 +160,35 @@ let private markdown (c: EvaluateRun) (accuracy: float) (testCount: int64) (floo
     line (sprintf "| training images (floor) | | | | | %s | 1.0 |" (inv floor "F3"))
     sb.ToString()
 
+/// Frechet distance against model evaluations, one line per sampler and the floor dashed, on a
+/// logarithmic distance axis (the samplers' distances span orders of magnitude): log10 values are
+/// plotted, labelled as the distances, with log-spaced minor ticks.
 let private plot (path: string) (floor: float) (rows: EvaluationRow list) =
     let p = new ScottPlot.Plot()
     p.Title("Frechet distance in classifier features vs model evaluations") |> ignore
+    let log10 (v: float) = Math.Log10(max v 1e-12)
     rows
     |> List.groupBy (fun r -> r.Sampler)
     |> List.iteri (fun i (name, rs) ->
         let xs = rs |> List.map (fun r -> float r.Nfe) |> List.toArray
-        let ys = rs |> List.map (fun r -> r.Frechet) |> List.toArray
+        let ys = rs |> List.map (fun r -> log10 r.Frechet) |> List.toArray
         let s = p.Add.Scatter(xs, ys)
         s.Color <- Plots.colour i
         s.LegendText <- name
         s.LineWidth <- 2.0f
         s.MarkerSize <- 7.0f)
-    let h = p.Add.HorizontalLine(floor)
+    let h = p.Add.HorizontalLine(log10 floor)
     h.Color <- ScottPlot.Color.FromHex("#555555")
     h.LinePattern <- ScottPlot.LinePattern.Dashed
     h.LegendText <- "training images (floor)"
+    let ticks = ScottPlot.TickGenerators.NumericAutomatic()
+    ticks.MinorTickGenerator <- ScottPlot.TickGenerators.LogMinorTickGenerator()
+    ticks.IntegerTicksOnly <- true
+    ticks.LabelFormatter <- fun y -> (10.0 ** y).ToString("G3", Globalization.CultureInfo.InvariantCulture)
+    p.Axes.Left.TickGenerator <- ticks
     p.XLabel("model evaluations per sample") |> ignore
-    p.YLabel("Frechet distance") |> ignore
-    p.ShowLegend() |> ignore
+    p.YLabel("Frechet distance (log scale)") |> ignore
+    p.ShowLegend(ScottPlot.Edge.Right) |> ignore
     Shards.writeAtomically path (fun temp -> Plots.save temp 800 500 p)
 
 /// Run the evaluation: samples (reused from OUT when there) and grids for every sampler and budget;
