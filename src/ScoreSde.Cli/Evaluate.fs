@@ -109,7 +109,7 @@ let private samplesOf (ui: Ui) (c: EvaluateRun) (loaded: LoadedModel) (name: str
         r
     | None ->
         let samples, nfe, seconds = sampleBatches ui loaded run c.Count c.BatchSize c.Seed
-        Shards.writeAtomically npy (fun temp -> DataFile.save temp samples)
+        Outputs.writeFile npy (fun temp -> DataFile.save temp samples)
         let meta = Text.Json.Nodes.JsonObject()
         meta.["label"] <- Text.Json.Nodes.JsonValue.Create run.Label
         meta.["nfe"] <- Text.Json.Nodes.JsonValue.Create nfe
@@ -117,7 +117,7 @@ let private samplesOf (ui: Ui) (c: EvaluateRun) (loaded: LoadedModel) (name: str
         meta.["seed"] <- Text.Json.Nodes.JsonValue.Create c.Seed
         meta.["batchSize"] <- Text.Json.Nodes.JsonValue.Create c.BatchSize
         meta.["threads"] <- Text.Json.Nodes.JsonValue.Create(torch.get_num_threads ())
-        Shards.writeAtomically json (fun temp -> File.WriteAllText(temp, meta.ToJsonString()))
+        Outputs.writeFile json (fun temp -> File.WriteAllText(temp, meta.ToJsonString()))
         samples, nfe, seconds
 
 let private markdown (c: EvaluateRun) (accuracy: float) (testCount: int64) (floor: float) (rows: EvaluationRow list) (modelInfo: string) =
@@ -189,7 +189,7 @@ let private plot (path: string) (floor: float) (rows: EvaluationRow list) =
     p.XLabel("model evaluations per sample") |> ignore
     p.YLabel("Frechet distance (log scale)") |> ignore
     p.ShowLegend(ScottPlot.Edge.Right) |> ignore
-    Shards.writeAtomically path (fun temp -> Plots.save temp 800 500 p)
+    Outputs.writeFile path (fun temp -> Plots.save temp 800 500 p)
 
 /// Run the evaluation: samples (reused from OUT when there) and grids for every sampler and budget;
 /// with a classifier, OUT/evaluation.md and OUT/frechet.png too.
@@ -262,7 +262,7 @@ let run (ui: Ui) (c: EvaluateRun) : int =
                         Seconds = seconds
                         Frechet = d } ]
             let text = markdown { c with ClassifierPath = Some classifierPath } accuracy test.Count floor rows loaded.Info.Description
-            Shards.writeAtomically (Path.Combine(c.Out, "evaluation.md")) (fun temp -> File.WriteAllText(temp, text))
+            Outputs.writeFile (Path.Combine(c.Out, "evaluation.md")) (fun temp -> File.WriteAllText(temp, text))
             plot (Path.Combine(c.Out, "frechet.png")) floor rows
             Ui.table
                 ui

@@ -63,7 +63,7 @@ module ImageGrid =
         Marshal.Copy(pixels, 0, bitmap.GetPixels(), pixels.Length)
         use image = SKImage.FromBitmap bitmap
         use data = image.Encode(SKEncodedImageFormat.Png, 100)
-        Shards.writeAtomically path (fun temp ->
+        Outputs.writeFile path (fun temp ->
             use file = File.Create temp
             data.SaveTo file)
 

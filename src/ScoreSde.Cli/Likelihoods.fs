@@ -115,7 +115,7 @@ let reportLikelihoods
     |> Option.iter (fun o ->
         let values = Array.init logp.Length (fun i -> [| logp.[i]; bpd.[i] |]) |> Array.concat
         let table = { Shape = [| int64 logp.Length; 2L |]; Values = values; Dtype = torch.float64 }
-        Shards.writeAtomically o (fun temp ->
+        Outputs.writeFile o (fun temp ->
             if o.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) then
                 Npy.write temp table
             else

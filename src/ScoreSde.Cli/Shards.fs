@@ -58,23 +58,6 @@ module Shards =
             | Some s -> int (int64 s.Index * int64 count / int64 s.Count), int (int64 (s.Index + 1) * int64 count / int64 s.Count)
         [ for b in lo .. hi - 1 -> b * batchSize, min batchSize (n - b * batchSize) ]
 
-    /// Write to `path` through a temporary file in the same folder, moved into place when `write`
-    /// succeeds (a failed command leaves no half-written file).
-    let writeAtomically (path: string) (write: string -> unit) =
-        let full = Path.GetFullPath path
-        let dir = Path.GetDirectoryName full
-        if not (String.IsNullOrEmpty dir) then
-            Directory.CreateDirectory dir |> ignore
-        let ext = Path.GetExtension full
-        let temp =
-            Path.Combine(dir, sprintf ".%s.%s.tmp%s" (Path.GetFileNameWithoutExtension full) (Guid.NewGuid().ToString "N") ext)
-        try
-            write temp
-            File.Move(temp, full, true)
-        finally
-            if File.Exists temp then
-                File.Delete temp
-
     /// The header line of a CSV file (its first non-blank line when it holds no number), if any.
     let private csvParts (path: string) : string option * string list =
         let lines = File.ReadAllLines path |> Array.filter (fun l -> l.Trim().Length > 0) |> Array.toList
@@ -122,7 +105,7 @@ module Shards =
                 { Shape = Array.append [| rows |] a0.Shape.[1..]
                   Values = arrays |> List.map (fun (_, a) -> a.Values) |> Array.concat
                   Dtype = a0.Dtype }
-            writeAtomically out (fun temp -> Npy.write temp merged)
+            Outputs.writeFile out (fun temp -> Npy.write temp merged)
             rows
         else
             let parts = inputs |> List.map (fun p -> p, csvParts p)
@@ -131,7 +114,7 @@ module Shards =
                 if header <> header0 then
                     raise (ArgumentException(sprintf "%s has another header line than %s." p first, "inputs"))
             let rows = parts |> List.sumBy (fun (_, (_, lines)) -> int64 lines.Length)
-            writeAtomically out (fun temp ->
+            Outputs.writeFile out (fun temp ->
                 use w = new StreamWriter(temp, false, UTF8Encoding(false))
                 header0 |> Option.iter w.WriteLine
                 for _, (_, lines) in parts do
